@@ -1,0 +1,483 @@
+"""The command API: the one way in for Slack, REST, webhooks, the CLI and workers.
+
+Each command names a run by its id or a unique prefix of at least 8 characters,
+carries the :class:`~engine.model.Actor` who asked, and returns the run as it is
+after the change. A command that does not fit raises a
+:class:`~engine.errors.SwitchboardError` whose message says why and what is possible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import redis
+from redis.client import Pipeline
+from rq import Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+
+from engine import core
+from engine.catalog import Catalog
+from engine.core import Outcome
+from engine.errors import AmbiguousRunId, CommandRefused, InvalidInput, NotFound
+from engine.model import (
+    ACTIVE_RUN_STATUSES,
+    Actor,
+    Event,
+    Run,
+    RunStatus,
+    StepError,
+    StepState,
+    Task,
+)
+from engine.store import Keys, RunStore, parse_timer_member, ts
+from engine.workflow import InputError, Workflow, validate_inputs
+
+log = logging.getLogger(__name__)
+
+MIN_PREFIX = 8
+STEP_JOB = "worker.jobs.execute_step"
+FAILED_RECENTLY = timedelta(hours=24)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class StartedStep:
+    """What a worker needs to execute a step it was allowed to start."""
+
+    proceed: bool
+    message: str
+    run: Run
+    step: StepState
+    workflow: Workflow
+
+
+@dataclass(frozen=True)
+class PendingTask:
+    run: Run
+    task: Task
+
+    @property
+    def step(self) -> StepState:
+        return self.run.steps[self.task.task_id]
+
+
+@dataclass(frozen=True)
+class RunPage:
+    runs: list[Run]
+    next_cursor: str | None
+
+
+@dataclass
+class CommandCenter:
+    """The operator inbox: four sections, each with its total count and first rows."""
+
+    awaiting_approval: list[PendingTask] = field(default_factory=list)
+    stopping_gracefully: list[Run] = field(default_factory=list)
+    running_now: list[Run] = field(default_factory=list)
+    failed_recently: list[Run] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(
+        self,
+        connection: redis.Redis,
+        catalog: Catalog,
+        key_prefix: str = "sb:",
+        queue_name: str = "switchboard",
+        clock: Callable[[], datetime] = utcnow,
+        step_job: str = STEP_JOB,
+        default_job_timeout: float = 3600,
+    ) -> None:
+        self.redis = connection
+        self.catalog = catalog
+        self.keys = Keys(key_prefix)
+        self.queue = Queue(queue_name, connection=connection)
+        self.clock = clock
+        self.store = RunStore(connection, self.keys, self.queue, step_job, default_job_timeout)
+        self._workflows_by_digest: dict[str, Workflow] = {w.digest: w for w in catalog.workflows.values()}
+
+    # -- workflows -----------------------------------------------------------------------
+
+    def workflows(self) -> list[Workflow]:
+        return sorted(self.catalog.workflows.values(), key=lambda w: w.id)
+
+    def workflow(self, workflow_id: str) -> Workflow:
+        return self.catalog.get(workflow_id)
+
+    def workflow_of(self, run: Run) -> Workflow:
+        """The exact definition a run started with, even if the file changed since."""
+        workflow = self._workflows_by_digest.get(run.workflow_digest)
+        if workflow is None:
+            workflow = self.store.load_workflow(run.workflow_digest)
+            if workflow is None:
+                raise NotFound(f"The workflow definition of run {run.short_id} is missing.")
+            self._workflows_by_digest[run.workflow_digest] = workflow
+        return workflow
+
+    # -- operator commands ---------------------------------------------------------------
+
+    def start(
+        self,
+        workflow_id: str,
+        inputs: dict[str, Any] | None,
+        actor: Actor,
+        trigger: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        replay_of: str | None = None,
+    ) -> Run:
+        """Start a run; with an ``idempotency_key`` seen before, return that earlier run."""
+        workflow = self.workflow(workflow_id)
+        try:
+            values = validate_inputs(workflow, inputs or {})
+        except InputError as exc:
+            raise InvalidInput(str(exc), exc.problems) from exc
+        self.store.save_workflow(workflow)
+        self._workflows_by_digest[workflow.digest] = workflow
+        outcome = core.new_run(workflow, new_run_id(), values, actor, self.clock(), trigger, replay_of)
+        run, created = self.store.create(outcome, workflow, idempotency_key)
+        if created:
+            log.info("run queued", extra={"run_id": run.run_id, "workflow": workflow.id})
+            self._admit_waiting(workflow)
+        return self.get_run(run.run_id)
+
+    def pause(self, run_ref: str, actor: Actor) -> Run:
+        return self._command(run_ref, core.Pause(actor))
+
+    def resume(self, run_ref: str, actor: Actor) -> Run:
+        return self._command(run_ref, core.Resume(actor))
+
+    def stop(self, run_ref: str, actor: Actor, mode: Literal["immediate", "graceful"] = "immediate") -> Run:
+        if mode not in ("immediate", "graceful"):
+            raise InvalidInput(f"Stop mode must be 'immediate' or 'graceful', not {mode!r}.")
+        return self._command(run_ref, core.Stop(actor, mode))
+
+    def complete_task(
+        self,
+        run_ref: str,
+        task_id: str,
+        actor: Actor,
+        approved: bool,
+        result: dict[str, Any] | None = None,
+        comment: str | None = None,
+    ) -> Run:
+        if result is not None and not isinstance(result, dict):
+            raise InvalidInput("A task result must be an object of field values.")
+        command = core.CompleteTask(actor, task_id, approved, result or {}, comment)
+        return self._command(run_ref, command)
+
+    def replay(self, run_ref: str, actor: Actor, inputs: dict[str, Any] | None = None) -> Run:
+        """Run a finished run again as a new run, linked both ways, inputs optionally overridden."""
+        original = self.get_run(run_ref)
+        if not original.status.terminal:
+            raise CommandRefused(
+                f"Cannot replay run {original.short_id}: it is {original.status.value};"
+                " only completed, failed or stopped runs can be replayed."
+                f" You can {core.RUN_ACTIONS[original.status]}."
+            )
+        workflow = self.workflow_of(original)
+        self.catalog.workflows.setdefault(workflow.id, workflow)
+        merged = {**original.inputs, **(inputs or {})}
+        trigger = {"kind": "replay", "of": original.run_id}
+        replay = self._start_pinned(workflow, merged, actor, trigger, original.run_id)
+
+        def link(_pipe: Pipeline, run: Run) -> Outcome:
+            out = Outcome(run=run.model_copy(deep=True))
+            out.run.replays.append(replay.run_id)
+            out.events.append(
+                Event(
+                    type="run_replayed",
+                    at=self.clock(),
+                    actor=actor,
+                    run_id=run.run_id,
+                    data={"replay_run_id": replay.run_id},
+                )
+            )
+            return out
+
+        self.store.transact(original.run_id, link)
+        return replay
+
+    def _start_pinned(
+        self,
+        workflow: Workflow,
+        inputs: dict[str, Any],
+        actor: Actor,
+        trigger: dict[str, Any],
+        replay_of: str,
+    ) -> Run:
+        # A replay runs the definition the original ran, not whatever the file says now.
+        try:
+            values = validate_inputs(workflow, inputs)
+        except InputError as exc:
+            raise InvalidInput(str(exc), exc.problems) from exc
+        outcome = core.new_run(workflow, new_run_id(), values, actor, self.clock(), trigger, replay_of)
+        run, _ = self.store.create(outcome, workflow)
+        self._admit_waiting(workflow)
+        return self.get_run(run.run_id)
+
+    def deliver_event(self, name: str, key: str, payload: Any, actor: Actor) -> list[str]:
+        """Hand an external event to every step waiting for it; returns the run ids woken."""
+        woken: list[str] = []
+        for run_id, step_id in self.store.waiting_steps(f"{name}|{key}"):
+            try:
+                self._apply(run_id, core.EventDelivered(step_id, payload, actor))
+                woken.append(run_id)
+            except CommandRefused:
+                continue  # it stopped waiting in the meantime
+        return woken
+
+    # -- worker reports ------------------------------------------------------------------
+
+    def step_started(
+        self, run_id: str, step_id: str, attempt: int, dispatch: int, worker: str
+    ) -> StartedStep:
+        """Called by a worker before executing; refuses a stale, cancelled or held step."""
+        run, outcome = self._apply(run_id, core.StepStarted(step_id, attempt, dispatch, worker))
+        proceed = outcome.proceed if outcome else False
+        return StartedStep(
+            proceed=proceed,
+            message=outcome.message if outcome else "",
+            run=run,
+            step=run.steps[step_id],
+            workflow=self.workflow_of(run),
+        )
+
+    def step_finished(
+        self,
+        run_id: str,
+        step_id: str,
+        attempt: int,
+        result: Any = None,
+        error: StepError | None = None,
+    ) -> Run:
+        run, _ = self._apply(run_id, core.StepFinished(step_id, attempt, result, error))
+        return run
+
+    def step_lost(self, run_id: str, step_id: str, attempt: int, worker: str) -> Run:
+        run, _ = self._apply(run_id, core.StepLost(step_id, attempt, worker))
+        return run
+
+    def fire_due_timers(self, now: datetime | None = None, limit: int = 100) -> int:
+        """Apply every timer that is due (expiries, sleeps, retries, drain timeouts)."""
+        moment = now or self.clock()
+        fired = 0
+        for member in self.store.claim_due_timers(moment, limit):
+            run_id, kind, step_id, token = parse_timer_member(member)
+            try:
+                self._apply(run_id, core.TimerFired(kind, step_id, token), now=moment)  # type: ignore[arg-type]
+                fired += 1
+            except (CommandRefused, NotFound) as exc:
+                log.info("timer ignored", extra={"timer": member, "reason": str(exc)})
+            self.store.drop_timer(member)
+        return fired
+
+    # -- queries -------------------------------------------------------------------------
+
+    def resolve(self, run_ref: str) -> str:
+        """A full run id from an id or a unique prefix of at least 8 characters."""
+        ref = run_ref.strip().lower()
+        if self.redis.exists(self.keys.run(ref)):
+            return ref
+        if len(ref) < MIN_PREFIX:
+            raise NotFound(
+                f"No run {run_ref!r}. Name a run by its id or by at least {MIN_PREFIX} characters of it."
+            )
+        matches = self.store.ids_with_prefix(ref, limit=6)
+        if not matches:
+            raise NotFound(f"No run {run_ref!r}.")
+        if len(matches) > 1:
+            raise AmbiguousRunId(run_ref, matches)
+        return matches[0]
+
+    def get_run(self, run_ref: str) -> Run:
+        run = self.store.load(self.resolve(run_ref))
+        if run is None:
+            raise NotFound(f"No run {run_ref!r}.")
+        return run
+
+    def events(self, run_ref: str, after: str | None = None, limit: int = 1000) -> list[Event]:
+        return self.store.events(self.resolve(run_ref), after, limit)
+
+    def context(self, run_ref: str) -> dict[str, Any]:
+        """What templates of the run see, plus each step's arguments: the run's data view."""
+        run = self.get_run(run_ref)
+        ctx = core.template_context(run)
+        for step_id, step in run.steps.items():
+            ctx["steps"][step_id]["args"] = step.args
+        return ctx
+
+    def list_runs(
+        self,
+        status: RunStatus | None = None,
+        workflow_id: str | None = None,
+        prefix: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs newest first, filtered; ``cursor`` continues where the last page ended.
+
+        The narrowest index is read in batches and the other filters applied to each
+        batch, so a page costs a few round trips however many runs are stored.
+        """
+        limit = max(1, min(limit, 500))
+        ids: Iterator[str]
+        if prefix:
+            ids = iter(self.store.ids_with_prefix(prefix.lower(), limit=100_000))
+        elif status is not None:
+            ids = self.store.scan_index(self.keys.by_status(status))
+        elif workflow_id:
+            ids = self.store.scan_index(self.keys.by_workflow(workflow_id))
+        else:
+            ids = self.store.scan_index(self.keys.runs)
+
+        def keep(run: Run | None) -> bool:
+            return run is not None and (
+                (status is None or run.status is status)
+                and (workflow_id is None or run.workflow_id == workflow_id)
+                and (since is None or run.created_at >= since)
+            )
+
+        offset = int(cursor or 0)
+        page: list[tuple[int, Run]] = []
+        positions = itertools.count(offset)
+        rest = itertools.islice(ids, offset, None)
+        while len(page) <= limit and (batch := list(itertools.islice(rest, 100))):
+            runs = self.store.load_aligned(batch)
+            page.extend((pos, run) for pos, run in zip(positions, runs, strict=False) if keep(run))  # type: ignore[misc]
+        if len(page) <= limit:
+            return RunPage([run for _, run in page], None)
+        return RunPage([run for _, run in page[:limit]], str(page[limit][0]))
+
+    def pending_tasks(self, run_ref: str | None = None, limit: int = 200) -> list[PendingTask]:
+        if run_ref is not None:
+            run = self.get_run(run_ref)
+            return [PendingTask(run, s.task) for s in run.open_tasks() if s.task]
+        members = self.redis.zrange(self.keys.pending_tasks, 0, limit - 1)
+        pairs = [m.decode().split(":", 1) for m in members]
+        runs = {r.run_id: r for r in self.store.load_many(sorted({p[0] for p in pairs}))}
+        tasks: list[PendingTask] = []
+        for run_id, task_id in pairs:
+            run = runs.get(run_id)
+            step = run.steps.get(task_id) if run else None
+            if run and step and step.task:
+                tasks.append(PendingTask(run, step.task))
+        return tasks
+
+    def command_center(self, rows: int = 25) -> CommandCenter:
+        """The four inbox sections with their counts, from indexes (never a scan of all runs)."""
+        now = self.clock()
+        keys = self.keys
+        recent = ts(now - FAILED_RECENTLY)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(keys.pending_tasks)
+        for status in (RunStatus.DRAINING, RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.QUEUED):
+            pipe.zcard(keys.by_status(status))
+        for status in (RunStatus.FAILED, RunStatus.STOPPED):
+            pipe.zcount(keys.by_status(status), recent, "+inf")
+        pending, draining, running, paused, queued, failed, stopped = pipe.execute()
+        center = CommandCenter(
+            counts={
+                "pending": pending,
+                "draining": draining,
+                "running": running + paused + queued,
+                "failed": failed + stopped,
+            }
+        )
+        center.awaiting_approval = self.pending_tasks(limit=rows)
+        center.stopping_gracefully = self._runs_in(keys.by_status(RunStatus.DRAINING), rows)
+        active = [RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.QUEUED]
+        center.running_now = sorted(
+            (r for s in active for r in self._runs_in(keys.by_status(s), rows)),
+            key=lambda r: r.created_at,
+            reverse=True,
+        )[:rows]
+        failed_runs = [
+            r
+            for s in (RunStatus.FAILED, RunStatus.STOPPED)
+            for r in self._runs_in(keys.by_status(s), rows, min_score=recent)
+        ]
+        center.failed_recently = sorted(
+            failed_runs, key=lambda r: r.finished_at or r.updated_at, reverse=True
+        )[:rows]
+        return center
+
+    def _runs_in(self, key: str, rows: int, min_score: float | None = None) -> list[Run]:
+        if min_score is None:
+            ids = self.redis.zrevrange(key, 0, rows - 1)
+        else:
+            ids = self.redis.zrevrangebyscore(key, "+inf", min_score, start=0, num=rows)
+        return self.store.load_many([i.decode() for i in ids])
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _command(self, run_ref: str, command: core.Command) -> Run:
+        run, _ = self._apply(self.resolve(run_ref), command)
+        return run
+
+    def _apply(
+        self, run_id: str, command: core.Command, now: datetime | None = None
+    ) -> tuple[Run, Outcome | None]:
+        def decide(_pipe: Pipeline, run: Run) -> Outcome:
+            return core.apply(self.workflow_of(run), run, command, now or self.clock())
+
+        before_status: list[RunStatus] = []
+
+        def decide_and_note(pipe: Pipeline, run: Run) -> Outcome:
+            before_status[:] = [run.status]
+            return decide(pipe, run)
+
+        run, outcome = self.store.transact(run_id, decide_and_note)
+        if outcome is not None and outcome.changed:
+            self._after_commit(outcome, before_status[0] if before_status else run.status)
+        return run, outcome
+
+    def _after_commit(self, outcome: Outcome, before: RunStatus) -> None:
+        """Side effects that cannot be part of the transaction: they act on other processes."""
+        for job_id in outcome.kill_jobs:
+            # Not executing (yet) is fine: the worker's start check will refuse the job.
+            with contextlib.suppress(InvalidJobOperation, NoSuchJobError):
+                send_stop_job_command(self.redis, job_id)
+        run = outcome.run
+        if run.status.terminal and before in ACTIVE_RUN_STATUSES:
+            self._admit_waiting(self.workflow_of(run))
+
+    def _admit_waiting(self, workflow: Workflow) -> None:
+        """Start queued runs of ``workflow`` while it has room under its concurrency limit."""
+        limit = workflow.settings.concurrency
+        active_key = self.keys.active(workflow.id)
+        admission_key = self.keys.admission(workflow.id)
+        while True:
+            oldest = self.redis.zrange(admission_key, 0, 0)
+            if not oldest:
+                return
+            run_id = oldest[0].decode()
+
+            def admit(pipe: Pipeline, run: Run) -> Outcome | None:
+                if run.status is not RunStatus.QUEUED:
+                    return None
+                if limit is not None and pipe.zcard(active_key) >= limit:
+                    return None
+                return core.apply(workflow, run, core.Admit(Actor.system("admission")), self.clock())
+
+            run, outcome = self.store.transact(run_id, admit, watch=[active_key])
+            if outcome is None:
+                if run.status is RunStatus.QUEUED:
+                    return  # full: the next run to finish admits it
+                self.redis.zrem(admission_key, run_id)  # stale entry

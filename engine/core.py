@@ -1,0 +1,861 @@
+"""The run state machine: ``(workflow, run, command, now) -> Outcome``, with no I/O.
+
+Everything that decides what happens to a run lives here, so it can be tested and
+property-checked without Redis. :mod:`engine.store` loads a run, calls :func:`apply`,
+and commits the new state, its events and its side effects in one transaction.
+
+Run statuses::
+
+    queued -> running <-> paused
+    running | paused -> draining        (graceful stop: in-flight steps finish)
+    any active -> completed | failed | stopped
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from engine.errors import AlreadyDecided, CommandRefused, NotAllowed, NotFound
+from engine.model import (
+    Actor,
+    ActorKind,
+    Event,
+    Failure,
+    FailureCode,
+    Run,
+    RunStatus,
+    SkipReason,
+    StepError,
+    StepState,
+    StepStatus,
+    StopRequest,
+    Task,
+)
+from engine.templating import RenderError, render, truthy
+from engine.workflow import Step, StepType, Workflow
+
+# --- commands -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Admit:
+    """Move a queued run to running (the store checks the workflow's concurrency)."""
+
+    actor: Actor
+
+
+@dataclass(frozen=True)
+class Pause:
+    actor: Actor
+
+
+@dataclass(frozen=True)
+class Resume:
+    actor: Actor
+
+
+@dataclass(frozen=True)
+class Stop:
+    actor: Actor
+    mode: Literal["immediate", "graceful"] = "immediate"
+
+
+@dataclass(frozen=True)
+class CompleteTask:
+    actor: Actor
+    task_id: str
+    approved: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class StepStarted:
+    """A worker is about to execute a step; refused if the step should no longer run."""
+
+    step_id: str
+    attempt: int
+    dispatch: int
+    worker: str
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    step_id: str
+    attempt: int
+    result: Any = None
+    error: StepError | None = None
+
+
+@dataclass(frozen=True)
+class StepLost:
+    """The worker running a step died (detected by the worker-side reaper)."""
+
+    step_id: str
+    attempt: int
+    worker: str
+
+
+TimerKind = Literal[
+    "task_expiry", "sleep", "wait_timeout", "step_timeout", "retry", "drain_timeout", "run_timeout"
+]
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    kind: TimerKind
+    step_id: str
+    token: int  # the step attempt (or run version) the timer was set for; stale timers no-op
+
+
+@dataclass(frozen=True)
+class EventDelivered:
+    step_id: str
+    payload: Any
+    actor: Actor
+
+
+Command = (
+    Admit
+    | Pause
+    | Resume
+    | Stop
+    | CompleteTask
+    | StepStarted
+    | StepFinished
+    | StepLost
+    | TimerFired
+    | EventDelivered
+)
+
+# --- outcome ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timer:
+    due: datetime
+    kind: TimerKind
+    step_id: str
+    token: int
+
+
+@dataclass(frozen=True)
+class StepJob:
+    """A step attempt to hand to a worker."""
+
+    step_id: str
+    job_id: str
+    attempt: int
+    dispatch: int
+    timeout: float | None
+
+
+@dataclass
+class Outcome:
+    """The new run plus what the store must do when it commits it."""
+
+    run: Run
+    events: list[Event] = field(default_factory=list)
+    enqueue: list[StepJob] = field(default_factory=list)
+    cancel_jobs: list[str] = field(default_factory=list)  # queued, not started: drop them
+    kill_jobs: list[str] = field(default_factory=list)  # executing now: stop them
+    timers: list[Timer] = field(default_factory=list)
+    # (wait key "name|key", step id) of wait_event steps that start or stop waiting
+    waits_added: list[tuple[str, str]] = field(default_factory=list)
+    waits_removed: list[tuple[str, str]] = field(default_factory=list)
+    proceed: bool = True  # for StepStarted: False when the worker must not run the step
+    message: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.events)
+
+
+RUN_ACTIONS: dict[RunStatus, str] = {
+    RunStatus.QUEUED: "stop it",
+    RunStatus.RUNNING: "pause it or stop it (immediately or gracefully)",
+    RunStatus.PAUSED: "resume it or stop it",
+    RunStatus.DRAINING: "wait for it to drain or stop it immediately",
+    RunStatus.COMPLETED: "replay it",
+    RunStatus.FAILED: "replay it",
+    RunStatus.STOPPED: "replay it",
+}
+
+
+def job_id_for(run_id: str, step: StepState) -> str:
+    """Deterministic, so a repeated enqueue of the same dispatch is harmless."""
+    return f"sb-{run_id}-{step.step_id}-a{step.attempt}-d{step.dispatch}"
+
+
+def allowed(actor: Actor, refs: list[str]) -> bool:
+    """Whether ``actor`` matches a role list (``slack:U123``, ``api:*``, ``*``); empty: anyone."""
+    if not refs or actor.kind is ActorKind.SYSTEM:
+        return True
+    return any(ref in ("*", actor.ref, f"{actor.kind.value}:*") for ref in refs)
+
+
+def new_run(
+    workflow: Workflow,
+    run_id: str,
+    inputs: dict[str, Any],
+    actor: Actor,
+    now: datetime,
+    trigger: dict[str, Any] | None = None,
+    replay_of: str | None = None,
+) -> Outcome:
+    """A queued run of ``workflow``; inputs must already be validated."""
+    run = Run(
+        run_id=run_id,
+        workflow_id=workflow.id,
+        workflow_name=workflow.name,
+        workflow_version=workflow.version,
+        workflow_digest=workflow.digest,
+        inputs=inputs,
+        started_by=actor,
+        trigger=trigger or {},
+        created_at=now,
+        updated_at=now,
+        steps={s.id: StepState(step_id=s.id, type=s.type) for s in workflow.steps},
+        replay_of=replay_of,
+        notify_channel=workflow.settings.slack_channel,
+    )
+    data: dict[str, Any] = {"workflow_id": workflow.id, "inputs": inputs}
+    if replay_of:
+        data["replay_of"] = replay_of
+    if trigger:
+        data["trigger"] = trigger
+    event = Event(type="run_queued", at=now, actor=actor, run_id=run_id, data=data)
+    return Outcome(run=run, events=[event])
+
+
+def apply(workflow: Workflow, run: Run, command: Command, now: datetime) -> Outcome:
+    """Apply ``command``; raises :class:`CommandRefused` (or a subclass) when it does not fit."""
+    return _Transition(workflow, run, now).handle(command)
+
+
+class _Transition:
+    def __init__(self, workflow: Workflow, run: Run, now: datetime) -> None:
+        self.workflow = workflow
+        self.now = now
+        self.out = Outcome(run=run.model_copy(deep=True))
+        self.run = self.out.run
+
+    # -- dispatch on command -------------------------------------------------------------
+
+    def handle(self, command: Command) -> Outcome:
+        match command:
+            case Admit(actor):
+                self._admit(actor)
+            case Pause(actor):
+                self._pause(actor)
+            case Resume(actor):
+                self._resume(actor)
+            case Stop(actor, mode):
+                self._stop(actor, mode)
+            case CompleteTask():
+                self._complete_task(command)
+            case StepStarted():
+                self._step_started(command)
+            case StepFinished():
+                self._step_finished(command)
+            case StepLost():
+                self._step_lost(command)
+            case TimerFired():
+                self._timer_fired(command)
+            case EventDelivered():
+                self._event_delivered(command)
+        if self.out.changed:
+            self.run.updated_at = self.now
+        return self.out
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _event(self, type_: str, actor: Actor | None = None, step_id: str | None = None, **data: Any) -> None:
+        self.out.events.append(
+            Event(
+                type=type_,
+                at=self.now,
+                actor=actor or Actor.system(),
+                run_id=self.run.run_id,
+                step_id=step_id,
+                data=data,
+            )
+        )
+
+    def _refuse(self, what: str, needs: str) -> CommandRefused:
+        return CommandRefused(
+            f"Cannot {what} run {self.run.short_id}: it is {self.run.status.value}"
+            f" and {what} needs a run that is {needs}."
+            f" You can {RUN_ACTIONS[self.run.status]}."
+        )
+
+    def _check_operator(self, actor: Actor, what: str) -> None:
+        operators = self.workflow.settings.operators
+        if not allowed(actor, operators):
+            raise NotAllowed(
+                f"{actor.display} may not {what} runs of {self.workflow.id!r};"
+                f" its operators are {', '.join(operators)}."
+            )
+
+    def _context(self) -> dict[str, Any]:
+        return template_context(self.run)
+
+    def _timer(self, seconds: float, kind: TimerKind, step_id: str = "", token: int = 0) -> datetime:
+        due = self.now + timedelta(seconds=seconds)
+        self.out.timers.append(Timer(due=due, kind=kind, step_id=step_id, token=token))
+        return due
+
+    # -- operator commands ---------------------------------------------------------------
+
+    def _admit(self, actor: Actor) -> None:
+        if self.run.status is not RunStatus.QUEUED:
+            return  # admission is idempotent: a second admit after a race is a no-op
+        self.run.status = RunStatus.RUNNING
+        self.run.started_at = self.now
+        self._event("run_started", actor)
+        if self.workflow.settings.timeout:
+            self._timer(self.workflow.settings.timeout, "run_timeout")
+        self._advance()
+
+    def _pause(self, actor: Actor) -> None:
+        self._check_operator(actor, "pause")
+        if self.run.status is not RunStatus.RUNNING:
+            raise self._refuse("pause", "running")
+        self.run.status = RunStatus.PAUSED
+        self.run.paused_by = actor
+        self._event("run_paused", actor)
+
+    def _resume(self, actor: Actor) -> None:
+        self._check_operator(actor, "resume")
+        if self.run.status is not RunStatus.PAUSED:
+            raise self._refuse("resume", "paused")
+        self.run.status = RunStatus.RUNNING
+        self.run.paused_by = None
+        self._event("run_resumed", actor)
+        self._advance()
+
+    def _stop(self, actor: Actor, mode: Literal["immediate", "graceful"]) -> None:
+        self._check_operator(actor, "stop")
+        status = self.run.status
+        if status.terminal:
+            raise self._refuse("stop", "queued, running, paused or draining")
+        if status is RunStatus.DRAINING and mode == "graceful":
+            raise CommandRefused(
+                f"Run {self.run.short_id} is already stopping gracefully."
+                " You can wait for it to drain or stop it immediately."
+            )
+        running = [s for s in self.run.steps.values() if s.status is StepStatus.RUNNING]
+        if mode == "graceful" and running:
+            self._begin_drain(actor)
+            return
+        how = "immediately" if mode == "immediate" else "gracefully"
+        if status is RunStatus.DRAINING:
+            how = "immediately (escalated from a graceful stop)"
+        if self.run.stop is None or status is not RunStatus.DRAINING:
+            self.run.stop = StopRequest(mode=mode, by=actor, at=self.now)
+        failure = Failure(code=FailureCode.RUN_STOPPED, message=f"Stopped {how} by {actor.display}.")
+        self._end(RunStatus.STOPPED, failure, actor, cancel_error=failure)
+
+    def _begin_drain(self, actor: Actor) -> None:
+        deadline = self._timer(self.workflow.settings.drain_timeout, "drain_timeout")
+        self.run.stop = StopRequest(mode="graceful", by=actor, at=self.now, drain_deadline=deadline)
+        self.run.status = RunStatus.DRAINING
+        self._event("run_draining", actor, drain_deadline=deadline.isoformat())
+        error = StepError(code=FailureCode.RUN_STOPPED, message=f"Stopped gracefully by {actor.display}.")
+        for st in self.run.steps.values():
+            if st.status is StepStatus.QUEUED:
+                # Not started yet: under a graceful stop nothing new starts.
+                self._undispatch(st)
+            elif st.status is StepStatus.WAITING:
+                self._cancel(st, error, actor)
+
+    def _finish_drain_if_idle(self) -> None:
+        if self.run.status is not RunStatus.DRAINING:
+            return
+        if any(s.status is StepStatus.RUNNING for s in self.run.steps.values()):
+            return
+        stop = self.run.stop
+        by = stop.by if stop else Actor.system()
+        failure = Failure(code=FailureCode.RUN_STOPPED, message=f"Stopped gracefully by {by.display}.")
+        self._end(RunStatus.STOPPED, failure, by, cancel_error=failure)
+
+    # -- human tasks ---------------------------------------------------------------------
+
+    def _complete_task(self, cmd: CompleteTask) -> None:
+        st = self.run.steps.get(cmd.task_id)
+        if st is None or st.type is not StepType.HUMAN_TASK:
+            raise NotFound(f"Run {self.run.short_id} has no task {cmd.task_id!r}.")
+        task = st.task
+        if task is not None and task.decided_at is not None:
+            by = task.decided_by.display if task.decided_by else "the system"
+            raise AlreadyDecided(cmd.task_id, by, task.decided_at, task.approved)
+        if task is None or st.status is not StepStatus.WAITING:
+            state = st.status.value if task is None else f"{st.status.value} ({st.detail or 'closed'})"
+            raise CommandRefused(
+                f"Task {cmd.task_id!r} of run {self.run.short_id} is not open: it is {state}."
+            )
+        if not allowed(cmd.actor, task.approvers):
+            raise NotAllowed(
+                f"{cmd.actor.display} may not decide task {cmd.task_id!r};"
+                f" its approvers are {', '.join(task.approvers)}."
+            )
+        if cmd.actor.ref == self.run.started_by.ref and not self.workflow.settings.allow_self_approval:
+            raise NotAllowed(
+                f"{cmd.actor.display} started run {self.run.short_id} and so may not decide its"
+                " tasks; someone else must."
+            )
+        if task.editable:
+            not_editable = sorted(set(cmd.result) - set(task.editable))
+            if not_editable:
+                raise CommandRefused(
+                    f"Task {cmd.task_id!r} does not let you edit {not_editable};"
+                    f" editable fields: {', '.join(task.editable)}."
+                )
+        self._decide(st, task, cmd.actor, cmd.approved, cmd.result, cmd.comment)
+
+    def _decide(
+        self,
+        st: StepState,
+        task: Task,
+        actor: Actor,
+        approved: bool,
+        edits: dict[str, Any],
+        comment: str | None,
+        expired: bool = False,
+    ) -> None:
+        task.decided_by = actor
+        task.decided_at = self.now
+        task.approved = approved
+        task.expired = expired
+        task.comment = comment
+        editable_values = {name: task.fields.get(name) for name in task.editable}
+        st.result = {**editable_values, **edits, "approved": approved}
+        if expired:
+            st.result["expired"] = True
+        outcome = "approved" if approved else "rejected"
+        st.detail = f"{'expired, ' if expired else ''}{outcome} by {actor.display}"
+        self._event(
+            "task_expired" if expired else "task_completed",
+            actor,
+            st.step_id,
+            approved=approved,
+            result=edits,
+            comment=comment,
+        )
+        self._succeed(st, st.result)
+
+    # -- worker reports ------------------------------------------------------------------
+
+    def _current(self, step_id: str, attempt: int) -> StepState:
+        st = self.run.steps.get(step_id)
+        if st is None:
+            raise NotFound(f"Run {self.run.short_id} has no step {step_id!r}.")
+        if st.attempt != attempt:
+            raise CommandRefused(
+                f"Step {step_id!r} of run {self.run.short_id} is on attempt {st.attempt}, not {attempt}."
+            )
+        return st
+
+    def _step_started(self, cmd: StepStarted) -> None:
+        st = self._current(cmd.step_id, cmd.attempt)
+        if st.status is not StepStatus.QUEUED or st.dispatch != cmd.dispatch:
+            raise CommandRefused(
+                f"Step {cmd.step_id!r} of run {self.run.short_id} is {st.status.value};"
+                " this job is stale and will not run."
+            )
+        if self.run.status is RunStatus.PAUSED:
+            # Queued steps do not start while paused; resume dispatches them again.
+            st.status = StepStatus.PENDING
+            st.detail = "held: the run is paused"
+            self._event("step_held", step_id=st.step_id, attempt=st.attempt)
+            self.out.proceed = False
+            self.out.message = (
+                f"Run {self.run.short_id} is paused; step {cmd.step_id!r} will start on resume."
+            )
+            return
+        st.status = StepStatus.RUNNING
+        st.worker = cmd.worker
+        st.started_at = self.now
+        st.detail = None
+        self._event("step_started", step_id=st.step_id, attempt=st.attempt, worker=cmd.worker)
+        timeout = self.workflow.step(st.step_id).timeout
+        if timeout:
+            # A backstop: the worker enforces the timeout itself, this catches a silent worker.
+            self._timer(timeout + STEP_TIMEOUT_GRACE, "step_timeout", st.step_id, st.attempt)
+
+    def _step_finished(self, cmd: StepFinished) -> None:
+        st = self._current(cmd.step_id, cmd.attempt)
+        if st.status not in (StepStatus.RUNNING, StepStatus.QUEUED):
+            # A late report for a step already cancelled or timed out: keep it in the audit trail.
+            self._event(
+                "step_result_ignored",
+                step_id=st.step_id,
+                attempt=cmd.attempt,
+                status=st.status.value,
+                error=cmd.error.model_dump(mode="json") if cmd.error else None,
+            )
+            return
+        if cmd.error is None:
+            self._succeed(st, cmd.result)
+        else:
+            self._step_error(st, cmd.error, from_step=True)
+
+    def _step_lost(self, cmd: StepLost) -> None:
+        st = self._current(cmd.step_id, cmd.attempt)
+        if st.status is not StepStatus.RUNNING or st.worker != cmd.worker:
+            return
+        error = StepError(
+            code=FailureCode.WORKER_LOST,
+            message=f"Worker {cmd.worker} died while running the step.",
+            retryable=True,
+        )
+        self._step_error(st, error, from_step=False)
+
+    def _step_error(self, st: StepState, error: StepError, from_step: bool) -> None:
+        """A step attempt failed: retry it if its policy allows, else fail the run (fail-fast).
+
+        Errors the step reported itself are retried when retryable; a lost worker or a
+        timeout may have left side effects, so those retry only for idempotent steps.
+        """
+        policy = self.workflow.step(st.step_id).retry
+        may_retry = error.retryable and (from_step or policy.idempotent)
+        if self.run.status is RunStatus.DRAINING:
+            may_retry = False  # nothing new starts while draining
+        if may_retry and st.attempt < policy.max_attempts:
+            delay = policy.delay_before(st.attempt + 1)
+            if st.job_id and not from_step:
+                self.out.kill_jobs.append(st.job_id)
+            st.status = StepStatus.PENDING
+            st.error = error
+            st.attempt += 1
+            st.retry_at = self._timer(delay, "retry", st.step_id, st.attempt)
+            st.detail = f"retrying in {delay:g}s (attempt {st.attempt} of {policy.max_attempts})"
+            self._event(
+                "step_retry_scheduled",
+                step_id=st.step_id,
+                attempt=st.attempt,
+                retry_at=st.retry_at.isoformat(),
+                error=error.model_dump(mode="json"),
+            )
+            return
+        self._fail(st, error)
+
+    def _event_delivered(self, cmd: EventDelivered) -> None:
+        st = self.run.steps.get(cmd.step_id)
+        if st is None or st.status is not StepStatus.WAITING or st.wait_event is None:
+            raise CommandRefused(f"Step {cmd.step_id!r} of run {self.run.short_id} is not waiting.")
+        self.out.waits_removed.append((st.wait_event, st.step_id))
+        self._event("event_received", cmd.actor, st.step_id, wait_event=st.wait_event)
+        st.wait_event = None
+        self._succeed(st, cmd.payload)
+
+    def _timer_fired(self, cmd: TimerFired) -> None:
+        run = self.run
+        if run.status.terminal:
+            return
+        if cmd.kind == "drain_timeout":
+            if run.status is RunStatus.DRAINING:
+                self._escalate_drain()
+            return
+        if cmd.kind == "run_timeout":
+            self._timeout_run()
+            return
+        st = run.steps.get(cmd.step_id)
+        if st is None:
+            return
+        if cmd.kind == "retry" and st.status is StepStatus.PENDING and st.attempt == cmd.token:
+            st.retry_at = None
+            self._advance()
+        elif cmd.kind == "sleep" and st.status is StepStatus.WAITING and st.attempt == cmd.token:
+            self._succeed(st, {"slept_until": self.now.isoformat()})
+        elif cmd.kind == "step_timeout" and st.status is StepStatus.RUNNING and st.attempt == cmd.token:
+            timeout = self.workflow.step(st.step_id).timeout or 0
+            if st.job_id:
+                self.out.kill_jobs.append(st.job_id)
+            error = StepError(
+                code=FailureCode.STEP_TIMED_OUT,
+                message=f"The step did not finish within its {timeout:g}s timeout.",
+                retryable=True,
+            )
+            self._step_error(st, error, from_step=False)
+        elif cmd.kind == "wait_timeout" and st.status is StepStatus.WAITING and st.attempt == cmd.token:
+            if st.wait_event:
+                self.out.waits_removed.append((st.wait_event, st.step_id))
+            error = StepError(
+                code=FailureCode.RUN_STALLED_OR_TIMED_OUT,
+                message=f"No {st.wait_event or 'event'} arrived before the step's timeout.",
+            )
+            st.wait_event = None
+            self._fail(st, error)
+        elif cmd.kind == "task_expiry" and st.status is StepStatus.WAITING and st.task is not None:
+            if st.task.decided_at is not None or st.attempt != cmd.token:
+                return
+            spec = self.workflow.step(st.step_id).task
+            if spec is not None and spec.on_expire == "fail":
+                st.task.expired = True
+                error = StepError(
+                    code=FailureCode.APPROVAL_EXPIRED,
+                    message=f"Nobody decided task {st.step_id!r} before it expired.",
+                )
+                self._event("task_expired", step_id=st.step_id, approved=None)
+                self._fail(st, error)
+            else:
+                self._decide(st, st.task, Actor.system("expiry"), False, {}, None, expired=True)
+
+    def _escalate_drain(self) -> None:
+        failure = Failure(
+            code=FailureCode.DRAIN_TIMEOUT,
+            message="The graceful stop did not finish within the drain timeout;"
+            " in-flight steps were stopped.",
+        )
+        self._end(RunStatus.STOPPED, failure, Actor.system("drain-timeout"), cancel_error=failure)
+
+    def _timeout_run(self) -> None:
+        timeout = self.workflow.settings.timeout or 0
+        failure = Failure(
+            code=FailureCode.RUN_STALLED_OR_TIMED_OUT,
+            message=f"The run did not finish within its {timeout:g}s timeout.",
+        )
+        self._end(RunStatus.FAILED, failure, Actor.system("run-timeout"), cancel_error=failure)
+
+    # -- step transitions ----------------------------------------------------------------
+
+    def _succeed(self, st: StepState, result: Any) -> None:
+        st.status = StepStatus.SUCCEEDED
+        st.result = result
+        st.finished_at = self.now
+        st.error = None
+        st.retry_at = None
+        self._event("step_completed", step_id=st.step_id, attempt=st.attempt, skipped=False)
+        if self.run.status is RunStatus.DRAINING:
+            self._finish_drain_if_idle()
+        else:
+            self._advance()
+
+    def _fail(self, st: StepState, error: StepError) -> None:
+        """Fail-fast: the step fails, and with it the run."""
+        st.status = StepStatus.FAILED
+        st.error = error
+        st.finished_at = self.now
+        st.retry_at = None
+        self._event(
+            "step_failed",
+            step_id=st.step_id,
+            attempt=st.attempt,
+            error=error.model_dump(mode="json"),
+        )
+        failure = Failure(**error.model_dump(), step_id=st.step_id)
+        cancel = StepError(code=error.code, message=f"Cancelled because step {st.step_id!r} failed.")
+        self._end(RunStatus.FAILED, failure, Actor.system(), cancel_error=cancel, blocked_by=st.step_id)
+
+    def _cancel(self, st: StepState, error: StepError, actor: Actor) -> None:
+        if st.status is StepStatus.RUNNING and st.job_id:
+            self.out.kill_jobs.append(st.job_id)
+        if st.wait_event:
+            self.out.waits_removed.append((st.wait_event, st.step_id))
+            st.wait_event = None
+        st.status = StepStatus.CANCELLED
+        st.error = error
+        st.detail = error.message
+        st.finished_at = self.now
+        self._event(
+            "step_cancelled",
+            actor,
+            st.step_id,
+            attempt=st.attempt,
+            error=error.model_dump(mode="json"),
+        )
+
+    def _skip(self, st: StepState, reason: SkipReason, detail: str, actor: Actor | None = None) -> None:
+        st.status = StepStatus.SKIPPED
+        st.reason = reason
+        st.detail = detail
+        st.finished_at = self.now
+        st.retry_at = None
+        self._event("step_completed", actor, st.step_id, skipped=True, reason=reason.value, detail=detail)
+
+    def _undispatch(self, st: StepState) -> None:
+        if st.job_id:
+            self.out.cancel_jobs.append(st.job_id)
+        st.status = StepStatus.PENDING
+        st.job_id = None
+
+    def _end(
+        self,
+        status: RunStatus,
+        failure: Failure | None,
+        actor: Actor,
+        cancel_error: StepError,
+        blocked_by: str | None = None,
+    ) -> None:
+        """Finish the run: in-flight steps are cancelled, steps that never started skipped."""
+        for st in self.run.steps.values():
+            if st.status in (StepStatus.RUNNING, StepStatus.WAITING):
+                self._cancel(st, StepError(code=cancel_error.code, message=cancel_error.message), actor)
+            elif st.status in (StepStatus.QUEUED, StepStatus.PENDING):
+                if st.status is StepStatus.QUEUED:
+                    self._undispatch(st)
+                if blocked_by:
+                    self._skip(st, SkipReason.BLOCKED, f"blocked: step {blocked_by!r} failed", actor)
+                else:
+                    self._skip(st, SkipReason.STOPPED, f"never started: {cancel_error.message}", actor)
+        self.run.status = status
+        self.run.failure = failure
+        self.run.finished_at = self.now
+        data: dict[str, Any] = {}
+        if failure is not None:
+            data["failure"] = failure.model_dump(mode="json")
+        self._event(f"run_{status.value}", actor, **data)
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Start every step whose needs are met, until nothing more can start."""
+        if self.run.status is not RunStatus.RUNNING:
+            return
+        progressed = True
+        while progressed and self.run.status is RunStatus.RUNNING:
+            progressed = False
+            for step in self.workflow.steps:
+                st = self.run.steps[step.id]
+                if st.status is not StepStatus.PENDING or self.run.status is not RunStatus.RUNNING:
+                    continue
+                if st.retry_at is not None and st.retry_at > self.now:
+                    continue
+                if self._try_start(step, st):
+                    progressed = True
+        if self.run.status is RunStatus.RUNNING and all(s.status.finished for s in self.run.steps.values()):
+            self.run.status = RunStatus.COMPLETED
+            self.run.finished_at = self.now
+            self._event("run_completed")
+
+    def _try_start(self, step: Step, st: StepState) -> bool:
+        needs = [self.run.steps[n] for n in step.needs]
+        if any(not n.status.finished for n in needs):
+            return False
+        blocker = self._blocker(step, needs)
+        if blocker:
+            self._skip(st, SkipReason.BLOCKED, blocker)
+            return True
+        if st.attempt == 0:
+            context = self._context()
+            try:
+                if step.when is not None and not truthy(step.when, context, f"{step.id}.if"):
+                    self._skip(st, SkipReason.CONDITION, f"condition is false: {step.when}")
+                    return True
+                st.attempt = 1
+                self._open(step, st, context)
+            except RenderError as exc:
+                st.attempt = max(st.attempt, 1)
+                self._fail(st, StepError(code=FailureCode.TEMPLATE_ERROR, message=str(exc)))
+            return True
+        self._dispatch(st)  # a retry, or a step held while paused
+        return True
+
+    def _blocker(self, step: Step, needs: list[StepState]) -> str | None:
+        for need in needs:
+            if need.status is not StepStatus.SUCCEEDED:
+                return f"blocked: step {need.step_id!r} was {need.status.value}"
+            rejected = need.task is not None and need.task.approved is False
+            # A rejected approval ends its branch, unless the step decides for itself with `if`.
+            if rejected and step.when is None:
+                return f"blocked: approval {need.step_id!r} was {need.detail}"
+        return None
+
+    def _open(self, step: Step, st: StepState, context: dict[str, Any]) -> None:
+        """Start a step whose needs are met, according to its type."""
+        match step.type:
+            case StepType.ACTION:
+                st.args = render(step.args, context, f"{step.id}.args")
+                self._dispatch(st)
+            case StepType.HTTP:
+                assert step.http is not None
+                st.args = render(step.http.model_dump(by_alias=True), context, f"{step.id}.http")
+                self._dispatch(st)
+            case StepType.HUMAN_TASK:
+                self._open_task(step, st, context)
+            case StepType.SLEEP:
+                assert step.duration is not None
+                st.status = StepStatus.WAITING
+                st.started_at = self.now
+                due = self._timer(step.duration, "sleep", st.step_id, st.attempt)
+                st.detail = f"sleeping until {due.isoformat()}"
+                self._event("step_started", step_id=st.step_id, attempt=st.attempt, until=due.isoformat())
+            case StepType.WAIT_EVENT:
+                assert step.event is not None
+                key = render(step.event.key, context, f"{step.id}.event.key")
+                st.wait_event = f"{step.event.name}|{key}"
+                st.status = StepStatus.WAITING
+                st.started_at = self.now
+                st.detail = f"waiting for event {step.event.name!r} with key {key!r}"
+                self.out.waits_added.append((st.wait_event, st.step_id))
+                if step.event.timeout:
+                    self._timer(step.event.timeout, "wait_timeout", st.step_id, st.attempt)
+                self._event("step_started", step_id=st.step_id, attempt=st.attempt, wait_event=st.wait_event)
+            case StepType.NOTIFY:
+                assert step.notify is not None
+                text = render(step.notify.text, context, f"{step.id}.notify.text")
+                channel = step.notify.channel or self.workflow.settings.slack_channel
+                st.started_at = self.now
+                self._event("notification", step_id=st.step_id, channel=channel, text=str(text))
+                self._succeed(st, {"channel": channel, "text": str(text)})
+
+    def _open_task(self, step: Step, st: StepState, context: dict[str, Any]) -> None:
+        spec = step.task
+        assert spec is not None
+        where = f"{step.id}.task"
+        expires_at = self.now + timedelta(seconds=spec.expires_in) if spec.expires_in else None
+        st.task = Task(
+            task_id=step.id,
+            task_type=spec.task_type,
+            title=str(render(spec.title, context, f"{where}.title")),
+            description=str(render(spec.description, context, f"{where}.description")),
+            fields=render(spec.fields, context, f"{where}.fields"),
+            editable=spec.editable,
+            approvers=spec.approvers if spec.approvers is not None else self.workflow.settings.approvers,
+            opened_at=self.now,
+            expires_at=expires_at,
+        )
+        st.status = StepStatus.WAITING
+        st.started_at = self.now
+        st.detail = "awaiting approval" if spec.task_type == "approval" else "awaiting edits"
+        if spec.expires_in:
+            self._timer(spec.expires_in, "task_expiry", st.step_id, st.attempt)
+        self._event(
+            "task_opened",
+            step_id=st.step_id,
+            task_type=spec.task_type,
+            title=st.task.title,
+            expires_at=expires_at.isoformat() if expires_at else None,
+        )
+
+    def _dispatch(self, st: StepState) -> None:
+        st.dispatch += 1
+        st.status = StepStatus.QUEUED
+        st.job_id = job_id_for(self.run.run_id, st)
+        st.queued_at = self.now
+        st.worker = None
+        timeout = self.workflow.step(st.step_id).timeout
+        self.out.enqueue.append(StepJob(st.step_id, st.job_id, st.attempt, st.dispatch, timeout))
+        self._event("step_queued", step_id=st.step_id, attempt=st.attempt, job_id=st.job_id)
+
+
+STEP_TIMEOUT_GRACE = 10.0
+
+
+def template_context(run: Run) -> dict[str, Any]:
+    """What templates see: ``inputs``, ``steps.<id>.result|status``, ``run``."""
+    return {
+        "inputs": run.inputs,
+        "steps": {
+            sid: {"result": st.result, "status": st.status.value, "attempt": st.attempt}
+            for sid, st in run.steps.items()
+        },
+        "run": {
+            "id": run.run_id,
+            "workflow": run.workflow_id,
+            "started_by": run.started_by.ref,
+        },
+    }

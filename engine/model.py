@@ -1,0 +1,220 @@
+"""The state of a run, its steps and human tasks, and the events that record each change."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from engine.workflow import StepType
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    DRAINING = "draining"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_RUN_STATUSES
+
+
+TERMINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.STOPPED})
+ACTIVE_RUN_STATUSES = frozenset(set(RunStatus) - TERMINAL_RUN_STATUSES)
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STEP_STATUSES
+
+
+FINISHED_STEP_STATUSES = frozenset(
+    {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.SKIPPED}
+)
+IN_FLIGHT_STEP_STATUSES = frozenset({StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.WAITING})
+
+
+class SkipReason(StrEnum):
+    BLOCKED = "blocked"  # an upstream step failed, was skipped, or its approval was rejected
+    CONDITION = "condition"  # the step's `if` was false
+    STOPPED = "stopped"  # the run was stopped before the step could start
+
+
+class FailureCode(StrEnum):
+    STEP_FAILED = "STEP_FAILED"
+    STEP_TIMED_OUT = "STEP_TIMED_OUT"
+    HTTP_REQUEST_FAILED = "HTTP_REQUEST_FAILED"
+    TEMPLATE_ERROR = "TEMPLATE_ERROR"
+    RUN_STOPPED = "RUN_STOPPED"
+    DRAIN_TIMEOUT = "DRAIN_TIMEOUT"
+    RUN_STALLED_OR_TIMED_OUT = "RUN_STALLED_OR_TIMED_OUT"
+    APPROVAL_EXPIRED = "APPROVAL_EXPIRED"
+    WORKER_LOST = "WORKER_LOST"
+
+
+FAILURE_MEANINGS: dict[FailureCode, str] = {
+    FailureCode.STEP_FAILED: "A step raised an error or returned a failure.",
+    FailureCode.STEP_TIMED_OUT: "A step ran longer than its timeout and was stopped.",
+    FailureCode.HTTP_REQUEST_FAILED: "An HTTP step got an error or an unexpected status.",
+    FailureCode.TEMPLATE_ERROR: "A step's template referred to something that does not exist.",
+    FailureCode.RUN_STOPPED: "An operator stopped the run.",
+    FailureCode.DRAIN_TIMEOUT: "A graceful stop did not finish within the drain timeout; "
+    "in-flight steps were stopped immediately.",
+    FailureCode.RUN_STALLED_OR_TIMED_OUT: "No progress within the timeout window.",
+    FailureCode.APPROVAL_EXPIRED: "Nobody decided a human task before it expired.",
+    FailureCode.WORKER_LOST: "The worker running a step died; the step could not be retried.",
+}
+
+
+class ActorKind(StrEnum):
+    SLACK = "slack"
+    API = "api"
+    WEBHOOK = "webhook"
+    CLI = "cli"
+    SYSTEM = "system"
+
+
+class Actor(BaseModel):
+    """Who asked for a change: recorded on every event, checked against workflow roles."""
+
+    kind: ActorKind
+    id: str
+    name: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind.value}:{self.id}"
+
+    @property
+    def display(self) -> str:
+        return self.name or self.ref
+
+    @classmethod
+    def system(cls, what: str = "switchboard") -> Actor:
+        return cls(kind=ActorKind.SYSTEM, id=what)
+
+
+class StepError(BaseModel):
+    code: FailureCode
+    message: str
+    retryable: bool = False
+    provider_status: int | None = None
+
+
+class Failure(StepError):
+    """Why a run ended other than by completing."""
+
+    step_id: str | None = None
+
+
+class Task(BaseModel):
+    """A human task opened by a ``human_task`` step. Its id is the step id."""
+
+    task_id: str
+    task_type: Literal["approval", "edit"]
+    title: str
+    description: str = ""
+    fields: dict[str, Any] = Field(default_factory=dict)
+    editable: list[str] = Field(default_factory=list)
+    approvers: list[str] = Field(default_factory=list)
+    opened_at: datetime
+    expires_at: datetime | None = None
+    decided_by: Actor | None = None
+    decided_at: datetime | None = None
+    approved: bool | None = None
+    expired: bool = False
+    comment: str | None = None
+
+
+class StepState(BaseModel):
+    step_id: str
+    type: StepType
+    status: StepStatus = StepStatus.PENDING
+    attempt: int = 0
+    dispatch: int = 0  # how many times the step was handed to RQ; part of the job id
+    reason: SkipReason | None = None
+    detail: str | None = None
+    args: Any = None
+    result: Any = None
+    error: StepError | None = None
+    job_id: str | None = None
+    worker: str | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    retry_at: datetime | None = None
+    task: Task | None = None
+    wait_event: str | None = None  # "name|key" for wait_event steps
+
+
+class StopRequest(BaseModel):
+    mode: Literal["immediate", "graceful"]
+    by: Actor
+    at: datetime
+    drain_deadline: datetime | None = None
+
+
+class Run(BaseModel):
+    run_id: str
+    workflow_id: str
+    workflow_name: str
+    workflow_version: int | str
+    workflow_digest: str
+    status: RunStatus = RunStatus.QUEUED
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    started_by: Actor
+    trigger: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    version: int = 0  # bumped on every committed change; the optimistic-lock token
+    steps: dict[str, StepState]
+    failure: Failure | None = None
+    stop: StopRequest | None = None
+    paused_by: Actor | None = None
+    replay_of: str | None = None
+    replays: list[str] = Field(default_factory=list)
+    notify_channel: str | None = None
+
+    @property
+    def short_id(self) -> str:
+        return self.run_id[:8]
+
+    def in_flight(self) -> list[StepState]:
+        return [s for s in self.steps.values() if s.status in IN_FLIGHT_STEP_STATUSES]
+
+    def open_tasks(self) -> list[StepState]:
+        return [
+            s
+            for s in self.steps.values()
+            if s.status is StepStatus.WAITING and s.task is not None and s.task.decided_at is None
+        ]
+
+
+class Event(BaseModel):
+    """One entry of a run's audit trail."""
+
+    type: str
+    at: datetime
+    actor: Actor
+    run_id: str
+    step_id: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = None  # the stream entry id, once stored

@@ -1,0 +1,329 @@
+"""Runs in Redis: one JSON document per run, its event stream, and the indexes queries use.
+
+A change to a run is an optimistic transaction: WATCH the run's key, load it, compute
+the outcome with the pure core, then MULTI/EXEC the new document together with its
+events, index updates, timers and RQ enqueues. If another process changed the run in
+between, EXEC fails and the change is recomputed on the new state; so concurrent
+commands never interleave, and a step is enqueued exactly when its state says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+from rq import Queue
+
+from engine.core import Outcome, StepJob, Timer
+from engine.errors import NotFound
+from engine.model import (
+    ACTIVE_RUN_STATUSES,
+    Event,
+    Run,
+    RunStatus,
+)
+from engine.workflow import Workflow
+
+EVENTS_MAXLEN = 100_000  # the global feed the bot and metrics follow; runs keep their own
+TIMER_LEASE_SECONDS = 30.0
+
+
+def ts(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every Redis key the engine uses, under one prefix so tests and tenants can share a server."""
+
+    prefix: str
+
+    def run(self, run_id: str) -> str:
+        return f"{self.prefix}run:{run_id}"
+
+    def run_events(self, run_id: str) -> str:
+        return f"{self.prefix}run:{run_id}:events"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def runs(self) -> str:
+        return f"{self.prefix}runs"
+
+    @property
+    def run_ids(self) -> str:
+        return f"{self.prefix}runs:ids"
+
+    def by_status(self, status: RunStatus | str) -> str:
+        return f"{self.prefix}runs:status:{status}"
+
+    def by_workflow(self, workflow_id: str) -> str:
+        return f"{self.prefix}runs:workflow:{workflow_id}"
+
+    def active(self, workflow_id: str) -> str:
+        return f"{self.prefix}runs:active:{workflow_id}"
+
+    def admission(self, workflow_id: str) -> str:
+        return f"{self.prefix}runs:admission:{workflow_id}"
+
+    @property
+    def pending_tasks(self) -> str:
+        return f"{self.prefix}tasks:pending"
+
+    @property
+    def timers(self) -> str:
+        return f"{self.prefix}timers"
+
+    def waits(self, wait_key: str) -> str:
+        return f"{self.prefix}waits:{wait_key}"
+
+    def workflow_snapshot(self, digest: str) -> str:
+        return f"{self.prefix}workflow:{digest}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}idempotency:{key}"
+
+
+def timer_member(run_id: str, timer: Timer) -> str:
+    return f"{run_id}|{timer.kind}|{timer.step_id}|{timer.token}"
+
+
+def parse_timer_member(member: str) -> tuple[str, str, str, int]:
+    run_id, kind, step_id, token = member.split("|", 3)
+    return run_id, kind, step_id, int(token)
+
+
+def task_member(run_id: str, task_id: str) -> str:
+    return f"{run_id}:{task_id}"
+
+
+# Claim due timers atomically: each claimed timer is pushed a lease into the future, so a
+# process that dies before applying it leaves it to fire again, not lost.
+_CLAIM_TIMERS = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], member) end
+return due
+"""
+
+
+class RunStore:
+    """Reads and writes runs; used by :class:`engine.api.Engine`, never by the edges directly."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        keys: Keys,
+        queue: Queue,
+        step_job: str,
+        default_job_timeout: float,
+    ) -> None:
+        self.redis = connection
+        self.keys = keys
+        self.queue = queue
+        self.step_job = step_job
+        self.default_job_timeout = default_job_timeout
+        self._claim_timers = connection.register_script(_CLAIM_TIMERS)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def load(self, run_id: str) -> Run | None:
+        raw = self.redis.get(self.keys.run(run_id))
+        return Run.model_validate_json(raw) if raw else None
+
+    def load_many(self, run_ids: list[str]) -> list[Run]:
+        if not run_ids:
+            return []
+        raws = self.redis.mget([self.keys.run(r) for r in run_ids])
+        return [Run.model_validate_json(raw) for raw in raws if raw]
+
+    def load_aligned(self, run_ids: list[str]) -> list[Run | None]:
+        """Runs in the order asked, None where a run is gone."""
+        if not run_ids:
+            return []
+        raws = self.redis.mget([self.keys.run(r) for r in run_ids])
+        return [Run.model_validate_json(raw) if raw else None for raw in raws]
+
+    def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        found = self.redis.zrangebylex(self.keys.run_ids, f"[{prefix}", f"[{prefix}\xff", start=0, num=limit)
+        return [_text(r) for r in found]
+
+    def events(self, run_id: str, after: str | None, limit: int) -> list[Event]:
+        start = f"({after}" if after else "-"
+        entries = self.redis.xrange(self.keys.run_events(run_id), min=start, count=limit)
+        return [event_from_entry(entry_id, fields) for entry_id, fields in entries]
+
+    def save_workflow(self, workflow: Workflow) -> None:
+        self.redis.set(self.keys.workflow_snapshot(workflow.digest), workflow.model_dump_json(by_alias=True))
+
+    def load_workflow(self, digest: str) -> Workflow | None:
+        raw = self.redis.get(self.keys.workflow_snapshot(digest))
+        return Workflow.model_validate_json(raw) if raw else None
+
+    def scan_index(self, key: str, newest_first: bool = True, chunk: int = 200) -> Iterator[str]:
+        """Run ids from a sorted-set index, in chunks, so a page never loads the whole set."""
+        offset = 0
+        while True:
+            if newest_first:
+                ids = self.redis.zrevrange(key, offset, offset + chunk - 1)
+            else:
+                ids = self.redis.zrange(key, offset, offset + chunk - 1)
+            if not ids:
+                return
+            yield from (_text(i) for i in ids)
+            offset += len(ids)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def create(
+        self,
+        outcome: Outcome,
+        workflow: Workflow,
+        idempotency_key: str | None = None,
+    ) -> tuple[Run, bool]:
+        """Store a new run; with an idempotency key seen before, return the earlier run."""
+        run = outcome.run
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    if idempotency_key:
+                        key = self.keys.idempotency(idempotency_key)
+                        pipe.watch(key)
+                        existing = pipe.get(key)
+                        if existing:
+                            pipe.reset()
+                            earlier = self.load(_text(existing))
+                            if earlier is not None:
+                                return earlier, False
+                    pipe.multi()
+                    if idempotency_key:
+                        pipe.set(self.keys.idempotency(idempotency_key), run.run_id, ex=7 * 86400)
+                    pipe.zadd(self.keys.run_ids, {run.run_id: 0})
+                    pipe.zadd(self.keys.runs, {run.run_id: ts(run.created_at)})
+                    pipe.zadd(self.keys.by_workflow(run.workflow_id), {run.run_id: ts(run.created_at)})
+                    pipe.zadd(self.keys.admission(run.workflow_id), {run.run_id: ts(run.created_at)})
+                    self.write(pipe, None, outcome, workflow)
+                    pipe.execute()
+                    return run, True
+                except redis.WatchError:
+                    continue
+
+    def transact(
+        self,
+        run_id: str,
+        decide: Callable[[Pipeline, Run], Outcome | None],
+        watch: Iterable[str] = (),
+    ) -> tuple[Run, Outcome | None]:
+        """Apply ``decide`` to the current run atomically, retrying on a concurrent change.
+
+        ``decide`` may read more keys through the pipeline (it is in immediate mode) and
+        ``watch`` names keys whose change must also invalidate the decision.
+        """
+        key = self.keys.run(run_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key, *watch)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise NotFound(f"No run {run_id!r}.")
+                    before = Run.model_validate_json(raw)
+                    outcome = decide(pipe, before)
+                    if outcome is None or not outcome.changed:
+                        pipe.reset()
+                        return before, outcome
+                    pipe.multi()
+                    self.write(pipe, before, outcome, None)
+                    pipe.execute()
+                    return outcome.run, outcome
+                except redis.WatchError:
+                    continue
+
+    def write(self, pipe: Pipeline, before: Run | None, outcome: Outcome, workflow: Workflow | None) -> None:
+        """Queue in ``pipe`` (already in MULTI) everything that commits ``outcome``."""
+        run = outcome.run
+        run.version = (before.version if before else 0) + 1
+        keys = self.keys
+        pipe.set(keys.run(run.run_id), run.model_dump_json())
+        for event in outcome.events:
+            body = event.model_dump_json(exclude={"id"})
+            fields: dict[Any, Any] = {"type": event.type, "run_id": run.run_id, "event": body}
+            pipe.xadd(keys.run_events(run.run_id), fields)
+            pipe.xadd(keys.events, fields, maxlen=EVENTS_MAXLEN, approximate=True)
+        self._write_indexes(pipe, before, run)
+        for timer in outcome.timers:
+            pipe.zadd(keys.timers, {timer_member(run.run_id, timer): ts(timer.due)})
+        for wait_key, step_id in outcome.waits_added:
+            pipe.sadd(keys.waits(wait_key), f"{run.run_id}:{step_id}")
+        for wait_key, step_id in outcome.waits_removed:
+            pipe.srem(keys.waits(wait_key), f"{run.run_id}:{step_id}")
+        for job_id in outcome.cancel_jobs:
+            pipe.lrem(self.queue.key, 0, job_id)
+        for job in outcome.enqueue:
+            self._enqueue(pipe, run, job)
+
+    def _write_indexes(self, pipe: Pipeline, before: Run | None, run: Run) -> None:
+        keys = self.keys
+        moment = ts(run.updated_at)
+        if before is None or before.status is not run.status:
+            if before is not None:
+                pipe.zrem(keys.by_status(before.status), run.run_id)
+            pipe.zadd(keys.by_status(run.status), {run.run_id: moment})
+            if run.status is not RunStatus.QUEUED:
+                pipe.zrem(keys.admission(run.workflow_id), run.run_id)
+            if run.status in ACTIVE_RUN_STATUSES and run.status is not RunStatus.QUEUED:
+                pipe.zadd(keys.active(run.workflow_id), {run.run_id: ts(run.created_at)})
+            else:
+                pipe.zrem(keys.active(run.workflow_id), run.run_id)
+        open_before = {s.step_id for s in before.open_tasks()} if before else set()
+        open_now = {s.step_id: s for s in run.open_tasks()}
+        for task_id in open_before - set(open_now):
+            pipe.zrem(keys.pending_tasks, task_member(run.run_id, task_id))
+        for task_id in set(open_now) - open_before:
+            task = open_now[task_id].task
+            opened = ts(task.opened_at) if task else moment
+            pipe.zadd(keys.pending_tasks, {task_member(run.run_id, task_id): opened})
+
+    def _enqueue(self, pipe: Pipeline, run: Run, job: StepJob) -> None:
+        self.queue.enqueue_call(
+            self.step_job,
+            args=(run.run_id, job.step_id, job.attempt, job.dispatch),
+            job_id=job.job_id,
+            timeout=int(job.timeout or self.default_job_timeout),
+            result_ttl=600,
+            failure_ttl=86400,
+            description=f"{run.workflow_id} {run.short_id} {job.step_id} attempt {job.attempt}",
+            pipeline=pipe,
+        )
+
+    # -- timers and waits ----------------------------------------------------------------
+
+    def claim_due_timers(self, now: datetime, limit: int = 100) -> list[str]:
+        lease = ts(now) + TIMER_LEASE_SECONDS
+        claimed = self._claim_timers(keys=[self.keys.timers], args=[ts(now), lease, limit])
+        return [_text(m) for m in claimed]
+
+    def drop_timer(self, member: str) -> None:
+        self.redis.zrem(self.keys.timers, member)
+
+    def waiting_steps(self, wait_key: str) -> list[tuple[str, str]]:
+        members = self.redis.smembers(self.keys.waits(wait_key))
+        pairs = [_text(m).split(":", 1) for m in members]
+        return [(run_id, step_id) for run_id, step_id in pairs]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def event_from_entry(entry_id: bytes | str, fields: dict[Any, Any]) -> Event:
+    """Decode an entry of a run's stream or of the global feed."""
+    body = fields.get(b"event") or fields.get("event")
+    event = Event.model_validate_json(body)
+    event.id = _text(entry_id)
+    return event

@@ -1,0 +1,58 @@
+"""Render step arguments as Jinja templates in a sandbox.
+
+Authors write ``{{ inputs.service }}`` or ``{{ steps.draft.result.text }}``. A string
+that is a single expression keeps its native type (a dict stays a dict, ``true`` a
+bool), so results flow between steps unchanged; anything else renders to text.
+The sandbox stops templates from reaching Python internals, and undefined names are
+errors rather than empty strings, so a typo fails the step instead of sending blanks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+_SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
+_FALSY_TEXT = {"", "false", "no", "0", "none", "null", "off"}
+
+
+class RenderError(ValueError):
+    """A template that could not be rendered; the message says where and why."""
+
+
+def render(value: Any, context: dict[str, Any], where: str = "") -> Any:
+    """Render every string inside ``value`` (recursing into dicts and lists)."""
+    if isinstance(value, str):
+        return _render_string(value, context, where)
+    if isinstance(value, dict):
+        return {k: render(v, context, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, context, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def truthy(condition: str, context: dict[str, Any], where: str = "if") -> bool:
+    """Evaluate an ``if``: a template like ``{{ steps.a.result.ok }}`` or a bare expression."""
+    text = condition if "{{" in condition else "{{ " + condition + " }}"
+    value = _render_string(text, context, where)
+    if isinstance(value, str):
+        return value.strip().lower() not in _FALSY_TEXT
+    return bool(value)
+
+
+def _render_string(text: str, context: dict[str, Any], where: str) -> Any:
+    if "{{" not in text and "{%" not in text:
+        return text
+    try:
+        match = _SINGLE_EXPRESSION.match(text)
+        if match:
+            return _env.compile_expression(match.group("expr"), undefined_to_none=False)(**context)
+        return _env.from_string(text).render(**context)
+    except TemplateError as exc:
+        raise RenderError(f"{where or 'template'}: {exc.message or exc}") from exc
+    except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+        raise RenderError(f"{where or 'template'}: {exc}") from exc

@@ -1,0 +1,51 @@
+"""Shared fixtures: a real Redis, isolated per test by key prefix and queue name."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from engine.api import Engine
+from engine.catalog import Catalog, load_folder
+
+REDIS_URL = os.environ.get("SWITCHBOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+
+
+@pytest.fixture
+def redis_conn() -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(REDIS_URL)
+    try:
+        connection.ping()
+    except redis.ConnectionError:
+        pytest.fail(f"tests need a Redis server at {REDIS_URL} (see README)")
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def namespace(redis_conn: redis.Redis) -> Iterator[str]:
+    """A key prefix (and queue name) of this test's own; its keys are removed afterwards."""
+    name = f"sbtest-{uuid.uuid4().hex[:10]}"
+    yield name
+    for key in redis_conn.scan_iter(f"{name}:*", count=1000):
+        redis_conn.delete(key)
+    for key in redis_conn.scan_iter(f"rq:*{name}*", count=1000):
+        redis_conn.delete(key)
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    loaded = load_folder(WORKFLOWS)
+    assert not loaded.errors, loaded.errors
+    return loaded
+
+
+@pytest.fixture
+def engine(redis_conn: redis.Redis, catalog: Catalog, namespace: str) -> Engine:
+    return Engine(redis_conn, catalog, key_prefix=f"{namespace}:", queue_name=namespace)

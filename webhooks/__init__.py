@@ -1,0 +1,1 @@
+"""The aiohttp server: signed inbound webhooks, the REST API, health and metrics."""
