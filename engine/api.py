@@ -247,8 +247,12 @@ class Engine:
     def step_started(
         self, run_id: str, step_id: str, attempt: int, dispatch: int, worker: str
     ) -> StartedStep:
-        """Called by a worker before executing; refuses a stale, cancelled or held step."""
-        run, outcome = self._apply(run_id, core.StepStarted(step_id, attempt, dispatch, worker))
+        """Called by a worker before executing: ``proceed`` is False for a stale, cancelled or held step."""
+        try:
+            run, outcome = self._apply(run_id, core.StepStarted(step_id, attempt, dispatch, worker))
+        except CommandRefused as refused:
+            run = self.get_run(run_id)
+            return StartedStep(False, str(refused), run, run.steps[step_id], self.workflow_of(run))
         proceed = outcome.proceed if outcome else False
         return StartedStep(
             proceed=proceed,

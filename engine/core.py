@@ -653,6 +653,7 @@ class _Transition:
     def _cancel(self, st: StepState, error: StepError, actor: Actor) -> None:
         if st.status is StepStatus.RUNNING and st.job_id:
             self.out.kill_jobs.append(st.job_id)
+            self.out.cancel_jobs.append(st.job_id)  # in case RQ put it back on the queue
         if st.wait_event:
             self.out.waits_removed.append((st.wait_event, st.step_id))
             st.wait_event = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -50,7 +50,10 @@ def _render_string(text: str, context: dict[str, Any], where: str) -> Any:
     try:
         match = _SINGLE_EXPRESSION.match(text)
         if match:
-            return _env.compile_expression(match.group("expr"), undefined_to_none=False)(**context)
+            value = _env.compile_expression(match.group("expr"), undefined_to_none=False)(**context)
+            if isinstance(value, Undefined):
+                raise RenderError(f"{where or 'template'}: {value._undefined_message}")
+            return value
         return _env.from_string(text).render(**context)
     except TemplateError as exc:
         raise RenderError(f"{where or 'template'}: {exc.message or exc}") from exc
