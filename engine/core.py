@@ -368,6 +368,8 @@ class _Transition:
             if st.status is StepStatus.QUEUED:
                 # Not started yet: under a graceful stop nothing new starts.
                 self._undispatch(st)
+                st.detail = "held: the run is stopping gracefully"
+                self._event("step_held", actor, st.step_id, attempt=st.attempt, reason="draining")
             elif st.status is StepStatus.WAITING:
                 self._cancel(st, error, actor)
 
