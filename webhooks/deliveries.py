@@ -1,0 +1,186 @@
+"""``POST /webhooks/{source}``: verify a signed delivery, then start a run or deliver an event.
+
+The order matters: the source is looked up, the body read up to its limit, the
+signature verified over the raw bytes, and only then is the body parsed and mapped.
+A delivery id seen before starts nothing and is answered with the original run id
+(the engine's idempotency key ``<source>:<delivery id>``). The answer is 202 as soon
+as the run is queued; no step runs inside the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from engine.errors import InvalidInput
+from engine.model import Actor, ActorKind
+from engine.templating import RenderError, render, truthy
+from webhooks.context import WebContext, context_of
+from webhooks.metrics import UNKNOWN_SOURCE, count_delivery
+from webhooks.problems import Problem, invalid_fields
+from webhooks.routing import endpoint, parse_json
+from webhooks.signatures import Scheme, SignatureError, StaleTimestamp, verify
+from webhooks.sources import Source
+
+log = logging.getLogger(__name__)
+
+SEEN_TTL_SECONDS = 7 * 86400
+
+
+@endpoint(None, status=202, tag="webhooks")
+async def receive_delivery(request: web.Request) -> web.StreamResponse:
+    """Receive a signed webhook delivery.
+
+    Starts the source's workflow, or delivers its event to waiting runs. Signed with the
+    source's scheme (Standard Webhooks, GitHub or Stripe); no bearer token.
+    """
+    ctx = context_of(request)
+    name = request.match_info["source"]
+    source = ctx.sources.get(name)
+    outcome = "error"
+    try:
+        if source is None:
+            outcome = "unknown_source"
+            raise Problem(404, f"No webhook source {name!r}.", "unknown-source")
+        response, outcome = await _handle(ctx, source, request)
+        return response
+    except Problem as problem:
+        if outcome == "error":
+            outcome = problem.slug.replace("-", "_")
+        raise
+    finally:
+        await count_delivery(ctx.aredis, ctx.engine.keys, source.name if source else UNKNOWN_SOURCE, outcome)
+
+
+async def _handle(ctx: WebContext, source: Source, request: web.Request) -> tuple[web.Response, str]:
+    body = await read_limited(request, source.body_limit)
+    try:
+        delivery_id = verify(
+            source.spec.scheme,
+            source.keys,
+            request.headers,
+            body,
+            ctx.engine.clock().timestamp(),
+            ctx.settings.timestamp_tolerance,
+        )
+    except StaleTimestamp as exc:
+        raise _unauthorized(str(exc), "stale-timestamp") from None
+    except SignatureError as exc:
+        raise _unauthorized(str(exc), "bad-signature") from None
+    payload = parse_json(body)
+    if delivery_id is None and source.spec.scheme is Scheme.STRIPE and isinstance(payload, dict):
+        delivery_id = str(payload.get("id") or "") or None
+    context: dict[str, Any] = {
+        "payload": payload,
+        "headers": {k.lower(): v for k, v in request.headers.items()},
+        "source": source.name,
+        "delivery_id": delivery_id,
+    }
+    if source.spec.filter is not None:
+        reason = _filtered_out(source.spec.filter, context)
+        if reason:
+            return web.json_response({"status": "ignored", "reason": reason}, status=200), "ignored"
+    if source.spec.start is not None:
+        return await _start(ctx, source, context, delivery_id)
+    return await _deliver(ctx, source, context, delivery_id)
+
+
+async def _start(
+    ctx: WebContext, source: Source, context: dict[str, Any], delivery_id: str | None
+) -> tuple[web.Response, str]:
+    action = source.spec.start
+    assert action is not None
+    inputs = _render_fields(action.inputs, context, "inputs")
+    request_id = secrets.token_hex(6)
+    trigger = {"kind": "webhook", "source": source.name, "delivery_id": delivery_id, "request_id": request_id}
+    key = f"{source.name}:{delivery_id}" if delivery_id else None
+    try:
+        run = await asyncio.to_thread(ctx.engine.start, action.workflow, inputs, _actor(source), trigger, key)
+    except InvalidInput as exc:
+        raise invalid_fields(
+            f"The payload does not give workflow {action.workflow!r} valid inputs: {exc}",
+            {f"inputs.{k}": v for k, v in exc.problems.items()},
+        ) from None
+    duplicate = run.trigger.get("request_id") != request_id
+    status_url = ctx.url(f"/v1/runs/{run.run_id}")
+    body = {
+        "run_id": run.run_id,
+        "status": run.status.value,
+        "status_url": status_url,
+        "duplicate": duplicate,
+    }
+    log.info("webhook run", extra={"source": source.name, "run_id": run.run_id, "duplicate": duplicate})
+    return web.json_response(body, status=202, headers={"Location": status_url}), (
+        "duplicate" if duplicate else "started"
+    )
+
+
+async def _deliver(
+    ctx: WebContext, source: Source, context: dict[str, Any], delivery_id: str | None
+) -> tuple[web.Response, str]:
+    action = source.spec.deliver
+    assert action is not None
+    rendered = _render_fields({"event": action.event, "key": action.key}, context, "deliver")
+    event, key = str(rendered["event"]), str(rendered["key"])
+    seen_key = f"{ctx.engine.keys.prefix}web:seen:{source.name}:{delivery_id}"
+    if delivery_id and not await ctx.aredis.set(seen_key, "{}", nx=True, ex=SEEN_TTL_SECONDS):
+        earlier = json.loads(await ctx.aredis.get(seen_key) or "{}")
+        return web.json_response({**earlier, "duplicate": True}, status=202), "duplicate"
+    woken = await asyncio.to_thread(ctx.engine.deliver_event, event, key, context["payload"], _actor(source))
+    body = {
+        "event": event,
+        "key": key,
+        "run_ids": woken,
+        "status_urls": [ctx.url(f"/v1/runs/{r}") for r in woken],
+    }
+    if delivery_id:
+        await ctx.aredis.set(seen_key, json.dumps(body), xx=True, keepttl=True)
+    return web.json_response({**body, "duplicate": False}, status=202), "delivered"
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to be over ``limit`` bytes."""
+    too_large = Problem(413, f"The body is larger than this source accepts ({limit} bytes).", "too-large")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _filtered_out(condition: str, context: dict[str, Any]) -> str | None:
+    try:
+        return None if truthy(condition, context, "filter") else "the source's filter does not match"
+    except RenderError as exc:
+        return f"the source's filter could not be evaluated: {exc}"
+
+
+def _render_fields(fields: dict[str, Any], context: dict[str, Any], where: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for name, template in fields.items():
+        try:
+            values[name] = render(template, context, f"{where}.{name}")
+        except RenderError as exc:
+            problems[f"{where}.{name}"] = str(exc)
+    if problems:
+        raise invalid_fields("The payload lacks what the source maps from it.", problems)
+    return values
+
+
+def _actor(source: Source) -> Actor:
+    return Actor(kind=ActorKind.WEBHOOK, id=source.name)
+
+
+def _unauthorized(detail: str, slug: str) -> Problem:
+    return Problem(401, detail, slug)

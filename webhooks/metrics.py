@@ -1,0 +1,146 @@
+"""Prometheus metrics, written in the text exposition format by hand.
+
+What each metric means:
+
+- ``switchboard_runs{status}``: runs now in each status, from the status indexes
+  (a ZCARD each, never a scan of runs). Shared by every process.
+- ``switchboard_tasks_pending``: human tasks waiting for a decision (index size).
+- ``switchboard_webhook_deliveries_total{source,outcome}``: webhook deliveries by what
+  became of them, counted in a Redis hash, so it is the total over every web process
+  and survives restarts. Unknown sources are counted under ``source="_unknown"``.
+- ``switchboard_step_duration_seconds{workflow,type,outcome}``: a histogram of step
+  durations (started to succeeded or failed, from the run's own timestamps; human
+  tasks measure how long people took). Only steps that finished while this web
+  process followed the global event feed count, like any per-process counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from engine.model import Run, RunStatus, StepStatus
+from engine.store import Keys
+from webhooks.feeds import read_events
+
+log = logging.getLogger(__name__)
+
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0)
+FINISHED_EVENTS = {"step_completed", "step_failed"}
+UNKNOWN_SOURCE = "_unknown"
+
+
+def deliveries_key(keys: Keys) -> str:
+    return f"{keys.prefix}web:deliveries"
+
+
+async def count_delivery(aredis: aioredis.Redis, keys: Keys, source: str, outcome: str) -> None:
+    await aredis.hincrby(deliveries_key(keys), f"{source}|{outcome}", 1)
+
+
+@dataclass
+class _Histogram:
+    buckets: list[int] = field(default_factory=lambda: [0] * len(BUCKETS))
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(BUCKETS, value)
+        if index < len(BUCKETS):
+            self.buckets[index] += 1
+        self.count += 1
+        self.total += value
+
+
+@dataclass
+class StepDurations:
+    """Step durations observed by following the global event feed."""
+
+    series: dict[tuple[str, str, str], _Histogram] = field(default_factory=lambda: defaultdict(_Histogram))
+
+    def observe_runs(self, finished: Iterable[tuple[str, int]], runs: dict[str, Run]) -> None:
+        for key, attempt in finished:
+            run_id, step_id = key.split("|", 1)
+            run = runs.get(run_id)
+            step = run.steps.get(step_id) if run else None
+            if run is None or step is None or step.attempt != attempt:
+                continue
+            if step.started_at is None or step.finished_at is None:
+                continue
+            if step.status not in (StepStatus.SUCCEEDED, StepStatus.FAILED):
+                continue
+            seconds = (step.finished_at - step.started_at).total_seconds()
+            self.series[(run.workflow_id, step.type.value, step.status.value)].observe(max(seconds, 0.0))
+
+    async def follow(self, aredis: aioredis.Redis, keys: Keys, block_ms: int = 5000) -> None:
+        """Tail the global feed from now on; runs until cancelled."""
+        last = "$"
+        while True:
+            try:
+                events = await read_events(aredis, keys.events, last, block_ms, 500)
+            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                log.warning("metrics feed unavailable", extra={"error": str(exc)})
+                await asyncio.sleep(1.0)
+                continue
+            finished: list[tuple[str, int]] = []
+            for event in events:
+                last = event.id or last
+                if event.type in FINISHED_EVENTS and event.step_id and not event.data.get("skipped"):
+                    finished.append((f"{event.run_id}|{event.step_id}", int(event.data.get("attempt", 0))))
+            if finished:
+                run_ids = sorted({key.split("|", 1)[0] for key, _ in finished})
+                raws = await aredis.mget([keys.run(r) for r in run_ids])
+                runs = {r: Run.model_validate_json(raw) for r, raw in zip(run_ids, raws, strict=True) if raw}
+                self.observe_runs(finished, runs)
+
+
+async def exposition(aredis: aioredis.Redis, keys: Keys, durations: StepDurations) -> str:
+    """The whole ``/metrics`` page."""
+    pipe = aredis.pipeline(transaction=False)
+    statuses = list(RunStatus)
+    for status in statuses:
+        pipe.zcard(keys.by_status(status))
+    pipe.zcard(keys.pending_tasks)
+    pipe.hgetall(deliveries_key(keys))
+    *counts, pending, deliveries = await pipe.execute()
+    lines = [
+        "# HELP switchboard_runs Runs now in each status (from the status indexes).",
+        "# TYPE switchboard_runs gauge",
+        *(f'switchboard_runs{{status="{s.value}"}} {n}' for s, n in zip(statuses, counts, strict=True)),
+        "# HELP switchboard_tasks_pending Human tasks waiting for a decision.",
+        "# TYPE switchboard_tasks_pending gauge",
+        f"switchboard_tasks_pending {pending}",
+        "# HELP switchboard_webhook_deliveries_total Webhook deliveries by source and outcome.",
+        "# TYPE switchboard_webhook_deliveries_total counter",
+    ]
+    for field_name, value in sorted(deliveries.items()):
+        source, _, outcome = field_name.decode().partition("|")
+        lines.append(
+            f'switchboard_webhook_deliveries_total{{source="{_label(source)}",outcome="{_label(outcome)}"}}'
+            f" {int(value)}"
+        )
+    lines += [
+        "# HELP switchboard_step_duration_seconds Step durations, started to finished,"
+        " for steps that finished while this process ran.",
+        "# TYPE switchboard_step_duration_seconds histogram",
+    ]
+    for (workflow, step_type, outcome), hist in sorted(durations.series.items()):
+        labels = f'workflow="{_label(workflow)}",type="{step_type}",outcome="{outcome}"'
+        cumulative = 0
+        for bound, n in zip(BUCKETS, hist.buckets, strict=True):
+            cumulative += n
+            lines.append(f'switchboard_step_duration_seconds_bucket{{{labels},le="{bound:g}"}} {cumulative}')
+        lines.append(f'switchboard_step_duration_seconds_bucket{{{labels},le="+Inf"}} {hist.count}')
+        lines.append(f"switchboard_step_duration_seconds_sum{{{labels}}} {hist.total:.6f}")
+        lines.append(f"switchboard_step_duration_seconds_count{{{labels}}} {hist.count}")
+    return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

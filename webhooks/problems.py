@@ -1,0 +1,123 @@
+"""Errors as ``application/problem+json`` (RFC 9457), and the middleware that maps them.
+
+Every refusal a client can get, from a forged signature to a command that does not fit
+the run's state, leaves as a problem document with ``type``, ``title``, ``status`` and
+a ``detail`` sentence; extra members say more (``errors`` for invalid fields,
+``candidates`` for an ambiguous run id, ``decided_by`` for a task decided already).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from engine.errors import (
+    AlreadyDecided,
+    AmbiguousRunId,
+    CommandRefused,
+    InvalidInput,
+    NotAllowed,
+    NotFound,
+    SwitchboardError,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Problem(Exception):
+    """Raise from a handler to answer with a problem document."""
+
+    def __init__(self, status: int, detail: str, slug: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.slug = slug or HTTPStatus(status).phrase.lower().replace(" ", "-")
+        self.extra = extra
+        self.headers: dict[str, str] = {}
+
+    def response(self) -> web.Response:
+        body = {
+            "type": f"urn:switchboard:problem:{self.slug}",
+            "title": HTTPStatus(self.status).phrase,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+        return web.Response(
+            status=self.status,
+            text=json.dumps(body, default=str),
+            content_type=PROBLEM_JSON,
+            headers=self.headers,
+        )
+
+
+def invalid_fields(detail: str, errors: dict[str, Any]) -> Problem:
+    """422 naming each invalid field and what is wrong with it."""
+    listed = [{"field": name, "message": str(why)} for name, why in errors.items()]
+    return Problem(422, detail, "invalid-input", errors=listed)
+
+
+def from_validation_error(exc: ValidationError, where: str) -> Problem:
+    errors = {".".join(str(p) for p in err["loc"]) or where: err["msg"] for err in exc.errors()}
+    detail = "; ".join(f"{name}: {why}" for name, why in errors.items())
+    return invalid_fields(f"The {where} is not valid: {detail}.", errors)
+
+
+def from_engine_error(exc: SwitchboardError) -> Problem:
+    """The status each engine error means over HTTP; the engine's sentence is the detail."""
+    detail = str(exc)
+    if isinstance(exc, NotFound):
+        return Problem(404, detail, "not-found")
+    if isinstance(exc, AmbiguousRunId):
+        return Problem(400, detail, "ambiguous-run-id", candidates=exc.candidates)
+    if isinstance(exc, InvalidInput):
+        return invalid_fields(detail, exc.problems) if exc.problems else Problem(422, detail, "invalid-input")
+    if isinstance(exc, NotAllowed):
+        return Problem(403, detail, "not-allowed")
+    if isinstance(exc, AlreadyDecided):
+        return Problem(
+            409,
+            detail,
+            "already-decided",
+            decided_by=exc.decided_by,
+            decided_at=exc.decided_at.isoformat(),
+            approved=exc.approved,
+        )
+    if isinstance(exc, CommandRefused):
+        return Problem(409, detail, "command-refused")
+    return Problem(400, detail, "bad-request")
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem.response()
+    except SwitchboardError as exc:
+        return from_engine_error(exc).response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else exc.reason
+        if exc.status == 404:
+            detail = f"There is nothing at {request.path}; see /v1/openapi.json for the routes."
+        elif exc.status == 405:
+            detail = f"{request.method} is not allowed on {request.path}."
+        mapped = Problem(exc.status, detail or exc.reason)
+        for name in ("Allow", "WWW-Authenticate"):
+            if name in exc.headers:
+                mapped.headers[name] = exc.headers[name]
+        return mapped.response()
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path, "method": request.method})
+        return Problem(500, "Something went wrong on our side; it has been logged.").response()

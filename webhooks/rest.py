@@ -1,0 +1,357 @@
+"""The REST API under ``/v1``: every console action, over JSON.
+
+Handlers are thin: validate the request with a pydantic model, call the engine in a
+thread (it is synchronous), and shape the answer. Engine errors become problem
+documents in :mod:`webhooks.problems`; the role each route needs is declared with
+:func:`~webhooks.routing.endpoint` and enforced by :mod:`webhooks.server`'s middleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
+
+from engine.api import CommandCenter, PendingTask
+from engine.errors import NotFound
+from engine.model import Actor, Run, RunStatus
+from engine.workflow import Workflow
+from webhooks.auth import Principal, Role
+from webhooks.context import WebContext, context_of
+from webhooks.routing import endpoint, read_body, read_query
+
+routes = web.RouteTableDef()
+PRINCIPAL = "switchboard_principal"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunsQuery(_Model):
+    status: RunStatus | None = None
+    workflow: str | None = None
+    prefix: str | None = Field(default=None, min_length=1, max_length=32)
+    since: AwareDatetime | None = Field(default=None, description="ISO 8601 with a time zone")
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, pattern=r"^\d{1,9}$", description="next_cursor of the last page")
+
+
+class WorkflowRunsQuery(_Model):
+    status: RunStatus | None = None
+    since: AwareDatetime | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, pattern=r"^\d{1,9}$")
+
+
+class EventsQuery(_Model):
+    after: str | None = Field(default=None, pattern=r"^\d{1,20}-\d{1,20}$", description="an event id")
+    limit: int = Field(default=1000, ge=1, le=10_000)
+
+
+class StartBody(_Model):
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class CommandParams(_Model):
+    mode: Literal["immediate", "graceful"] = "immediate"
+    inputs: dict[str, Any] | None = None
+
+
+class CommandBody(_Model):
+    command: Literal["start", "pause", "resume", "stop"]
+    run_id: str | None = Field(default=None, min_length=1)
+    params: CommandParams = Field(default_factory=CommandParams)
+
+    @model_validator(mode="after")
+    def _run_id_unless_start(self) -> CommandBody:
+        if self.command == "start" and self.run_id is not None:
+            raise ValueError("start begins a new run and takes no run_id")
+        if self.command != "start" and self.run_id is None:
+            raise ValueError(f"{self.command} needs the run_id of the run to {self.command}")
+        return self
+
+
+class CompleteBody(_Model):
+    approved: StrictBool
+    result: dict[str, Any] = Field(default_factory=dict)
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+class ReplayBody(_Model):
+    inputs: dict[str, Any] | None = None
+
+
+# -- shaping answers ---------------------------------------------------------------------
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    return {"short_id": run.short_id, **run.model_dump(mode="json")}
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "short_id": run.short_id,
+        "workflow_id": run.workflow_id,
+        "workflow_name": run.workflow_name,
+        "status": run.status.value,
+        "started_by": run.started_by.model_dump(mode="json"),
+        "created_at": run.created_at.isoformat(),
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "failure": run.failure.model_dump(mode="json") if run.failure else None,
+    }
+
+
+def task_json(pending: PendingTask) -> dict[str, Any]:
+    return {
+        "run_id": pending.run.run_id,
+        "short_id": pending.run.short_id,
+        "workflow_id": pending.run.workflow_id,
+        "workflow_name": pending.run.workflow_name,
+        "step_id": pending.task.task_id,
+        **pending.task.model_dump(mode="json"),
+    }
+
+
+def workflow_summary(workflow: Workflow) -> dict[str, Any]:
+    return {
+        "id": workflow.id,
+        "name": workflow.name,
+        "version": workflow.version,
+        "description": workflow.description,
+        "digest": workflow.digest,
+        "inputs": {k: v.model_dump(mode="json") for k, v in workflow.inputs.items()},
+    }
+
+
+def command_center_json(center: CommandCenter) -> dict[str, Any]:
+    return {
+        "counts": center.counts,
+        "awaiting_approval": [task_json(t) for t in center.awaiting_approval],
+        "stopping_gracefully": [run_summary(r) for r in center.stopping_gracefully],
+        "running_now": [run_summary(r) for r in center.running_now],
+        "failed_recently": [run_summary(r) for r in center.failed_recently],
+    }
+
+
+def actor_of(request: web.Request) -> Actor:
+    principal: Principal = request[PRINCIPAL]
+    return principal.actor
+
+
+async def _engine(ctx: WebContext, method: str, *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(getattr(ctx.engine, method), *args, **kwargs)
+
+
+async def _run_of_workflow(ctx: WebContext, workflow_id: str, run_ref: str) -> Run:
+    """The run, checked to belong to ``workflow_id`` (404 if not: the path names neither)."""
+    await _engine(ctx, "workflow", workflow_id)
+    run: Run = await _engine(ctx, "get_run", run_ref)
+    if run.workflow_id != workflow_id:
+        raise NotFound(f"Run {run.short_id} is a run of {run.workflow_id!r}, not of {workflow_id!r}.")
+    return run
+
+
+def _page(request: web.Request, runs: list[Run], cursor: str | None) -> web.Response:
+    next_url = str(request.rel_url.update_query(cursor=cursor)) if cursor else None
+    return web.json_response(
+        {"runs": [run_summary(r) for r in runs], "next_cursor": cursor, "next": next_url}
+    )
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+
+@routes.get("/v1/runs")
+@endpoint(Role.VIEWER, query=RunsQuery)
+async def list_runs(request: web.Request) -> web.StreamResponse:
+    """List runs, newest first.
+
+    Filters combine; `next_cursor` (and the `next` link) continues to the next page.
+    """
+    q = read_query(request, RunsQuery)
+    page = await _engine(
+        context_of(request), "list_runs", q.status, q.workflow, q.prefix, q.since, q.limit, q.cursor
+    )
+    return _page(request, page.runs, page.next_cursor)
+
+
+@routes.get("/v1/runs/{run_id}")
+@endpoint(Role.VIEWER)
+async def get_run(request: web.Request) -> web.StreamResponse:
+    """Get a run by its id or a unique prefix of at least 8 characters."""
+    run = await _engine(context_of(request), "get_run", request.match_info["run_id"])
+    return web.json_response(run_json(run))
+
+
+@routes.get("/v1/runs/{run_id}/events")
+@endpoint(Role.VIEWER, query=EventsQuery)
+async def run_events(request: web.Request) -> web.StreamResponse:
+    """The run's audit trail: every event, oldest first; `after` continues from an event id."""
+    q = read_query(request, EventsQuery)
+    events = await _engine(context_of(request), "events", request.match_info["run_id"], q.after, q.limit)
+    return web.json_response({"events": [e.model_dump(mode="json") for e in events]})
+
+
+@routes.get("/v1/runs/{run_id}/context")
+@endpoint(Role.VIEWER)
+async def run_context(request: web.Request) -> web.StreamResponse:
+    """What the run's templates see: inputs and each step's status, arguments and result."""
+    context = await _engine(context_of(request), "context", request.match_info["run_id"])
+    return web.json_response(context, dumps=_dumps)
+
+
+@routes.get("/v1/runs/{run_id}/tasks/pending")
+@endpoint(Role.VIEWER, tag="tasks")
+async def run_pending_tasks(request: web.Request) -> web.StreamResponse:
+    """Human tasks of one run still waiting for a decision."""
+    tasks = await _engine(context_of(request), "pending_tasks", request.match_info["run_id"])
+    return web.json_response({"tasks": [task_json(t) for t in tasks]})
+
+
+@routes.post("/v1/runs/{run_id}/tasks/{task_id}/complete")
+@endpoint(Role.APPROVER, body=CompleteBody, tag="tasks")
+async def complete_task(request: web.Request) -> web.StreamResponse:
+    """Approve or reject a human task; `result` carries the edited fields of an edit task."""
+    body = await read_body(request, CompleteBody)
+    ctx = context_of(request)
+    run = await _engine(
+        ctx,
+        "complete_task",
+        request.match_info["run_id"],
+        request.match_info["task_id"],
+        actor_of(request),
+        body.approved,
+        body.result,
+        body.comment,
+    )
+    return web.json_response(run_json(run))
+
+
+@routes.post("/v1/runs/{run_id}/replay")
+@endpoint(Role.OPERATOR, body=ReplayBody, status=201)
+async def replay_run(request: web.Request) -> web.StreamResponse:
+    """Run a finished run again as a new run, inputs optionally overridden."""
+    body = await read_body(request, ReplayBody)
+    ctx = context_of(request)
+    run = await _engine(ctx, "replay", request.match_info["run_id"], actor_of(request), body.inputs)
+    return _created(ctx, run)
+
+
+# -- workflows -----------------------------------------------------------------------------
+
+
+@routes.get("/v1/workflows")
+@endpoint(Role.VIEWER, tag="workflows")
+async def list_workflows(request: web.Request) -> web.StreamResponse:
+    """List the workflows this server knows."""
+    workflows = await _engine(context_of(request), "workflows")
+    return web.json_response({"workflows": [workflow_summary(w) for w in workflows]})
+
+
+@routes.get("/v1/workflows/{workflow_id}")
+@endpoint(Role.VIEWER, tag="workflows")
+async def get_workflow(request: web.Request) -> web.StreamResponse:
+    """Get a workflow's full definition."""
+    workflow = await _engine(context_of(request), "workflow", request.match_info["workflow_id"])
+    return web.json_response({**workflow.model_dump(mode="json", by_alias=True), "digest": workflow.digest})
+
+
+@routes.get("/v1/workflows/{workflow_id}/runs")
+@endpoint(Role.VIEWER, query=WorkflowRunsQuery, tag="workflows")
+async def list_workflow_runs(request: web.Request) -> web.StreamResponse:
+    """List one workflow's runs, newest first."""
+    q = read_query(request, WorkflowRunsQuery)
+    ctx = context_of(request)
+    workflow_id = request.match_info["workflow_id"]
+    await _engine(ctx, "workflow", workflow_id)
+    page = await _engine(ctx, "list_runs", q.status, workflow_id, None, q.since, q.limit, q.cursor)
+    return _page(request, page.runs, page.next_cursor)
+
+
+@routes.post("/v1/workflows/{workflow_id}/runs")
+@endpoint(Role.OPERATOR, body=StartBody, status=201, tag="workflows")
+async def start_run(request: web.Request) -> web.StreamResponse:
+    """Start a run of the workflow with `inputs`."""
+    body = await read_body(request, StartBody)
+    ctx = context_of(request)
+    run = await _engine(ctx, "start", request.match_info["workflow_id"], body.inputs, actor_of(request))
+    return _created(ctx, run)
+
+
+@routes.post("/v1/workflows/{workflow_id}/command")
+@endpoint(Role.OPERATOR, body=CommandBody, tag="workflows")
+async def workflow_command(request: web.Request) -> web.StreamResponse:
+    """Send a run command: start, pause, resume or stop (`params.mode` immediate or graceful).
+
+    Every command but start names the run (`run_id`, or a unique prefix), which must be
+    a run of this workflow.
+    """
+    body = await read_body(request, CommandBody)
+    ctx = context_of(request)
+    workflow_id = request.match_info["workflow_id"]
+    actor = actor_of(request)
+    if body.command == "start":
+        run = await _engine(ctx, "start", workflow_id, body.params.inputs or {}, actor)
+        return _created(ctx, run)
+    assert body.run_id is not None
+    target = await _run_of_workflow(ctx, workflow_id, body.run_id)
+    if body.command == "stop":
+        run = await _engine(ctx, "stop", target.run_id, actor, body.params.mode)
+    else:
+        run = await _engine(ctx, body.command, target.run_id, actor)
+    return web.json_response(run_json(run))
+
+
+@routes.post("/v1/workflows/{workflow_id}/runs/{run_id}/tasks/{task_id}/complete")
+@endpoint(Role.APPROVER, body=CompleteBody, tag="tasks")
+async def complete_workflow_task(request: web.Request) -> web.StreamResponse:
+    """Approve or reject a human task of a run of this workflow (the console's path)."""
+    body = await read_body(request, CompleteBody)
+    ctx = context_of(request)
+    target = await _run_of_workflow(ctx, request.match_info["workflow_id"], request.match_info["run_id"])
+    run = await _engine(
+        ctx,
+        "complete_task",
+        target.run_id,
+        request.match_info["task_id"],
+        actor_of(request),
+        body.approved,
+        body.result,
+        body.comment,
+    )
+    return web.json_response(run_json(run))
+
+
+# -- inbox -----------------------------------------------------------------------------------
+
+
+@routes.get("/v1/tasks/pending")
+@endpoint(Role.VIEWER, tag="tasks")
+async def pending_tasks(request: web.Request) -> web.StreamResponse:
+    """Human tasks waiting for a decision, oldest first, across all runs."""
+    tasks = await _engine(context_of(request), "pending_tasks")
+    return web.json_response({"tasks": [task_json(t) for t in tasks]})
+
+
+@routes.get("/v1/command-center")
+@endpoint(Role.VIEWER, tag="inbox")
+async def command_center(request: web.Request) -> web.StreamResponse:
+    """The operator inbox: awaiting approval, stopping gracefully, running now, failed recently."""
+    center = await _engine(context_of(request), "command_center")
+    return web.json_response(command_center_json(center))
+
+
+def _created(ctx: WebContext, run: Run) -> web.Response:
+    location = ctx.url(f"/v1/runs/{run.run_id}")
+    return web.json_response(run_json(run), status=201, headers={"Location": location})
+
+
+def _dumps(value: Any) -> str:
+    # A run's context holds step results: whatever JSON-ish values actions returned.
+    return json.dumps(value, default=str)

@@ -1,0 +1,118 @@
+"""The web process: build the aiohttp application and run it.
+
+``create_app`` wires the engine to every route: the signed webhooks, the REST API,
+``/healthz`` and ``/metrics``. Other parts (the Slack bot) may add their routes to the
+returned app before it starts. ``run_web`` serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from engine.api import Engine
+from webhooks import deliveries, rest
+from webhooks.auth import Tokens, forbidden
+from webhooks.context import CONTEXT, WebContext, async_redis_like, context_of
+from webhooks.metrics import StepDurations, exposition
+from webhooks.openapi import build_openapi
+from webhooks.problems import Handler, Problem, problem_middleware
+from webhooks.routing import endpoint, endpoint_of
+from webhooks.settings import WebSettings, get_web_settings
+from webhooks.sources import load_sources
+from webhooks.stream import stream_run
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT = 2.0
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the bearer token and role a route declares; routes without a role are public."""
+    spec = endpoint_of(request)
+    if spec is not None and spec.role is not None:
+        principal = context_of(request).tokens.authenticate(request.headers.get("Authorization"))
+        if not principal.may(spec.role):
+            raise forbidden(principal, spec.role)
+        request[rest.PRINCIPAL] = principal
+    return await handler(request)
+
+
+@endpoint(None, tag="operations")
+async def healthz(request: web.Request) -> web.StreamResponse:
+    """Health: 200 when Redis answers a PING, 503 when it does not."""
+    ctx = context_of(request)
+    try:
+        await asyncio.wait_for(ctx.aredis.ping(), HEALTH_TIMEOUT)
+    except (aioredis.RedisError, OSError, TimeoutError) as exc:
+        raise Problem(503, f"Redis is not reachable: {exc or type(exc).__name__}.", "unhealthy") from None
+    return web.json_response({"status": "ok", "redis": "ok"})
+
+
+@endpoint(None, media_type="text/plain", tag="operations")
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus metrics: runs by status, pending tasks, webhook deliveries, step durations."""
+    ctx = context_of(request)
+    text = await exposition(ctx.aredis, ctx.engine.keys, ctx.durations)
+    return web.Response(
+        text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"}
+    )
+
+
+@endpoint(None, tag="operations")
+async def openapi(request: web.Request) -> web.StreamResponse:
+    """This API's OpenAPI 3.1 document."""
+    return web.json_response(build_openapi(request.app))
+
+
+def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Application:
+    """The application serving ``engine``: webhooks, ``/v1``, ``/healthz`` and ``/metrics``.
+
+    Sources and tokens are read here, once; a malformed sources file or token setting
+    raises now rather than at the first request.
+    """
+    settings = settings or get_web_settings()
+    sources = load_sources(settings.sources_file, settings.body_limit)
+    tokens = Tokens.parse(settings.api_tokens.get_secret_value())
+    if not len(tokens):
+        log.warning("no API tokens configured: every /v1 request will be refused (SWITCHBOARD_API_TOKENS)")
+    largest_body = max([settings.body_limit, *(s.body_limit for s in sources.values())])
+    app = web.Application(middlewares=[problem_middleware, auth_middleware], client_max_size=largest_body)
+    ctx = WebContext(engine, settings, sources, tokens, async_redis_like(engine.redis), StepDurations())
+    app[CONTEXT] = ctx
+    app.router.add_post("/webhooks/{source}", deliveries.receive_delivery)
+    app.router.add_routes(rest.routes)
+    app.router.add_get("/v1/runs/{run_id}/stream", stream_run)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(_background)
+    log.info("web app ready", extra={"sources": sorted(sources), "tokens": len(tokens)})
+    return app
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """Threads for engine calls, the metrics feed follower; closed with the app."""
+    ctx = app[CONTEXT]
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=ctx.settings.threads, thread_name_prefix="switchboard-web")
+    loop.set_default_executor(executor)
+    follower = asyncio.create_task(ctx.durations.follow(ctx.aredis, ctx.engine.keys))
+    yield
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
+    await ctx.aredis.aclose()
+
+
+def run_web(host: str, port: int, engine: Engine, settings: WebSettings | None = None) -> None:
+    """Serve the web app until interrupted (the ``switchboard web`` process)."""
+    app = create_app(engine, settings)
+    web.run_app(app, host=host, port=port, print=lambda text: log.info(text.strip()), access_log=log)
