@@ -1,0 +1,269 @@
+"""Messages and modals about one run: approval cards, failure alerts, progress, the step timeline.
+
+Pure functions from engine models to Block Kit, so they are tested without Slack and
+every text goes through :mod:`bot.blocks`, which keeps it within Slack's limits.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bot import ids
+from bot.blocks import (
+    INPUT_LABEL,
+    INPUT_VALUE,
+    MESSAGE_BLOCKS,
+    MODAL_BUTTON,
+    MODAL_TITLE,
+    PRIVATE_METADATA,
+    VIEW_BLOCKS,
+    Block,
+    actions,
+    button,
+    context,
+    escape,
+    fit,
+    header,
+    plain,
+    section,
+    truncate,
+    value_text,
+    when,
+    who,
+)
+from engine.model import FAILURE_MEANINGS, Event, FailureCode, Run, StepState, StepStatus, Task
+
+Message = dict[str, Any]  # chat.postMessage / chat.update arguments: text and blocks
+
+STEP_MARKS = {
+    StepStatus.SUCCEEDED: "✅",
+    StepStatus.FAILED: "🔴",
+    StepStatus.CANCELLED: "⚪",
+    StepStatus.SKIPPED: "⏭️",
+}
+
+
+def message(text: str, blocks: list[Block]) -> Message:
+    return {"text": truncate(text, 3000), "blocks": fit(blocks, MESSAGE_BLOCKS)}
+
+
+# -- approval cards --------------------------------------------------------------------------
+
+
+def approval_card(run: Run, task: Task) -> Message:
+    """The card posted when a human task opens: everything needed to decide, and the buttons."""
+    value = ids.task_value(run.run_id, task.task_id)
+    buttons = [
+        button("Approve", ids.TASK_APPROVE, value, "primary"),
+        button("Reject", ids.TASK_REJECT, value, "danger"),
+    ]
+    if task.editable:
+        buttons.append(button("Edit", ids.TASK_EDIT, value))
+    expiry = f"expires {when(task.expires_at)}" if task.expires_at else "does not expire"
+    blocks = [
+        *_task_body(run, task),
+        context(f"Started by {who(run.started_by)} · {expiry}"),
+        actions(*buttons, block_id=f"task:{value}"),
+    ]
+    return message(f"{task.task_type.title()} needed: {task.title}", blocks)
+
+
+def decided_card(run: Run, task: Task, cancelled: str | None = None) -> Message:
+    """The card after the task closed: the outcome replaces the buttons."""
+    outcome = task_outcome(task, cancelled)
+    blocks = [*_task_body(run, task), section(outcome), context(f"Started by {who(run.started_by)}")]
+    return message(f"{task.title}: {outcome}", blocks)
+
+
+def task_outcome(task: Task, cancelled: str | None = None) -> str:
+    if cancelled is not None and task.decided_at is None:
+        return f"⚪ *Cancelled*: {escape(cancelled)}"
+    if task.expired and task.decided_at is None:
+        return f"⌛ *Expired* {when(task.expires_at)}: nobody decided, so the run failed"
+    if task.expired:
+        return f"⌛ *Expired* {when(task.decided_at)}: rejected automatically"
+    verdict = "✅ *Approved*" if task.approved else "❌ *Rejected*"
+    text = f"{verdict} by {who(task.decided_by)} {when(task.decided_at)}"
+    if task.comment:
+        text += f"\n> {escape(truncate(task.comment, 1000))}"
+    return text
+
+
+def _task_body(run: Run, task: Task) -> list[Block]:
+    where = (
+        f"*{escape(run.workflow_name)}* (`{run.workflow_id}`) · run `{run.short_id}`"
+        f" · {task.task_type} · step `{task.task_id}`"
+    )
+    blocks: list[Block] = [header(task.title), section(where)]
+    if task.description:
+        blocks.append(section(escape(task.description)))
+    fields = [f"*{escape(name)}*\n{value_text(value)}" for name, value in task.fields.items()]
+    if fields:
+        blocks.append(section("*Details*", fields=fields))
+        if len(fields) > 10:
+            blocks.append(context(f"… {len(fields) - 10} more fields"))
+    return blocks
+
+
+# -- modals ----------------------------------------------------------------------------------
+
+
+def origin_metadata(run_id: str, task_id: str, channel: str | None) -> str:
+    """What a modal must remember about the button that opened it."""
+    return truncate(json.dumps({"run": run_id, "task": task_id, "channel": channel}), PRIVATE_METADATA)
+
+
+def reject_modal(run: Run, task: Task, metadata: str) -> Block:
+    return {
+        "type": "modal",
+        "callback_id": ids.REJECT_MODAL,
+        "private_metadata": metadata,
+        "title": plain("Reject task", MODAL_TITLE),
+        "submit": plain("Reject", MODAL_BUTTON),
+        "close": plain("Cancel", MODAL_BUTTON),
+        "blocks": [
+            section(f"Reject *{escape(task.title)}* (run `{run.short_id}`, step `{task.task_id}`)?"),
+            {
+                "type": "input",
+                "block_id": ids.REASON_BLOCK,
+                "label": plain("Reason", INPUT_LABEL),
+                "element": {"type": "plain_text_input", "action_id": ids.REASON_INPUT, "multiline": True},
+            },
+        ],
+    }
+
+
+def edit_modal(run: Run, task: Task, metadata: str) -> Block:
+    """One input per editable field, prefilled; submitting approves with the edited values."""
+    inputs: list[Block] = []
+    for name in task.editable:
+        current = task.fields.get(name)
+        initial = current if isinstance(current, str) else json.dumps(current, default=str)
+        element: Block = {
+            "type": "plain_text_input",
+            "action_id": ids.FIELD_INPUT,
+            "multiline": len(initial) > 60 or "\n" in initial,
+        }
+        if initial:
+            element["initial_value"] = truncate(initial, INPUT_VALUE)
+        inputs.append(
+            {
+                "type": "input",
+                "block_id": f"{ids.FIELD_BLOCK_PREFIX}{name}",
+                "label": plain(name, INPUT_LABEL),
+                "element": element,
+                "optional": True,
+            }
+        )
+    blocks = [section(f"*{escape(task.title)}* (run `{run.short_id}`, step `{task.task_id}`)"), *inputs]
+    return {
+        "type": "modal",
+        "callback_id": ids.EDIT_MODAL,
+        "private_metadata": metadata,
+        "title": plain("Edit and approve", MODAL_TITLE),
+        "submit": plain("Approve edits", MODAL_BUTTON),
+        "close": plain("Cancel", MODAL_BUTTON),
+        "blocks": fit(blocks, VIEW_BLOCKS),
+    }
+
+
+def details_modal(run: Run) -> Block:
+    """The step timeline: which steps succeeded, failed, were cancelled or skipped, and why."""
+    summary = f"*{escape(run.workflow_name)}* run `{run.run_id}` is *{run.status.value}*"
+    if run.failure:
+        summary += f"\n`{run.failure.code.value}`: {escape(run.failure.message)}"
+    blocks = [section(summary), *(section(step_line(step)) for step in run.steps.values())]
+    return {
+        "type": "modal",
+        "callback_id": ids.DETAILS_MODAL,
+        "title": plain(f"Run {run.short_id}", MODAL_TITLE),
+        "close": plain("Close", MODAL_BUTTON),
+        "blocks": fit(blocks, VIEW_BLOCKS, more="more steps"),
+    }
+
+
+def step_line(step: StepState) -> str:
+    mark = STEP_MARKS.get(step.status, "⏳")
+    line = f"{mark} `{step.step_id}` {step.type.value} *{step.status.value}*"
+    if step.status is StepStatus.SKIPPED and step.reason:
+        line = f"{mark} `{step.step_id}` {step.type.value} *skipped ({step.reason.value})*"
+    if step.attempt > 1:
+        line += f" after {step.attempt} attempts"
+    if step.error and step.status in (StepStatus.FAILED, StepStatus.CANCELLED):
+        line += f"\n`{step.error.code.value}` {escape(truncate(step.error.message, 1500))}"
+    elif step.detail:
+        line += f"\n{escape(truncate(step.detail, 1500))}"
+    return line
+
+
+# -- failure alerts --------------------------------------------------------------------------
+
+
+def failure_alert(run: Run) -> Message:
+    """Why a run failed, in the words operators triage with, and what they can do next."""
+    failure = run.failure
+    code = failure.code if failure else FailureCode.STEP_FAILED
+    title = "Drain timeout" if code is FailureCode.DRAIN_TIMEOUT else "Run failed"
+    step_id = failure.step_id if failure else None
+    step = run.steps.get(step_id) if step_id else None
+    error = step.error if step and step.error else failure
+    retryable = "yes" if error and error.retryable else "no"
+    fields = [
+        f"*Workflow*\n{escape(run.workflow_name)} (`{run.workflow_id}`)",
+        f"*Run*\n`{run.run_id}`",
+        f"*Failure code*\n`{code.value}`",
+        f"*Meaning*\n{FAILURE_MEANINGS.get(code, '')}",
+        f"*Failed step*\n`{step_id}`" if step_id else "*Failed step*\nnone (the run itself)",
+        f"*Retryable*\n{retryable}",
+    ]
+    if error and error.provider_status:
+        fields.append(f"*Provider status*\n{error.provider_status}")
+    message_text = escape(truncate(error.message if error else "no error recorded", 2800))
+    blocks = [
+        header(f"{title}: {run.workflow_name}"),
+        section(f"Run `{run.short_id}` started by {who(run.started_by)}", fields=fields),
+        section(f"*Error*\n```{message_text}```"),
+        actions(
+            button("Replay", ids.RUN_REPLAY, run.run_id, "primary"),
+            button("Details", ids.RUN_DETAILS, run.run_id),
+        ),
+    ]
+    return message(f"{title}: {run.workflow_name} run {run.short_id} ({code.value})", blocks)
+
+
+# -- run progress ----------------------------------------------------------------------------
+
+
+def run_header(run: Run) -> Message:
+    """The run's first message; progress replies go in its thread."""
+    inputs = ", ".join(f"{k}={value_text(v, 80)}" for k, v in run.inputs.items()) or "no inputs"
+    text = f"▶️ *{escape(run.workflow_name)}* run `{run.short_id}` started by {who(run.started_by)}"
+    return message(
+        f"{run.workflow_name} run {run.short_id} started",
+        [section(text), context(f"Run `{run.run_id}` · {truncate(inputs, 1500)}")],
+    )
+
+
+def progress_line(event: Event, run: Run) -> str | None:
+    """One thread reply for a run status change, or None for events that are not progress."""
+    by = who(event.actor)
+    match event.type:
+        case "run_started":
+            return f"▶️ Started (`{run.workflow_id}` v{run.workflow_version})"
+        case "run_paused":
+            return f"⏸️ Paused by {by}"
+        case "run_resumed":
+            return f"▶️ Resumed by {by}"
+        case "run_draining":
+            deadline = run.stop.drain_deadline if run.stop else None
+            return f"🛑 Stopping gracefully (asked by {by}); in-flight steps finish until {when(deadline)}"
+        case "run_completed":
+            return "✅ Completed"
+        case "run_failed" | "run_stopped":
+            verdict = "🔴 Failed" if event.type == "run_failed" else "⏹️ Stopped"
+            failure = run.failure
+            if failure is None:
+                return verdict
+            return f"{verdict}: `{failure.code.value}` {escape(truncate(failure.message, 2500))}"
+    return None

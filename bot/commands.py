@@ -1,0 +1,132 @@
+"""``/run``: acknowledged at once, then parsed, executed on the engine, answered ephemerally.
+
+Slack gives a slash command 3 seconds. The listener acks before anything that can
+take time (Redis, the engine's transaction), and answers through ``respond``
+(the command's response_url) when the work is done.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+
+from bot import cards, grammar
+from bot.blocks import escape, truncate, when, who
+from bot.runtime import Bot, slack_actor
+from engine.errors import NotFound, SwitchboardError
+from engine.model import Actor, Run, RunStatus
+
+log = logging.getLogger(__name__)
+
+LIST_ROWS = 20
+REPLY_TEXT = 3900  # a response_url message is plain mrkdwn text; keep it readable
+
+
+def register(app: AsyncApp, bot: Bot) -> None:
+    @app.command(bot.settings.command)
+    async def run_command(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        actor = slack_actor(None, command.get("user_id"), command.get("user_name"))
+        reply = await answer(bot, command.get("text", ""), actor, command.get("channel_id"))
+        await respond(text=truncate(reply, REPLY_TEXT), response_type="ephemeral")
+
+
+async def answer(bot: Bot, text: str, actor: Actor, channel_id: str | None = None) -> str:
+    """The reply to one ``/run`` text: a result, an engine error's sentence, or a usage message."""
+    slash = bot.settings.command
+    try:
+        command = grammar.parse(text, slash)
+        return await execute(bot, command, actor, channel_id)
+    except grammar.UsageError as exc:
+        return str(exc)
+    except SwitchboardError as exc:
+        return str(exc)
+    except Exception:
+        log.exception("/run failed", extra={"text": text, "user": actor.ref})
+        return "Something went wrong on our side running that command; it has been logged. Try again."
+
+
+async def execute(bot: Bot, command: grammar.Command, actor: Actor, channel_id: str | None) -> str:
+    engine = bot.engine
+    target = command.target or ""
+    match command.verb:
+        case "start":
+            run = await _start(bot, target, command.inputs, actor, channel_id)
+            follow = f"`{bot.settings.command} status {run.short_id}`"
+            return f"Started {_name(run)}: it is *{run.status.value}*. Follow it with {follow}."
+        case "pause":
+            return f"Paused {_name(await bot.call(engine.pause, target, actor))}."
+        case "resume":
+            return f"Resumed {_name(await bot.call(engine.resume, target, actor))}."
+        case "stop":
+            mode = "graceful" if command.graceful else "immediate"
+            run = await bot.call(engine.stop, target, actor, mode)
+            if run.status is RunStatus.DRAINING:
+                return f"Stopping {_name(run)} gracefully: in-flight steps finish, nothing new starts."
+            return f"Stopped {_name(run)}."
+        case "status":
+            return status_text(await bot.call(engine.get_run, target))
+        case "list":
+            status = RunStatus(command.target) if command.target else None
+            page = await bot.call(engine.list_runs, status=status, limit=LIST_ROWS)
+            return list_text(page.runs, status, more=page.next_cursor is not None)
+        case "tasks":
+            pending = await bot.call(engine.pending_tasks, limit=LIST_ROWS)
+            if not pending:
+                return "No task is waiting for a decision."
+            lines = [
+                f"• *{escape(p.task.title)}* · {p.task.task_type} · step `{p.task.task_id}`"
+                f" · {escape(p.run.workflow_name)} run `{p.run.short_id}`"
+                for p in pending
+            ]
+            return f"*{len(pending)} pending* (decide on the cards or in App Home)\n" + "\n".join(lines)
+        case "replay":
+            replay = await bot.call(engine.replay, target, actor)
+            return f"Replaying run `{target}` as {_name(replay)}: it is *{replay.status.value}*."
+    return grammar.usage(bot.settings.command)
+
+
+async def _start(
+    bot: Bot, workflow_id: str, inputs: dict[str, str], actor: Actor, channel_id: str | None
+) -> Run:
+    engine = bot.engine
+    trigger = {"kind": "slack", "channel": channel_id} if channel_id else {"kind": "slack"}
+    try:
+        return await bot.call(engine.start, workflow_id, inputs, actor, trigger=trigger)
+    except NotFound as exc:
+        close = grammar.nearest(workflow_id, [w.id for w in engine.workflows()])
+        if close is None or workflow_id in engine.catalog.workflows:
+            raise
+        raise NotFound(f"{exc} Did you mean `{bot.settings.command} start {close}`?") from None
+
+
+def _name(run: Run) -> str:
+    return f"*{escape(run.workflow_name)}* run `{run.short_id}` (`{run.run_id}`)"
+
+
+def status_text(run: Run) -> str:
+    lines = [
+        f"{_name(run)} is *{run.status.value}*",
+        f"Started by {who(run.started_by)} {when(run.created_at)}",
+    ]
+    if run.failure:
+        lines.append(f"`{run.failure.code.value}`: {escape(run.failure.message)}")
+    if run.replay_of:
+        lines.append(f"Replay of `{run.replay_of[:8]}`")
+    lines += [cards.step_line(step).replace("\n", " · ") for step in run.steps.values()]
+    return "\n".join(lines)
+
+
+def list_text(runs: list[Run], status: RunStatus | None, more: bool) -> str:
+    what = f"{status.value} runs" if status else "runs"
+    if not runs:
+        return f"No {what}."
+    lines = [
+        f"• `{r.short_id}` *{escape(r.workflow_name)}* · {r.status.value}"
+        f" · {who(r.started_by)} {when(r.created_at)}"
+        for r in runs
+    ]
+    tail = "\n… more; narrow it with `list <status>`" if more else ""
+    return f"*Latest {what}*\n" + "\n".join(lines) + tail

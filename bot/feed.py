@@ -1,0 +1,218 @@
+"""Follow the engine's global event feed and turn run events into Slack messages.
+
+The feed is a Redis stream; reading it through a consumer group lets several web
+processes share the work, each event handled once. An event's messages are appended
+to the outbox and the event acknowledged in the same MULTI, so a crash in between
+neither loses nor duplicates them. Entries a dead process had read but not
+acknowledged are claimed by the others after a while (XAUTOCLAIM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bot import cards
+from bot.home import home_view
+from bot.outbox import Outbound
+from bot.runtime import Bot
+from engine.errors import NotFound
+from engine.model import Event, FailureCode, Run, StepType
+from engine.store import event_from_entry
+
+log = logging.getLogger(__name__)
+
+READ_COUNT = 100
+BLOCK_MS = 1000
+CLAIM_IDLE_MS = 60_000
+CLAIM_EVERY_SECONDS = 30.0
+HOME_REFRESH_SECONDS = 1.0
+PROGRESS_EVENTS = frozenset(
+    {"run_paused", "run_resumed", "run_draining", "run_completed", "run_failed", "run_stopped"}
+)
+THREAD = "thread"
+
+
+def run_key(run_id: str) -> str:
+    """The outbox ordering key of a run: its messages reach Slack in the order they happened."""
+    return f"run:{run_id}"
+
+
+def card_ref(task_id: str) -> str:
+    return f"card:{task_id}"
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class FeedFollower:
+    def __init__(self, bot: Bot, consumer: str | None = None) -> None:
+        self.bot = bot
+        self.stream = bot.engine.keys.events
+        self.group = bot.settings.consumer_group
+        self.consumer = consumer or consumer_name()
+
+    async def ensure_group(self) -> None:
+        """Create the consumer group at the feed's end: a new bot starts with what happens next."""
+        try:
+            await self.bot.redis.xgroup_create(self.stream, self.group, id="$", mkstream=True)
+        except aioredis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self) -> None:
+        await self.ensure_group()
+        last_claim = 0.0
+        while True:
+            try:
+                if time.monotonic() - last_claim > CLAIM_EVERY_SECONDS:
+                    last_claim = time.monotonic()
+                    await self._claim_abandoned()
+                entries: list[Any] = await self.bot.redis.xreadgroup(
+                    self.group, self.consumer, {self.stream: ">"}, count=READ_COUNT, block=BLOCK_MS
+                )
+                for _stream, batch in entries or []:
+                    for entry_id, fields in batch:
+                        await self.handle(entry_id, fields)
+            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                log.warning("feed cannot reach redis", extra={"error": str(exc)})
+                await asyncio.sleep(1)
+            except aioredis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.ensure_group()  # the stream was deleted (e.g. a test cleanup)
+
+    async def _claim_abandoned(self) -> None:
+        reply: list[Any] = await self.bot.redis.xautoclaim(
+            self.stream, self.group, self.consumer, CLAIM_IDLE_MS, "0-0", count=READ_COUNT
+        )
+        for entry_id, fields in reply[1]:
+            if fields:
+                await self.handle(entry_id, fields)
+
+    async def handle(self, entry_id: bytes | str, fields: dict[Any, Any]) -> None:
+        try:
+            event = event_from_entry(entry_id, fields)
+            messages = await self.messages_for(event)
+        except (aioredis.ConnectionError, aioredis.TimeoutError):
+            raise  # left pending: handled again once Redis is back
+        except Exception:
+            # A bug must not wedge the feed: log it and move on.
+            log.exception("feed event not handled", extra={"entry": str(entry_id)})
+            await self.bot.redis.xack(self.stream, self.group, entry_id)
+            return
+        async with self.bot.redis.pipeline(transaction=True) as pipe:
+            if messages:
+                self.bot.outbox.add_to(pipe, run_key(event.run_id), messages)
+            if event.type.startswith(("run_", "task_")) or event.type == "step_cancelled":
+                pipe.set(self.bot.keys.home_dirty, 1)
+            pipe.xack(self.stream, self.group, entry_id)
+            await pipe.execute()
+        if messages:
+            self.bot.outbox.wake()
+
+    async def messages_for(self, event: Event) -> list[Outbound]:
+        """The Slack messages an event calls for (none for most step events)."""
+        if event.type == "notification":
+            return await self._notification(event)
+        interesting = PROGRESS_EVENTS | {"run_started", "task_opened", "task_completed", "task_expired"}
+        if event.type not in interesting and event.type != "step_cancelled":
+            return []
+        try:
+            run = await self.bot.call(self.bot.engine.get_run, event.run_id)
+        except NotFound:
+            return []
+        channel = self.bot.channel_for(run)
+        if channel is None:
+            return []
+        return messages_for_run(event, run, channel)
+
+    async def _notification(self, event: Event) -> list[Outbound]:
+        channel = event.data.get("channel")
+        if not channel:
+            try:
+                run = await self.bot.call(self.bot.engine.get_run, event.run_id)
+            except NotFound:
+                return []
+            channel = self.bot.channel_for(run)
+        text = str(event.data.get("text") or "")
+        if not channel or not text:
+            return []
+        return [Outbound(method="chat.postMessage", args={"channel": channel, "text": text[:3000]})]
+
+
+def messages_for_run(event: Event, run: Run, channel: str) -> list[Outbound]:
+    """Cards, alerts and progress replies for one event of ``run`` (pure, so it is easy to test)."""
+    post = "chat.postMessage"
+    step = run.steps.get(event.step_id) if event.step_id else None
+    task = step.task if step else None
+    if event.type == "run_started":
+        return [Outbound(method=post, args={"channel": channel, **cards.run_header(run)}, remember=THREAD)]
+    if event.type == "task_opened" and task is not None:
+        card = cards.approval_card(run, task) if task.decided_at is None else cards.decided_card(run, task)
+        return [Outbound(method=post, args={"channel": channel, **card}, remember=card_ref(task.task_id))]
+    if event.type in ("task_completed", "task_expired") and task is not None:
+        card = cards.decided_card(run, task)
+        return [
+            Outbound(method="chat.update", args={"channel": channel, **card}, update=card_ref(task.task_id))
+        ]
+    if event.type == "step_cancelled" and step is not None and step.type is StepType.HUMAN_TASK and task:
+        reason = step.error.message if step.error else "the run ended"
+        card = cards.decided_card(run, task, cancelled=reason)
+        return [
+            Outbound(method="chat.update", args={"channel": channel, **card}, update=card_ref(task.task_id))
+        ]
+    messages: list[Outbound] = []
+    line = cards.progress_line(event, run)
+    if line is not None:
+        messages.append(Outbound(method=post, args={"channel": channel, "text": line}, thread=THREAD))
+    drain_timeout = run.failure is not None and run.failure.code is FailureCode.DRAIN_TIMEOUT
+    if event.type == "run_failed" or (event.type == "run_stopped" and drain_timeout):
+        messages.append(Outbound(method=post, args={"channel": channel, **cards.failure_alert(run)}))
+    return messages
+
+
+class HomeRefresher:
+    """Republishes App Home for users who opened it recently, at most once a second."""
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(HOME_REFRESH_SECONDS)
+            try:
+                await self.refresh_if_dirty()
+            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                log.warning("home refresh cannot reach redis", extra={"error": str(exc)})
+
+    async def refresh_if_dirty(self) -> int:
+        # GETDEL: of all the processes following the feed, one refreshes.
+        if not await self.bot.redis.getdel(self.bot.keys.home_dirty):
+            return 0
+        viewers = await self.viewers()
+        for user in viewers:
+            await publish_home(self.bot, user)
+        return len(viewers)
+
+    async def viewers(self) -> list[str]:
+        since = time.time() - self.bot.settings.home_active_seconds
+        await self.bot.redis.zremrangebyscore(self.bot.keys.home_viewers, "-inf", since)
+        users: list[Any] = await self.bot.redis.zrange(self.bot.keys.home_viewers, 0, -1)
+        return [u.decode() if isinstance(u, bytes) else str(u) for u in users]
+
+
+async def publish_home(bot: Bot, user: str, notice: str | None = None) -> None:
+    center = await bot.call(bot.engine.command_center)
+    view = home_view(center, notice)
+    await bot.outbox.put(
+        f"home:{user}", Outbound(method="views.publish", args={"user_id": user, "view": view})
+    )

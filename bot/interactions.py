@@ -1,0 +1,209 @@
+"""Buttons, modals and App Home: every click is acked first, then decided by the engine.
+
+Who may approve is checked by the engine (never here), so a refused click gets the
+engine's own sentence. Answers go where the click came from: ephemerally in the
+channel of a card, or as a notice at the top of App Home.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+
+from bot import cards, ids
+from bot.feed import publish_home
+from bot.runtime import Bot, slack_actor
+from engine.errors import AlreadyDecided, SwitchboardError
+from engine.model import Run, RunStatus
+
+log = logging.getLogger(__name__)
+
+Body = dict[str, Any]
+
+
+def register(app: AsyncApp, bot: Bot) -> None:
+    engine = bot.engine
+
+    @app.action(ids.TASK_APPROVE)
+    async def approve(ack: AsyncAck, body: Body, respond: AsyncRespond) -> None:
+        await ack()
+        run_id, task_id = ids.parse_task_value(_value(body))
+        actor = slack_actor(body.get("user"))
+        await attempt(
+            bot, body, respond, lambda: bot.call(engine.complete_task, run_id, task_id, actor, True)
+        )
+
+    @app.action(ids.TASK_REJECT)
+    async def reject(ack: AsyncAck, body: Body, respond: AsyncRespond) -> None:
+        await ack()
+        await open_task_modal(bot, body, respond, cards.reject_modal)
+
+    @app.action(ids.TASK_EDIT)
+    async def edit(ack: AsyncAck, body: Body, respond: AsyncRespond) -> None:
+        await ack()
+        await open_task_modal(bot, body, respond, cards.edit_modal)
+
+    @app.view(ids.REJECT_MODAL)
+    async def rejected(ack: AsyncAck, body: Body, view: Body) -> None:
+        await ack()
+        origin = json.loads(view.get("private_metadata") or "{}")
+        reason = _input(view, ids.REASON_BLOCK, ids.REASON_INPUT) or None
+        actor = slack_actor(body.get("user"))
+        decide = lambda: bot.call(  # noqa: E731
+            engine.complete_task, origin["run"], origin["task"], actor, False, comment=reason
+        )
+        await attempt(bot, body, None, decide, origin.get("channel"))
+
+    @app.view(ids.EDIT_MODAL)
+    async def edited(ack: AsyncAck, body: Body, view: Body) -> None:
+        await ack()
+        origin = json.loads(view.get("private_metadata") or "{}")
+        actor = slack_actor(body.get("user"))
+
+        async def decide() -> Any:
+            run = await bot.call(engine.get_run, origin["run"])
+            task = run.steps[origin["task"]].task
+            fields = task.fields if task else {}
+            edits = {
+                name: _typed_like(
+                    fields.get(name), _input(view, f"{ids.FIELD_BLOCK_PREFIX}{name}", ids.FIELD_INPUT)
+                )
+                for name in (task.editable if task else [])
+            }
+            return await bot.call(
+                engine.complete_task, origin["run"], origin["task"], actor, True, result=edits
+            )
+
+        await attempt(bot, body, None, decide, origin.get("channel"))
+
+    def run_action(action_id: str, do: Callable[[str, Any], Any], said: Callable[[Run], str]) -> None:
+        @app.action(action_id)
+        async def handle(ack: AsyncAck, body: Body, respond: AsyncRespond) -> None:
+            await ack()
+            actor = slack_actor(body.get("user"))
+            run_id = _value(body)
+            await attempt(bot, body, respond, lambda: bot.call(do, run_id, actor), said=said)
+
+    run_action(ids.RUN_PAUSE, engine.pause, lambda r: f"Paused run `{r.short_id}`.")
+    run_action(ids.RUN_RESUME, engine.resume, lambda r: f"Resumed run `{r.short_id}`.")
+    run_action(
+        ids.RUN_STOP_GRACEFUL,
+        lambda ref, actor: engine.stop(ref, actor, "graceful"),
+        lambda r: (
+            f"Run `{r.short_id}` is {'stopping gracefully' if r.status is RunStatus.DRAINING else r.status}."
+        ),
+    )
+    run_action(
+        ids.RUN_STOP_NOW,
+        lambda ref, actor: engine.stop(ref, actor, "immediate"),
+        lambda r: f"Stopped run `{r.short_id}`.",
+    )
+    run_action(ids.RUN_REPLAY, engine.replay, lambda r: f"Replaying as run `{r.short_id}` (`{r.run_id}`).")
+
+    @app.action(ids.RUN_DETAILS)
+    async def details(ack: AsyncAck, body: Body, respond: AsyncRespond) -> None:
+        await ack()
+        try:
+            run = await bot.call(engine.get_run, _value(body))
+        except SwitchboardError as exc:
+            await tell(bot, body, respond, str(exc))
+            return
+        await bot.client.views_open(trigger_id=body["trigger_id"], view=cards.details_modal(run))
+
+    @app.event("app_home_opened")
+    async def home_opened(event: Body) -> None:
+        if event.get("tab", "home") != "home":
+            return
+        user = event["user"]
+        await bot.redis.zadd(bot.keys.home_viewers, {user: time.time()})
+        await publish_home(bot, user)
+
+
+async def attempt(
+    bot: Bot,
+    body: Body,
+    respond: AsyncRespond | None,
+    do: Callable[[], Awaitable[Any]],
+    channel: str | None = None,
+    said: Callable[[Run], str] | None = None,
+) -> None:
+    """Run an engine command for a click; its refusal (or, if asked, its success) goes back to the user."""
+    try:
+        result = await do()
+    except SwitchboardError as exc:
+        await tell(bot, body, respond, str(exc), channel)
+        return
+    except Exception:
+        log.exception("slack interaction failed", extra={"user": body.get("user", {}).get("id")})
+        await tell(bot, body, respond, "Something went wrong on our side; it has been logged.", channel)
+        return
+    if said is not None and _from_message(body) and isinstance(result, Run):
+        await tell(bot, body, respond, said(result), channel)
+
+
+async def open_task_modal(
+    bot: Bot,
+    body: Body,
+    respond: AsyncRespond,
+    build: Callable[[Run, Any, str], dict[str, Any]],
+) -> None:
+    """Open the reject or edit modal, unless the task is already decided: then say by whom."""
+    run_id, task_id = ids.parse_task_value(_value(body))
+    try:
+        run = await bot.call(bot.engine.get_run, run_id)
+    except SwitchboardError as exc:
+        await tell(bot, body, respond, str(exc))
+        return
+    step = run.steps.get(task_id)
+    task = step.task if step else None
+    if task is None:
+        await tell(bot, body, respond, f"Run {run.short_id} has no task {task_id!r}.")
+        return
+    if task.decided_at is not None:
+        by = task.decided_by.display if task.decided_by else "the system"
+        await tell(bot, body, respond, str(AlreadyDecided(task_id, by, task.decided_at, task.approved)))
+        return
+    channel = (body.get("channel") or {}).get("id")
+    metadata = cards.origin_metadata(run_id, task_id, channel)
+    await bot.client.views_open(trigger_id=body["trigger_id"], view=build(run, task, metadata))
+
+
+async def tell(
+    bot: Bot, body: Body, respond: AsyncRespond | None, text: str, channel: str | None = None
+) -> None:
+    """An ephemeral answer to the clicking user, wherever they clicked."""
+    user = (body.get("user") or {}).get("id", "")
+    if respond is not None and body.get("response_url"):
+        await respond(text=text, response_type="ephemeral", replace_original=False)
+    elif channel:
+        await bot.client.chat_postEphemeral(channel=channel, user=user, text=text)
+    elif user:
+        await publish_home(bot, user, notice=f":warning: {text}")
+
+
+def _from_message(body: Body) -> bool:
+    return (body.get("container") or {}).get("type") == "message"
+
+
+def _value(body: Body) -> str:
+    return str(body["actions"][0].get("value", ""))
+
+
+def _input(view: Body, block_id: str, action_id: str) -> str:
+    state = view.get("state", {}).get("values", {})
+    return str((state.get(block_id, {}).get(action_id) or {}).get("value") or "")
+
+
+def _typed_like(original: Any, text: str) -> Any:
+    """An edited value keeps the type of the field it edits (a number stays a number)."""
+    if isinstance(original, str) or original is None:
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

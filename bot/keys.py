@@ -1,0 +1,38 @@
+"""Redis keys of the Slack side, under the engine's prefix so tests and tenants stay apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SlackKeys:
+    prefix: str
+
+    def outbox(self, key: str) -> str:
+        """The ordered messages of one ordering key (a run, a user's home)."""
+        return f"{self.prefix}slack:outbox:q:{key}"
+
+    @property
+    def outbox_due(self) -> str:
+        """Ordering keys with messages to send, scored by when they may be tried next."""
+        return f"{self.prefix}slack:outbox:due"
+
+    @property
+    def outbox_dead(self) -> str:
+        return f"{self.prefix}slack:outbox:dead"
+
+    def method_paused(self, method: str) -> str:
+        return f"{self.prefix}slack:outbox:paused:{method}"
+
+    def refs(self, key: str) -> str:
+        """Channel and ts of messages posted for an ordering key (cards, the run's first message)."""
+        return f"{self.prefix}slack:refs:{key}"
+
+    @property
+    def home_viewers(self) -> str:
+        return f"{self.prefix}slack:home:viewers"
+
+    @property
+    def home_dirty(self) -> str:
+        return f"{self.prefix}slack:home:dirty"

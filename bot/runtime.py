@@ -1,0 +1,77 @@
+"""What every Slack listener and background task shares: the engine, Redis, the clients."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aioredis
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.keys import SlackKeys
+from bot.outbox import Outbox
+from bot.settings import SlackSettings
+from engine.api import Engine
+from engine.model import Actor, ActorKind, Run
+
+T = TypeVar("T")
+
+
+@dataclass
+class Bot:
+    engine: Engine
+    settings: SlackSettings
+    redis: aioredis.Redis
+    keys: SlackKeys
+    client: AsyncWebClient  # for calls that cannot wait in the outbox (views.open needs a fresh trigger_id)
+    outbox: Outbox
+
+    async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a (synchronous, redis-py) engine method without blocking the event loop."""
+        return await asyncio.to_thread(functools.partial(method, *args, **kwargs))
+
+    def channel_for(self, run: Run) -> str | None:
+        return run.notify_channel or self.settings.default_channel
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def slack_actor(user: dict[str, Any] | None, user_id: str | None = None, name: str | None = None) -> Actor:
+    """The engine's actor for a Slack user, from a payload's ``user`` object or a command's fields."""
+    user = user or {}
+    uid = user.get("id") or user_id or "unknown"
+    return Actor(kind=ActorKind.SLACK, id=uid, name=user.get("username") or user.get("name") or name)
+
+
+def async_redis(connection: redis.Redis) -> aioredis.Redis:
+    """An asyncio client for the server the engine's (synchronous) client talks to."""
+    kwargs = connection.connection_pool.connection_kwargs
+    common = {
+        "db": kwargs.get("db", 0),
+        "username": kwargs.get("username"),
+        "password": kwargs.get("password"),
+    }
+    if "path" in kwargs:
+        return aioredis.Redis(unix_socket_path=kwargs["path"], **common)
+    return aioredis.Redis(host=kwargs.get("host", "localhost"), port=kwargs.get("port", 6379), **common)
+
+
+def build_bot(engine: Engine, settings: SlackSettings) -> Bot:
+    connection = async_redis(engine.redis)
+    keys = SlackKeys(engine.keys.prefix)
+    # The outbox does its own retrying; the interactive client retries a dropped connection once.
+    outbox_client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url, retry_handlers=[])
+    client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
+    return Bot(
+        engine=engine,
+        settings=settings,
+        redis=connection,
+        keys=keys,
+        client=client,
+        outbox=Outbox(connection, keys, outbox_client, settings),
+    )
