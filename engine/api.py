@@ -35,9 +35,10 @@ from engine.model import (
     RunStatus,
     StepError,
     StepState,
+    StepStatus,
     Task,
 )
-from engine.store import Keys, RunStore, parse_timer_member, ts
+from engine.store import Keys, RunStore, parse_timer_member, texts, ts
 from engine.workflow import InputError, Workflow, validate_inputs
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,21 @@ class Engine:
         run, _ = self._apply(run_id, core.StepLost(step_id, attempt, worker))
         return run
 
+    def requeue_step(self, run_id: str, step_id: str) -> bool:
+        """Enqueue a queued step's job again under the same id, for a job RQ lost.
+
+        The worker-side reaper calls it when Redis evicted the job or the worker that
+        dequeued it died before the step started. A duplicate is harmless: the start
+        check refuses it. False when the step is no longer queued.
+        """
+        run = self.get_run(run_id)
+        st = run.steps.get(step_id)
+        if st is None or st.status is not StepStatus.QUEUED or not st.job_id:
+            return False
+        timeout = self.workflow_of(run).step(step_id).timeout
+        self.store.enqueue(run, core.StepJob(step_id, st.job_id, st.attempt, st.dispatch, timeout))
+        return True
+
     def fire_due_timers(self, now: datetime | None = None, limit: int = 100) -> int:
         """Apply every timer that is due (expiries, sleeps, retries, drain timeouts)."""
         moment = now or self.clock()
@@ -371,10 +387,10 @@ class Engine:
 
     def pending_tasks(self, run_ref: str | None = None, limit: int = 200) -> list[PendingTask]:
         if run_ref is not None:
-            run = self.get_run(run_ref)
-            return [PendingTask(run, s.task) for s in run.open_tasks() if s.task]
+            one = self.get_run(run_ref)
+            return [PendingTask(one, s.task) for s in one.open_tasks() if s.task]
         members = self.redis.zrange(self.keys.pending_tasks, 0, limit - 1)
-        pairs = [m.decode().split(":", 1) for m in members]
+        pairs = [m.split(":", 1) for m in texts(members)]
         runs = {r.run_id: r for r in self.store.load_many(sorted({p[0] for p in pairs}))}
         tasks: list[PendingTask] = []
         for run_id, task_id in pairs:
@@ -427,7 +443,7 @@ class Engine:
             ids = self.redis.zrevrange(key, 0, rows - 1)
         else:
             ids = self.redis.zrevrangebyscore(key, "+inf", min_score, start=0, num=rows)
-        return self.store.load_many([i.decode() for i in ids])
+        return self.store.load_many(texts(ids))
 
     # -- internals -----------------------------------------------------------------------
 
@@ -471,7 +487,7 @@ class Engine:
             oldest = self.redis.zrange(admission_key, 0, 0)
             if not oldest:
                 return
-            run_id = oldest[0].decode()
+            run_id = texts(oldest)[0]
 
             def admit(pipe: Pipeline, run: Run) -> Outcome | None:
                 if run.status is not RunStatus.QUEUED:

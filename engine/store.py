@@ -155,7 +155,7 @@ class RunStore:
 
     def events(self, run_id: str, after: str | None, limit: int) -> list[Event]:
         start = f"({after}" if after else "-"
-        entries = self.redis.xrange(self.keys.run_events(run_id), min=start, count=limit)
+        entries: Any = self.redis.xrange(self.keys.run_events(run_id), min=start, count=limit)
         return [event_from_entry(entry_id, fields) for entry_id, fields in entries]
 
     def save_workflow(self, workflow: Workflow) -> None:
@@ -289,6 +289,12 @@ class RunStore:
             opened = ts(task.opened_at) if task else moment
             pipe.zadd(keys.pending_tasks, {task_member(run.run_id, task_id): opened})
 
+    def enqueue(self, run: Run, job: StepJob) -> None:
+        """Enqueue a step job outside a run transaction (a re-enqueue of a job RQ lost)."""
+        with self.redis.pipeline() as pipe:
+            self._enqueue(pipe, run, job)
+            pipe.execute()
+
     def _enqueue(self, pipe: Pipeline, run: Run, job: StepJob) -> None:
         self.queue.enqueue_call(
             self.step_job,
@@ -317,11 +323,16 @@ class RunStore:
         return [(run_id, step_id) for run_id, step_id in pairs]
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def event_from_entry(entry_id: bytes | str, fields: dict[Any, Any]) -> Event:
+def texts(values: Any) -> list[str]:
+    """Decode a list of Redis replies (redis-py returns bytes without decode_responses)."""
+    return [_text(v) for v in values or ()]
+
+
+def event_from_entry(entry_id: Any, fields: Any) -> Event:
     """Decode an entry of a run's stream or of the global feed."""
     body = fields.get(b"event") or fields.get("event")
     event = Event.model_validate_json(body)

@@ -175,7 +175,9 @@ def cmd_run(args: argparse.Namespace, engine: Engine) -> int:
         return 0
     else:  # list
         status = RunStatus(args.status) if args.status else None
-        page = engine.list_runs(status=status, workflow_id=args.workflow, prefix=args.prefix, limit=args.limit)
+        page = engine.list_runs(
+            status=status, workflow_id=args.workflow, prefix=args.prefix, limit=args.limit
+        )
         for listed in page.runs:
             print(format_run_row(listed))
         if not page.runs:
@@ -190,7 +192,8 @@ def cmd_tasks(args: argparse.Namespace, engine: Engine) -> int:
     for pending in tasks:
         task = pending.task
         expires = f"  expires {task.expires_at:%Y-%m-%d %H:%M}" if task.expires_at else ""
-        print(f"{pending.run.short_id}  {pending.run.workflow_id:24} {task.task_id:16} {task.task_type:9} {task.title}{expires}")
+        where = f"{pending.run.short_id}  {pending.run.workflow_id:24} {task.task_id:16}"
+        print(f"{where} {task.task_type:9} {task.title}{expires}")
     if not tasks:
         print("no pending tasks")
     return 0
@@ -244,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("workflow")
     start.add_argument("inputs", nargs="*", metavar="key=value")
     for name in ("pause", "resume", "status", "events"):
-        run_sub.add_parser(name, help=f"{name} a run").add_argument("run", help="run id or 8+ character prefix")
+        run_sub.add_parser(name, help=f"{name} a run").add_argument(
+            "run", help="run id or 8+ character prefix"
+        )
     stop = run_sub.add_parser("stop", help="stop a run (immediately unless --graceful)")
     stop.add_argument("run")
     stop.add_argument("--graceful", action="store_true", help="let in-flight steps finish (draining)")

@@ -32,11 +32,15 @@ class Clock:
         return self.now
 
 
-def engine_for(redis_conn: Any, namespace: str, *workflows: dict[str, Any], clock: Clock | None = None) -> Engine:
+def engine_for(
+    redis_conn: Any, namespace: str, *workflows: dict[str, Any], clock: Clock | None = None
+) -> Engine:
     catalog = Catalog()
     for definition in workflows:
         catalog.add(Workflow.model_validate(definition))
-    return Engine(redis_conn, catalog, key_prefix=f"{namespace}:", queue_name=namespace, clock=clock or Clock())
+    return Engine(
+        redis_conn, catalog, key_prefix=f"{namespace}:", queue_name=namespace, clock=clock or Clock()
+    )
 
 
 def start_step(engine: Engine, run: Run, step_id: str, worker: str = "worker-1") -> Run:

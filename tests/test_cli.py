@@ -129,7 +129,9 @@ def test_workflows_validate_names_file_and_field(tmp_path: Path, env: dict[str, 
     )
     result = switchboard("workflows", "validate", str(folder), env=env)
     assert result.returncode == 1
-    assert f"{folder / 'bad.yaml'} at steps.0.task.expires_in: Value error, expected a duration" in result.stdout
+    assert (
+        f"{folder / 'bad.yaml'} at steps.0.task.expires_in: Value error, expected a duration" in result.stdout
+    )
 
 
 def test_embedded_redis_is_shared_by_separate_processes(tmp_path: Path, workflows: Path) -> None:

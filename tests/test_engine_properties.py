@@ -28,7 +28,12 @@ WORKFLOW = {
     "name": "Property",
     "settings": {"drain_timeout": "30s"},
     "steps": [
-        {"id": "a", "type": "action", "action": "worker.actions:echo", "retry": {"max_attempts": 2, "backoff": 5}},
+        {
+            "id": "a",
+            "type": "action",
+            "action": "worker.actions:echo",
+            "retry": {"max_attempts": 2, "backoff": 5},
+        },
         {
             "id": "b",
             "type": "action",
@@ -124,7 +129,9 @@ def check_invariants(engine: Engine, run: Run) -> None:
     last_run_event = [e.type for e in events if e.type.startswith("run_") and e.type != "run_replayed"][-1]
     assert last_run_event in RUN_EVENT_FOR[run.status], (run.status, last_run_event)
     for step in steps:
-        about = [e.type for e in events if e.step_id == step.step_id and e.type.startswith(("step_", "task_"))]
+        about = [
+            e.type for e in events if e.step_id == step.step_id and e.type.startswith(("step_", "task_"))
+        ]
         informational = ("task_completed", "task_expired", "step_result_ignored")
         last = next((t for t in reversed(about) if t not in informational), None)
         assert last in STEP_EVENT_FOR[step.status], (step.step_id, step.status, about)

@@ -55,7 +55,9 @@ def queued_job_ids(engine: Any) -> list[str]:
     return list(engine.queue.get_job_ids())
 
 
-def test_parallel_branches_are_enqueued_together_and_join_waits(redis_conn: redis.Redis, namespace: str) -> None:
+def test_parallel_branches_are_enqueued_together_and_join_waits(
+    redis_conn: redis.Redis, namespace: str
+) -> None:
     engine = engine_for(redis_conn, namespace, PARALLEL)
     run = engine.start("par", {}, ALICE)
     assert run.status is RunStatus.RUNNING
@@ -70,7 +72,9 @@ def test_parallel_branches_are_enqueued_together_and_join_waits(redis_conn: redi
     assert types[0] == "run_queued" and types[-1] == "run_completed"
 
 
-def test_fail_fast_cancels_in_flight_siblings_and_blocks_the_rest(redis_conn: redis.Redis, namespace: str) -> None:
+def test_fail_fast_cancels_in_flight_siblings_and_blocks_the_rest(
+    redis_conn: redis.Redis, namespace: str
+) -> None:
     engine = engine_for(redis_conn, namespace, PARALLEL)
     run = engine.start("par", {}, ALICE)
     run = start_step(engine, run, "b")  # b is executing when a fails; c never started
@@ -108,7 +112,9 @@ def test_approval_with_edits_feeds_downstream_templates(redis_conn: redis.Redis,
     assert engine.pending_tasks() == []
 
 
-def test_rejection_ends_the_branch_but_an_if_step_decides_for_itself(redis_conn: redis.Redis, namespace: str) -> None:
+def test_rejection_ends_the_branch_but_an_if_step_decides_for_itself(
+    redis_conn: redis.Redis, namespace: str
+) -> None:
     engine = engine_for(redis_conn, namespace, GATED)
     run = engine.start("gated", {"service": "api"}, ALICE)
     run = engine.complete_task(run.run_id, "approve", BOB, False, comment="not today")
@@ -140,7 +146,9 @@ def test_task_rules_are_enforced_by_the_engine(redis_conn: redis.Redis, namespac
     assert "already approved by bob" in str(decided.value)
 
 
-def test_pause_holds_queued_steps_and_resume_dispatches_them_again(redis_conn: redis.Redis, namespace: str) -> None:
+def test_pause_holds_queued_steps_and_resume_dispatches_them_again(
+    redis_conn: redis.Redis, namespace: str
+) -> None:
     engine = engine_for(redis_conn, namespace, PARALLEL)
     run = engine.start("par", {}, ALICE)
     run = start_step(engine, run, "a")
@@ -244,7 +252,9 @@ def test_task_expiry_rejects_or_fails(redis_conn: redis.Redis, namespace: str) -
     assert engine.pending_tasks() == []
 
 
-def test_retry_waits_for_backoff_then_dispatches_a_new_attempt(redis_conn: redis.Redis, namespace: str) -> None:
+def test_retry_waits_for_backoff_then_dispatches_a_new_attempt(
+    redis_conn: redis.Redis, namespace: str
+) -> None:
     clock = Clock()
     flaky = {"id": "flaky", "name": "f", "steps": [action("a", retry={"max_attempts": 3, "backoff": "5s"})]}
     engine = engine_for(redis_conn, namespace, flaky, clock=clock)
@@ -258,7 +268,9 @@ def test_retry_waits_for_backoff_then_dispatches_a_new_attempt(redis_conn: redis
     run = engine.get_run(run.run_id)
     assert run.steps["a"].status is StepStatus.QUEUED
     assert run.steps["a"].job_id in queued_job_ids(engine)
-    run = finish_step(engine, run, "a", error=StepError(code=FailureCode.STEP_FAILED, message="no", retryable=False))
+    run = finish_step(
+        engine, run, "a", error=StepError(code=FailureCode.STEP_FAILED, message="no", retryable=False)
+    )
     assert run.status is RunStatus.FAILED  # not retryable: no third attempt
     assert run.steps["a"].attempt == 2
 
