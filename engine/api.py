@@ -93,6 +93,14 @@ class CommandCenter:
     failed_recently: list[Run] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
+    def awaiting_by_workflow(self) -> dict[str, dict[str, list[PendingTask]]]:
+        """Pending tasks grouped by workflow, then by run, in the order they opened."""
+        groups: dict[str, dict[str, list[PendingTask]]] = {}
+        for pending in self.awaiting_approval:
+            runs = groups.setdefault(pending.run.workflow_id, {})
+            runs.setdefault(pending.run.run_id, []).append(pending)
+        return groups
+
 
 class Engine:
     def __init__(
@@ -365,7 +373,7 @@ class Engine:
         elif workflow_id:
             ids = self.store.scan_index(self.keys.by_workflow(workflow_id))
         else:
-            ids = self.store.scan_index(self.keys.runs)
+            ids = self.store.scan_index(self.keys.runs, min_score=ts(since) if since else None)
 
         def keep(run: Run | None) -> bool:
             return run is not None and (

@@ -165,17 +165,20 @@ class RunStore:
         raw = self.redis.get(self.keys.workflow_snapshot(digest))
         return Workflow.model_validate_json(raw) if raw else None
 
-    def scan_index(self, key: str, newest_first: bool = True, chunk: int = 200) -> Iterator[str]:
+    def scan_index(
+        self, key: str, newest_first: bool = True, chunk: int = 200, min_score: float | None = None
+    ) -> Iterator[str]:
         """Run ids from a sorted-set index, in chunks, so a page never loads the whole set."""
         offset = 0
+        low = "-inf" if min_score is None else min_score
         while True:
             if newest_first:
-                ids = self.redis.zrevrange(key, offset, offset + chunk - 1)
+                ids = self.redis.zrevrangebyscore(key, "+inf", low, start=offset, num=chunk)
             else:
-                ids = self.redis.zrange(key, offset, offset + chunk - 1)
+                ids = self.redis.zrangebyscore(key, low, "+inf", start=offset, num=chunk)
             if not ids:
                 return
-            yield from (_text(i) for i in ids)
+            yield from texts(ids)
             offset += len(ids)
 
     # -- writes --------------------------------------------------------------------------

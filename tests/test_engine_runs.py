@@ -421,6 +421,8 @@ def test_command_center_sections_and_counts(redis_conn: redis.Redis, namespace: 
     center = engine.command_center()
     assert center.counts == {"pending": 1, "draining": 1, "running": 2, "failed": 1}
     assert [(t.run.run_id, t.task.task_id) for t in center.awaiting_approval] == [(waiting.run_id, "approve")]
+    grouped = center.awaiting_by_workflow()
+    assert list(grouped) == ["gated"] and list(grouped["gated"]) == [waiting.run_id]
     assert [r.run_id for r in center.stopping_gracefully] == [draining.run_id]
     assert {r.run_id for r in center.running_now} == {waiting.run_id, paused.run_id}
     assert [r.run_id for r in center.failed_recently] == [failed_again.run_id]
