@@ -148,12 +148,21 @@ class Engine:
         actor: Actor,
         trigger: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
-        replay_of: str | None = None,
     ) -> Run:
         """Start a run; with an ``idempotency_key`` seen before, return that earlier run."""
-        workflow = self.workflow(workflow_id)
+        return self._create(self.workflow(workflow_id), inputs or {}, actor, trigger, idempotency_key)
+
+    def _create(
+        self,
+        workflow: Workflow,
+        inputs: dict[str, Any],
+        actor: Actor,
+        trigger: dict[str, Any] | None,
+        idempotency_key: str | None = None,
+        replay_of: str | None = None,
+    ) -> Run:
         try:
-            values = validate_inputs(workflow, inputs or {})
+            values = validate_inputs(workflow, inputs)
         except InputError as exc:
             raise InvalidInput(str(exc), exc.problems) from exc
         self.store.save_workflow(workflow)
@@ -199,11 +208,10 @@ class Engine:
                 " only completed, failed or stopped runs can be replayed."
                 f" You can {core.RUN_ACTIONS[original.status]}."
             )
-        workflow = self.workflow_of(original)
-        self.catalog.workflows.setdefault(workflow.id, workflow)
+        # A replay runs the definition the original ran, not whatever the file says now.
         merged = {**original.inputs, **(inputs or {})}
         trigger = {"kind": "replay", "of": original.run_id}
-        replay = self._start_pinned(workflow, merged, actor, trigger, original.run_id)
+        replay = self._create(self.workflow_of(original), merged, actor, trigger, replay_of=original.run_id)
 
         def link(_pipe: Pipeline, run: Run) -> Outcome:
             out = Outcome(run=run.model_copy(deep=True))
@@ -221,24 +229,6 @@ class Engine:
 
         self.store.transact(original.run_id, link)
         return replay
-
-    def _start_pinned(
-        self,
-        workflow: Workflow,
-        inputs: dict[str, Any],
-        actor: Actor,
-        trigger: dict[str, Any],
-        replay_of: str,
-    ) -> Run:
-        # A replay runs the definition the original ran, not whatever the file says now.
-        try:
-            values = validate_inputs(workflow, inputs)
-        except InputError as exc:
-            raise InvalidInput(str(exc), exc.problems) from exc
-        outcome = core.new_run(workflow, new_run_id(), values, actor, self.clock(), trigger, replay_of)
-        run, _ = self.store.create(outcome, workflow)
-        self._admit_waiting(workflow)
-        return self.get_run(run.run_id)
 
     def deliver_event(self, name: str, key: str, payload: Any, actor: Actor) -> list[str]:
         """Hand an external event to every step waiting for it; returns the run ids woken."""
