@@ -39,7 +39,9 @@ def fail(
     raise PermanentError(message)
 
 
-def draft_message(topic: str, audience: str = "customers", context: dict[str, Any] | None = None) -> dict[str, Any]:
+def draft_message(
+    topic: str, audience: str = "customers", context: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Draft a short announcement for a human to edit before it is sent."""
     return {
         "subject": f"Update: {topic}",
@@ -47,11 +49,24 @@ def draft_message(topic: str, audience: str = "customers", context: dict[str, An
     }
 
 
-def flaky(
-    succeed_on_attempt: int = 2, context: dict[str, Any] | None = None, **args: Any
-) -> dict[str, Any]:
+def flaky(succeed_on_attempt: int = 2, context: dict[str, Any] | None = None, **args: Any) -> dict[str, Any]:
     """Fail until the given attempt, then succeed: shows retries with backoff."""
     attempt = int((context or {}).get("attempt", 1))
     if attempt < succeed_on_attempt:
         raise RuntimeError(f"transient failure on attempt {attempt}")
     return {"attempt": attempt, **args}
+
+
+def slow_write(
+    path: str, seconds: float = 1.0, context: dict[str, Any] | None = None, **args: Any
+) -> dict[str, Any]:
+    """Sleep, then append the attempt number to ``path``: slow work with a visible side effect.
+
+    A step that was stopped or lost midway leaves no line behind, which is how tests see
+    that a kill really killed it.
+    """
+    time.sleep(float(seconds))
+    attempt = int((context or {}).get("attempt", 1))
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(f"{attempt}\n")
+    return {"path": path, "attempt": attempt, **args}

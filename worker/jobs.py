@@ -1,0 +1,145 @@
+"""The RQ job that executes one step attempt: ``worker.jobs.execute_step``.
+
+The engine enqueues it with a job id made of run, step, attempt and dispatch, so a
+repeated enqueue is harmless. The job asks the engine first (a stale, cancelled or
+paused step is refused), runs the step in this work horse, and reports the result or
+the error; the engine decides what comes next (retries, fail-fast, the next steps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import rq
+from rq.timeouts import JobTimeoutException
+
+from engine.api import Engine, StartedStep
+from engine.errors import CommandRefused, NotFound
+from engine.factory import build_engine
+from engine.model import FailureCode, StepError
+from engine.settings import Settings, get_settings
+from engine.workflow import Step, StepType
+from worker.action_step import run_action
+from worker.failure import StepFailure
+from worker.http_step import perform_request
+
+log = logging.getLogger(__name__)
+
+ORPHAN_CHECK_SECONDS = 0.5
+
+_engine: Engine | None = None
+
+
+def configure(settings: Settings) -> Engine:
+    """Build the engine of this worker process.
+
+    Work horses are forked from the worker, so they inherit it: the workflow catalog is
+    loaded once, and redis-py opens fresh connections in each horse by itself.
+    """
+    global _engine
+    _engine = build_engine(settings)
+    return _engine
+
+
+def current_engine() -> Engine:
+    """The configured engine, or one built from the environment (e.g. under a plain ``rq worker``)."""
+    return _engine if _engine is not None else configure(get_settings())
+
+
+def execute_step(run_id: str, step_id: str, attempt: int, dispatch: int) -> dict[str, Any]:
+    """Run one attempt of a step and report it; the return value is only for RQ's records."""
+    engine = current_engine()
+    where = {"run_id": run_id, "step_id": step_id, "attempt": attempt, "dispatch": dispatch}
+    try:
+        started = engine.step_started(run_id, step_id, attempt, dispatch, worker=worker_name())
+    except (CommandRefused, NotFound) as exc:
+        log.info("step not started", extra={**where, "reason": str(exc)})
+        return {"outcome": "refused", "reason": str(exc)}
+    if not started.proceed:
+        log.info("step held", extra={**where, "reason": started.message})
+        return {"outcome": "held", "reason": started.message}
+    with exit_if_orphaned():
+        result, error = perform(started)
+    # The attempt is over: the job's alarm must not cut the report short.
+    signal.alarm(0)
+    try:
+        engine.step_finished(run_id, step_id, attempt, result=result, error=error)
+    except (CommandRefused, NotFound) as exc:
+        log.info("step report refused", extra={**where, "reason": str(exc)})
+        return {"outcome": "report refused", "reason": str(exc)}
+    outcome = "failed" if error else "succeeded"
+    log.info("step %s", outcome, extra={**where, "error": error.message if error else None})
+    return {"outcome": outcome}
+
+
+def perform(started: StartedStep) -> tuple[Any, StepError | None]:
+    """Execute the step's body: ``(result, None)`` or ``(None, error)``."""
+    step = started.workflow.step(started.step.step_id)
+    run = started.run
+    try:
+        if step.type is StepType.ACTION and step.action:
+            context = {
+                "run_id": run.run_id,
+                "step_id": step.id,
+                "attempt": started.step.attempt,
+                "inputs": run.inputs,
+                "workflow_id": run.workflow_id,
+            }
+            return run_action(step.action, started.step.args, context), None
+        if step.type is StepType.HTTP:
+            return perform_request(started.step.args or {}, step.timeout), None
+        message = f"Steps of type {step.type.value!r} do not run on workers."
+        return None, StepError(code=FailureCode.STEP_FAILED, message=message)
+    except StepFailure as failure:
+        return None, failure.error
+    except JobTimeoutException:
+        return None, timed_out(step)
+
+
+def timed_out(step: Step) -> StepError:
+    # Like the engine's own timeout backstop: a step cut off midway may have left side
+    # effects, so only an idempotent step may run again.
+    return StepError(
+        code=FailureCode.STEP_TIMED_OUT,
+        message=f"The step did not finish within its {step.timeout or 0:g}s timeout and was stopped.",
+        retryable=step.retry.idempotent,
+    )
+
+
+def worker_name() -> str:
+    """The RQ worker's name: what the reaper checks for liveness."""
+    job = rq.get_current_job()
+    if job is not None and job.worker_name:
+        return job.worker_name
+    return f"{socket.gethostname()}.{os.getpid()}"
+
+
+@contextlib.contextmanager
+def exit_if_orphaned() -> Iterator[None]:
+    """End this work horse if its worker dies (SIGKILL, OOM).
+
+    The horse runs in its own process group, so it outlives a killed worker. Left
+    running, it would race the retry the reaper schedules for the lost step.
+    """
+    parent = os.getppid()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(ORPHAN_CHECK_SECONDS):
+            if os.getppid() != parent:
+                log.warning("worker %s died; ending its orphaned work horse", parent)
+                os._exit(1)
+
+    thread = threading.Thread(target=watch, name="orphan-guard", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()

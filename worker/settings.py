@@ -1,0 +1,49 @@
+"""Worker tuning, read once from the environment (``SWITCHBOARD_*``) by pydantic-settings.
+
+The defaults bound how fast a dead worker is noticed: its last heartbeat is at most
+``heartbeat_interval`` old when it dies, it is declared lost ``worker_lost_after``
+seconds later, and the next reaper pass (every ``reaper_interval``) reports it, so a
+step of a SIGKILLed worker is retried or failed within 3 + 15 + 5 = 23 seconds.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_", env_file=".env", extra="ignore")
+
+    maintenance_interval: float = Field(
+        default=0.5, gt=0, description="Seconds between passes that fire due engine timers."
+    )
+    reaper_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between searches for lost steps and vanished jobs."
+    )
+    heartbeat_interval: int = Field(
+        default=3, ge=1, description="RQ job_monitoring_interval: a busy worker's heartbeat period."
+    )
+    worker_lost_after: float = Field(
+        default=15.0, gt=0, description="A worker whose last heartbeat is older than this is dead."
+    )
+    worker_ttl: int = Field(
+        default=30, ge=16, description="RQ worker_ttl; an idle worker beats every worker_ttl - 15 seconds."
+    )
+
+    @model_validator(mode="after")
+    def _lost_after_outlasts_heartbeats(self) -> WorkerSettings:
+        # A live worker must get at least two heartbeats in before it may be declared dead.
+        if self.worker_lost_after < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"worker_lost_after ({self.worker_lost_after:g}s) must be at least twice"
+                f" heartbeat_interval ({self.heartbeat_interval}s)"
+            )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_worker_settings() -> WorkerSettings:
+    return WorkerSettings()
