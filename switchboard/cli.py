@@ -60,6 +60,17 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+UP_BANNER = """
+Switchboard is up: {url}  (Redis {redis}, {workers} workers). Ctrl-C stops it.
+In another terminal:
+  switchboard workflows list
+  switchboard --as alice run start deploy-approval service=api
+  switchboard tasks
+  switchboard --as bob approve <run-id> approve
+  curl {url}/healthz
+"""
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     """Web server and workers on one machine, on the embedded Redis unless REDIS_URL is set."""
     from engine.connection import redis_url
@@ -74,10 +85,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         )
         for i in range(args.workers)
     ]
-    log.info(
-        "switchboard up",
-        extra={"url": f"http://{args.host}:{args.port}", "redis": url, "workers": args.workers},
-    )
+    address = f"http://{args.host}:{args.port}"
+    log.info("switchboard up", extra={"url": address, "redis": url, "workers": args.workers})
+    print(UP_BANNER.format(url=address, redis=url, workers=args.workers), flush=True)
     try:
         serve(settings.model_copy(update={"redis_url": url}), args.host, args.port)
     finally:
