@@ -24,7 +24,7 @@ from webhooks.context import WebContext, context_of
 from webhooks.routing import endpoint, read_body, read_query
 
 routes = web.RouteTableDef()
-PRINCIPAL = "switchboard_principal"
+PRINCIPAL = web.RequestKey("switchboard_principal", Principal)
 
 
 class _Model(BaseModel):
@@ -140,8 +140,7 @@ def command_center_json(center: CommandCenter) -> dict[str, Any]:
 
 
 def actor_of(request: web.Request) -> Actor:
-    principal: Principal = request[PRINCIPAL]
-    return principal.actor
+    return request[PRINCIPAL].actor
 
 
 async def _engine(ctx: WebContext, method: str, *args: Any, **kwargs: Any) -> Any:
