@@ -35,7 +35,9 @@ async def problem(response: Any, status: int) -> dict[str, Any]:
     return document
 
 
-async def start(client: TestClient, service: str = "api", role: str = "operator", **inputs: Any) -> dict[str, Any]:
+async def start(
+    client: TestClient, service: str = "api", role: str = "operator", **inputs: Any
+) -> dict[str, Any]:
     response = await client.post(
         "/v1/workflows/release/runs", json={"inputs": {"service": service, **inputs}}, headers=bearer(role)
     )
@@ -55,11 +57,20 @@ async def test_no_token_or_a_wrong_token_is_401_with_a_bearer_challenge(client: 
 
 @pytest.mark.parametrize(
     ("role", "allowed"),
-    [("viewer", set()), ("operator", {"start"}), ("approver", {"complete"}), ("admin", {"start", "complete"})],
+    [
+        ("viewer", set()),
+        ("operator", {"start"}),
+        ("approver", {"complete"}),
+        ("admin", {"start", "complete"}),
+    ],
 )
-async def test_roles_decide_what_a_token_may_do(client: TestClient, web_engine: Engine, role: str, allowed: set[str]) -> None:
+async def test_roles_decide_what_a_token_may_do(
+    client: TestClient, web_engine: Engine, role: str, allowed: set[str]
+) -> None:
     assert (await client.get("/v1/runs", headers=bearer(role))).status == 200
-    response = await client.post("/v1/workflows/release/runs", json={"inputs": {"service": "a"}}, headers=bearer(role))
+    response = await client.post(
+        "/v1/workflows/release/runs", json={"inputs": {"service": "a"}}, headers=bearer(role)
+    )
     if "start" in allowed:
         await ok(response, 201)
     else:
@@ -124,8 +135,13 @@ async def test_list_runs_filters_and_pages(client: TestClient, web_engine: Engin
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("status=sleeping", "status"), ("limit=0", "limit"), ("cursor=abc", "cursor"), ("since=2026-01-01T00:00", "since"),
-     ("colour=red", "colour")],
+    [
+        ("status=sleeping", "status"),
+        ("limit=0", "limit"),
+        ("cursor=abc", "cursor"),
+        ("since=2026-01-01T00:00", "since"),
+        ("colour=red", "colour"),
+    ],
 )
 async def test_bad_list_queries_are_422_naming_the_field(client: TestClient, query: str, field: str) -> None:
     document = await problem(await client.get(f"/v1/runs?{query}", headers=bearer("viewer")), 422)
@@ -134,9 +150,13 @@ async def test_bad_list_queries_are_422_naming_the_field(client: TestClient, que
 
 async def test_events_and_context(client: TestClient) -> None:
     run = await start(client)
-    events = (await ok(await client.get(f"/v1/runs/{run['run_id']}/events", headers=bearer("viewer"))))["events"]
+    events = (await ok(await client.get(f"/v1/runs/{run['run_id']}/events", headers=bearer("viewer"))))[
+        "events"
+    ]
     assert [e["type"] for e in events][:2] == ["run_queued", "run_started"]
-    later = await ok(await client.get(f"/v1/runs/{run['run_id']}/events?after={events[0]['id']}", headers=bearer("viewer")))
+    later = await ok(
+        await client.get(f"/v1/runs/{run['run_id']}/events?after={events[0]['id']}", headers=bearer("viewer"))
+    )
     assert later["events"] == events[1:]
     context = await ok(await client.get(f"/v1/runs/{run['run_id']}/context", headers=bearer("viewer")))
     assert context["inputs"]["service"] == "api"
@@ -154,14 +174,22 @@ async def test_commands_start_pause_resume_and_stop(client: TestClient) -> None:
     run = await ok(await command(client, {"command": "start", "params": {"inputs": {"service": "api"}}}), 201)
     run_id = run["run_id"]
     assert (await ok(await command(client, {"command": "pause", "run_id": run_id})))["status"] == "paused"
-    assert (await ok(await command(client, {"command": "resume", "run_id": run_id[:8]})))["status"] == "running"
-    stopped = await ok(await command(client, {"command": "stop", "run_id": run_id, "params": {"mode": "immediate"}}))
+    assert (await ok(await command(client, {"command": "resume", "run_id": run_id[:8]})))[
+        "status"
+    ] == "running"
+    stopped = await ok(
+        await command(client, {"command": "stop", "run_id": run_id, "params": {"mode": "immediate"}})
+    )
     assert stopped["status"] == "stopped" and stopped["failure"]["code"] == "RUN_STOPPED"
 
 
 async def test_graceful_stop_drains(client: TestClient, web_engine: Engine) -> None:
     run = web_engine.start("settle", {"payment": "p1"}, OPS)
-    answer = await ok(await command(client, {"command": "stop", "run_id": run.run_id, "params": {"mode": "graceful"}}, "settle"))
+    answer = await ok(
+        await command(
+            client, {"command": "stop", "run_id": run.run_id, "params": {"mode": "graceful"}}, "settle"
+        )
+    )
     assert answer["status"] in ("draining", "stopped")
     assert answer["stop"]["mode"] == "graceful"
 
@@ -174,7 +202,9 @@ async def test_a_command_that_does_not_fit_is_409_with_the_engines_sentence(clie
 
 async def test_a_run_of_another_workflow_is_404(client: TestClient) -> None:
     run = await start(client)
-    document = await problem(await command(client, {"command": "pause", "run_id": run["run_id"]}, "settle"), 404)
+    document = await problem(
+        await command(client, {"command": "pause", "run_id": run["run_id"]}, "settle"), 404
+    )
     assert "not of 'settle'" in document["detail"]
     await problem(await command(client, {"command": "pause", "run_id": run["run_id"]}, "ghost"), 404)
 
@@ -214,7 +244,9 @@ async def test_pending_tasks_and_completing_one(client: TestClient, web_engine: 
     run = web_engine.start("release", {"service": "api"}, OPS)
     pending = await ok(await client.get("/v1/tasks/pending", headers=bearer("viewer")))
     assert [(t["run_id"], t["task_id"]) for t in pending["tasks"]] == [(run.run_id, "approve")]
-    assert (await ok(await client.get(f"/v1/runs/{run.run_id}/tasks/pending", headers=bearer("viewer"))))["tasks"]
+    assert (await ok(await client.get(f"/v1/runs/{run.run_id}/tasks/pending", headers=bearer("viewer"))))[
+        "tasks"
+    ]
     done = await ok(
         await client.post(
             f"/v1/runs/{run.short_id}/tasks/approve/complete",
@@ -235,7 +267,9 @@ async def test_pending_tasks_and_completing_one(client: TestClient, web_engine: 
 async def test_the_consoles_task_path_checks_the_workflow(client: TestClient, web_engine: Engine) -> None:
     run = web_engine.start("release", {"service": "api"}, OPS)
     wrong = await client.post(
-        f"/v1/workflows/settle/runs/{run.run_id}/tasks/approve/complete", json={"approved": True}, headers=bearer("approver")
+        f"/v1/workflows/settle/runs/{run.run_id}/tasks/approve/complete",
+        json={"approved": True},
+        headers=bearer("approver"),
     )
     await problem(wrong, 404)
     right = await client.post(
@@ -257,9 +291,13 @@ async def test_the_starter_may_not_approve_their_own_run(client: TestClient) -> 
 async def test_complete_needs_a_boolean_decision(client: TestClient, web_engine: Engine) -> None:
     run = web_engine.start("release", {"service": "api"}, OPS)
     for body in ({}, {"approved": "yes"}, {"approved": True, "result": "x"}):
-        response = await client.post(f"/v1/runs/{run.run_id}/tasks/approve/complete", json=body, headers=bearer("approver"))
+        response = await client.post(
+            f"/v1/runs/{run.run_id}/tasks/approve/complete", json=body, headers=bearer("approver")
+        )
         await problem(response, 422)
-    response = await client.post(f"/v1/runs/{run.run_id}/tasks/nope/complete", json={"approved": True}, headers=bearer("approver"))
+    response = await client.post(
+        f"/v1/runs/{run.run_id}/tasks/nope/complete", json={"approved": True}, headers=bearer("approver")
+    )
     assert response.status in (404, 409)
     await problem(response, response.status)
 
@@ -269,11 +307,15 @@ async def test_complete_needs_a_boolean_decision(client: TestClient, web_engine:
 
 async def test_replay_a_finished_run_with_new_inputs(client: TestClient, web_engine: Engine) -> None:
     run = web_engine.start("release", {"service": "api", "replicas": 2}, OPS)
-    document = await problem(await client.post(f"/v1/runs/{run.run_id}/replay", headers=bearer("operator")), 409)
+    document = await problem(
+        await client.post(f"/v1/runs/{run.run_id}/replay", headers=bearer("operator")), 409
+    )
     assert "Cannot replay" in document["detail"]
     web_engine.stop(run.run_id, OPS)
     replay = await ok(
-        await client.post(f"/v1/runs/{run.run_id}/replay", json={"inputs": {"replicas": 5}}, headers=bearer("operator")),
+        await client.post(
+            f"/v1/runs/{run.run_id}/replay", json={"inputs": {"replicas": 5}}, headers=bearer("operator")
+        ),
         201,
     )
     assert replay["replay_of"] == run.run_id and replay["inputs"] == {"service": "api", "replicas": 5}
@@ -297,7 +339,13 @@ async def test_command_center_has_four_sections_and_counts(client: TestClient, w
     stopped = web_engine.start("release", {"service": "old"}, OPS)
     web_engine.stop(stopped.run_id, OPS)
     center = await ok(await client.get("/v1/command-center", headers=bearer("viewer")))
-    assert set(center) == {"counts", "awaiting_approval", "stopping_gracefully", "running_now", "failed_recently"}
+    assert set(center) == {
+        "counts",
+        "awaiting_approval",
+        "stopping_gracefully",
+        "running_now",
+        "failed_recently",
+    }
     assert [t["run_id"] for t in center["awaiting_approval"]] == [waiting.run_id]
     assert [r["run_id"] for r in center["running_now"]] == [waiting.run_id]
     assert [r["run_id"] for r in center["failed_recently"]] == [stopped.run_id]
@@ -314,7 +362,9 @@ async def test_stream_follows_a_run_until_it_ends(client: TestClient, web_engine
     assert response.status == 200 and response.content_type == "text/event-stream"
     first = await response.content.readuntil(b"\n\n")
     assert b"event: run_queued" in first
-    await asyncio.to_thread(web_engine.complete_task, run.run_id, "approve", Actor(kind=ActorKind.API, id="lead"), True)
+    await asyncio.to_thread(
+        web_engine.complete_task, run.run_id, "approve", Actor(kind=ActorKind.API, id="lead"), True
+    )
     rest = await asyncio.wait_for(response.content.read(), timeout=10)  # the server ends the stream
     types = [line.split(": ", 1)[1] for line in rest.decode().splitlines() if line.startswith("event: ")]
     assert types[-1] == "run_completed" and "task_completed" in types
@@ -329,9 +379,13 @@ async def test_stream_of_a_finished_run_replays_and_ends(client: TestClient, web
     text = (await asyncio.wait_for(response.content.read(), timeout=10)).decode()
     assert "event: run_stopped" in text
     last_id = [line[4:] for line in text.splitlines() if line.startswith("id: ")][-1]
-    resumed = await client.get(f"/v1/runs/{run.run_id}/stream", headers={**bearer("viewer"), "Last-Event-ID": last_id})
+    resumed = await client.get(
+        f"/v1/runs/{run.run_id}/stream", headers={**bearer("viewer"), "Last-Event-ID": last_id}
+    )
     assert await asyncio.wait_for(resumed.content.read(), timeout=10) == b""
-    bad = await client.get(f"/v1/runs/{run.run_id}/stream", headers={**bearer("viewer"), "Last-Event-ID": "x"})
+    bad = await client.get(
+        f"/v1/runs/{run.run_id}/stream", headers={**bearer("viewer"), "Last-Event-ID": "x"}
+    )
     await problem(bad, 400)
 
 
@@ -345,7 +399,9 @@ async def test_openapi_matches_the_routes(client: TestClient) -> None:
     registered = {
         (route.method, route.resource.canonical)
         for route in client.app.router.routes()
-        if route.method != "HEAD" and route.resource is not None and route.resource.canonical.startswith("/v1")
+        if route.method != "HEAD"
+        and route.resource is not None
+        and route.resource.canonical.startswith("/v1")
     }
     documented = {(method, path) for method, path, _ in documented_routes(client.app)}
     assert registered <= documented, "every /v1 route must be declared and documented"
@@ -366,7 +422,9 @@ async def test_healthz_reports_redis(client: TestClient) -> None:
 async def test_healthz_is_503_when_redis_is_unreachable(
     aiohttp_client: Any, settings: WebSettings, catalog: Any, namespace: str
 ) -> None:
-    dead = Engine(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2), catalog, key_prefix=f"{namespace}:")
+    dead = Engine(
+        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2), catalog, key_prefix=f"{namespace}:"
+    )
     from webhooks.server import create_app
 
     client = await aiohttp_client(create_app(dead, settings))
@@ -374,7 +432,9 @@ async def test_healthz_is_503_when_redis_is_unreachable(
     assert "Redis" in document["detail"]
 
 
-async def test_metrics_count_runs_by_status_and_step_durations(client: TestClient, web_engine: Engine) -> None:
+async def test_metrics_count_runs_by_status_and_step_durations(
+    client: TestClient, web_engine: Engine
+) -> None:
     run = web_engine.start("release", {"service": "api"}, OPS)
     web_engine.start("release", {"service": "b"}, OPS)
     await asyncio.sleep(0.2)  # let the feed follower start reading before the step finishes
@@ -388,8 +448,14 @@ async def test_metrics_count_runs_by_status_and_step_durations(client: TestClien
     assert 'switchboard_runs{status="running"} 1' in text
     assert 'switchboard_runs{status="completed"} 1' in text
     assert "switchboard_tasks_pending 1" in text
-    assert 'switchboard_step_duration_seconds_count{workflow="release",type="human_task",outcome="succeeded"} 1' in text
-    assert 'switchboard_step_duration_seconds_bucket{workflow="release",type="notify",outcome="succeeded",le="+Inf"} 1' in text
+    assert (
+        'switchboard_step_duration_seconds_count{workflow="release",type="human_task",outcome="succeeded"} 1'
+        in text
+    )
+    assert (
+        'switchboard_step_duration_seconds_bucket{workflow="release",type="notify",outcome="succeeded",le="+Inf"} 1'
+        in text
+    )
 
 
 async def test_unknown_routes_and_methods_are_problems(client: TestClient) -> None:

@@ -26,7 +26,15 @@ from tests.web_helpers import (
 )
 from webhooks.server import create_app
 from webhooks.settings import WebSettings
-from webhooks.signatures import Scheme, SignatureError, StaleTimestamp, secret_key, sign_github, sign_standard, verify
+from webhooks.signatures import (
+    Scheme,
+    SignatureError,
+    StaleTimestamp,
+    secret_key,
+    sign_github,
+    sign_standard,
+    verify,
+)
 
 pytest_plugins = ("tests.web_fixtures",)
 
@@ -57,7 +65,11 @@ async def problem(response: Any, status: int) -> dict[str, Any]:
 def test_standard_webhooks_published_vector() -> None:
     key = secret_key(Scheme.STANDARD, STANDARD_SECRET)
     assert sign_standard(key, VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY) == VECTOR_SIGNATURE
-    headers = {"webhook-id": VECTOR_ID, "webhook-timestamp": VECTOR_TIMESTAMP, "webhook-signature": VECTOR_SIGNATURE}
+    headers = {
+        "webhook-id": VECTOR_ID,
+        "webhook-timestamp": VECTOR_TIMESTAMP,
+        "webhook-signature": VECTOR_SIGNATURE,
+    }
     assert verify(Scheme.STANDARD, [key], headers, VECTOR_BODY, now=1614265330, tolerance=300) == VECTOR_ID
     with pytest.raises(StaleTimestamp):
         verify(Scheme.STANDARD, [key], headers, VECTOR_BODY, now=1614265330 + 301, tolerance=300)
@@ -80,7 +92,11 @@ async def test_standard_vector_over_http_starts_a_run(
     # The vector was signed in 2021: an engine whose clock reads then accepts it.
     engine = engine_for(redis_conn, namespace, APPROVAL_WORKFLOW, clock=Clock(utc(1614265330 + 60)))
     client = await aiohttp_client(create_app(engine, settings))
-    headers = {"webhook-id": VECTOR_ID, "webhook-timestamp": VECTOR_TIMESTAMP, "webhook-signature": VECTOR_SIGNATURE}
+    headers = {
+        "webhook-id": VECTOR_ID,
+        "webhook-timestamp": VECTOR_TIMESTAMP,
+        "webhook-signature": VECTOR_SIGNATURE,
+    }
     response = await client.post("/webhooks/vector", data=VECTOR_BODY, headers=headers)
     assert response.status == 202, await response.text()
     answer = await response.json()
@@ -102,7 +118,9 @@ async def test_github_vector_passes_the_signature_then_is_refused_as_not_json(cl
 # -- each scheme end to end -------------------------------------------------------------------
 
 
-async def test_github_push_starts_a_run_and_other_events_are_ignored(client: TestClient, web_engine: Engine) -> None:
+async def test_github_push_starts_a_run_and_other_events_are_ignored(
+    client: TestClient, web_engine: Engine
+) -> None:
     body = body_of({"repository": {"name": "billing"}, "ref": "refs/heads/main"})
     response = await client.post("/webhooks/github", data=body, headers=github_headers(body, "gh-1"))
     assert response.status == 202
@@ -110,7 +128,9 @@ async def test_github_push_starts_a_run_and_other_events_are_ignored(client: Tes
     assert run.inputs == {"service": "billing", "replicas": 1}
 
     ping = body_of({"zen": "Keep it logically awesome."})
-    response = await client.post("/webhooks/github", data=ping, headers=github_headers(ping, "gh-2", event="ping"))
+    response = await client.post(
+        "/webhooks/github", data=ping, headers=github_headers(ping, "gh-2", event="ping")
+    )
     assert response.status == 200
     assert (await response.json())["status"] == "ignored"
     assert len(web_engine.list_runs().runs) == 1
@@ -136,7 +156,9 @@ async def test_stripe_delivery_wakes_the_waiting_run_once(
 
 async def test_stripe_bad_and_stale_signatures(client: TestClient, clock: Clock) -> None:
     body = body_of({"id": "evt_2", "type": "x", "data": {"object": {"id": "y"}}})
-    forged = await client.post("/webhooks/payments", data=body, headers=stripe_headers(body, clock.now, "other"))
+    forged = await client.post(
+        "/webhooks/payments", data=body, headers=stripe_headers(body, clock.now, "other")
+    )
     assert (await problem(forged, 401))["type"].endswith("bad-signature")
     old = clock.now - timedelta(minutes=6)
     stale = await client.post("/webhooks/payments", data=body, headers=stripe_headers(body, old))
@@ -151,7 +173,9 @@ async def test_rotation_accepts_either_secret_and_several_signatures(
 ) -> None:
     body = body_of({"service": "api"})
     for msg_id, secret in (("m-old", STANDARD_SECRET), ("m-new", STANDARD_SECRET_NEW)):
-        response = await client.post("/webhooks/releases", data=body, headers=standard_headers(body, secret, msg_id, clock.now))
+        response = await client.post(
+            "/webhooks/releases", data=body, headers=standard_headers(body, secret, msg_id, clock.now)
+        )
         assert response.status == 202, await response.text()
     headers = standard_headers(body, STANDARD_SECRET_NEW, "m-both", clock.now)
     headers["webhook-signature"] = "v1,bm90IGl0 v2,Zm9v " + headers["webhook-signature"]
@@ -161,7 +185,9 @@ async def test_rotation_accepts_either_secret_and_several_signatures(
 
 
 @pytest.mark.parametrize("skew", [-301, 301])
-async def test_timestamps_more_than_five_minutes_off_are_refused(client: TestClient, clock: Clock, skew: int) -> None:
+async def test_timestamps_more_than_five_minutes_off_are_refused(
+    client: TestClient, clock: Clock, skew: int
+) -> None:
     body = body_of({"service": "api"})
     headers = standard_headers(body, at=clock.now + timedelta(seconds=skew))
     document = await problem(await client.post("/webhooks/releases", data=body, headers=headers), 401)
@@ -179,7 +205,9 @@ async def test_timestamps_more_than_five_minutes_off_are_refused(client: TestCli
     ],
     ids=["no-signature", "no-id", "wrong-signature", "other-id", "bad-timestamp"],
 )
-async def test_bad_or_missing_signature_is_401(client: TestClient, web_engine: Engine, clock: Clock, change: Any) -> None:
+async def test_bad_or_missing_signature_is_401(
+    client: TestClient, web_engine: Engine, clock: Clock, change: Any
+) -> None:
     body = body_of({"service": "api"})
     headers = standard_headers(body, at=clock.now)
     change(headers)
@@ -242,7 +270,9 @@ async def test_default_limit_is_one_mebibyte(client: TestClient, clock: Clock) -
 
 async def test_malformed_json_is_400_with_line_and_column(client: TestClient, clock: Clock) -> None:
     body = b'{\n  "service": "api",\n  "replicas": 2,,\n}'
-    response = await client.post("/webhooks/releases", data=body, headers=standard_headers(body, at=clock.now))
+    response = await client.post(
+        "/webhooks/releases", data=body, headers=standard_headers(body, at=clock.now)
+    )
     document = await problem(response, 400)
     assert "line 3, column 17" in document["detail"]
 
@@ -251,13 +281,17 @@ async def test_payload_not_matching_the_inputs_is_422_naming_the_field(
     client: TestClient, web_engine: Engine, clock: Clock
 ) -> None:
     body = body_of({"service": "api", "replicas": "many"})
-    response = await client.post("/webhooks/releases", data=body, headers=standard_headers(body, at=clock.now))
+    response = await client.post(
+        "/webhooks/releases", data=body, headers=standard_headers(body, at=clock.now)
+    )
     document = await problem(response, 422)
     assert [e["field"] for e in document["errors"]] == ["inputs.replicas"]
     assert "integer" in document["errors"][0]["message"]
 
     body = body_of({"name": "api"})  # the mapping reads payload.service, which is missing
-    response = await client.post("/webhooks/releases", data=body, headers=standard_headers(body, msg_id="m2", at=clock.now))
+    response = await client.post(
+        "/webhooks/releases", data=body, headers=standard_headers(body, msg_id="m2", at=clock.now)
+    )
     document = await problem(response, 422)
     assert document["errors"][0]["field"] == "inputs.service"
     assert web_engine.list_runs().runs == []

@@ -70,7 +70,13 @@ def signed(source: str, body: bytes, clock: Clock, delivery: str) -> dict[str, s
     extra=st.dictionaries(st.sampled_from(HEADER_NAMES), header_value, max_size=4),
 )
 async def test_fuzzed_deliveries_never_get_a_5xx(
-    client: TestClient, clock: Clock, source: str, body: bytes, sign: bool, delivery: str, extra: dict[str, str]
+    client: TestClient,
+    clock: Clock,
+    source: str,
+    body: bytes,
+    sign: bool,
+    delivery: str,
+    extra: dict[str, str],
 ) -> None:
     headers: dict[str, Any] = {k: v for k, v in extra.items() if k != "Content-Length"}
     if sign:

@@ -32,7 +32,11 @@ WAITING_WORKFLOW: dict[str, Any] = {
     "name": "Settle payment",
     "inputs": {"payment": {"type": "string", "required": True}},
     "steps": [
-        {"id": "paid", "type": "wait_event", "event": {"name": "payment.succeeded", "key": "{{ inputs.payment }}"}},
+        {
+            "id": "paid",
+            "type": "wait_event",
+            "event": {"name": "payment.succeeded", "key": "{{ inputs.payment }}"},
+        },
         {"id": "thanks", "type": "notify", "needs": ["paid"], "notify": {"text": "thanks"}},
     ],
 }
@@ -125,7 +129,9 @@ def github_headers(body: bytes, delivery: str = "d-1", event: str = "push") -> d
     }
 
 
-def stripe_headers(body: bytes, at: datetime | float | None = None, secret: str = STRIPE_SECRET) -> dict[str, str]:
+def stripe_headers(
+    body: bytes, at: datetime | float | None = None, secret: str = STRIPE_SECRET
+) -> dict[str, str]:
     return {"Stripe-Signature": sign_stripe(secret.encode(), int(_seconds(at)), body)}
 
 
@@ -137,4 +143,3 @@ def _seconds(at: datetime | float | None) -> float:
 
 def utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
-
