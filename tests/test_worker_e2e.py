@@ -229,7 +229,7 @@ class Harness:
 
     def forget_jobs(self) -> None:
         """RQ job keys are named by job id, not by namespace: remove this test's ones."""
-        runs = [r.decode() for r in self.redis.zrange(self.engine.keys.runs, 0, -1)]
+        runs = list(self.engine.store.scan_index(self.engine.keys.runs))
         for key in self.redis.scan_iter("rq:*sb-*", count=1000):
             if any(run_id in key.decode() for run_id in runs):
                 self.redis.delete(key)
@@ -515,3 +515,19 @@ def test_killed_worker_fails_a_step_that_is_not_idempotent(harness: Harness) -> 
     assert run.steps["slow"].status is StepStatus.FAILED and run.steps["slow"].attempt == 1
     assert run.steps["after"].status is StepStatus.SKIPPED
     assert marker_lines(marker) == []
+
+
+def test_queued_step_whose_job_vanished_is_enqueued_again(harness: Harness) -> None:
+    run = harness.start("chain")
+    job_id = run.steps["first"].job_id
+    assert job_id is not None
+    # What an evicting Redis would do: the job and its queue entry are gone.
+    harness.redis.delete(Job.key_for(job_id))
+    harness.redis.lrem(harness.engine.queue.key, 0, job_id)
+    assert harness.engine.queue.count == 0
+
+    harness.start_worker()
+
+    run = harness.wait_until_finished(run.run_id)
+    assert run.status is RunStatus.COMPLETED, run.failure
+    assert run.steps["first"].job_id == job_id and run.steps["first"].attempt == 1
