@@ -9,6 +9,7 @@ commands never interleave, and a step is enqueued exactly when its state says so
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -303,7 +304,7 @@ class RunStore:
             self.step_job,
             args=(run.run_id, job.step_id, job.attempt, job.dispatch),
             job_id=job.job_id,
-            timeout=int(job.timeout or self.default_job_timeout),
+            timeout=math.ceil(job.timeout or self.default_job_timeout),  # RQ takes whole seconds
             result_ttl=600,
             failure_ttl=86400,
             description=f"{run.workflow_id} {run.short_id} {job.step_id} attempt {job.attempt}",
