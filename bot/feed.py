@@ -30,7 +30,7 @@ from engine.store import event_from_entry
 log = logging.getLogger(__name__)
 
 READ_COUNT = 100
-BLOCK_MS = 1000
+BLOCK_MS = 250
 CLAIM_IDLE_MS = 60_000
 CLAIM_EVERY_SECONDS = 30.0
 HOME_REFRESH_SECONDS = 1.0
@@ -59,6 +59,11 @@ class FeedFollower:
         self.stream = bot.engine.keys.events
         self.group = bot.settings.consumer_group
         self.consumer = consumer or consumer_name()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Finish the current read and return from :meth:`run`."""
+        self._stopping = True
 
     async def ensure_group(self) -> None:
         """Create the consumer group at the feed's end: a new bot starts with what happens next."""
@@ -71,12 +76,12 @@ class FeedFollower:
     async def run(self) -> None:
         await self.ensure_group()
         last_claim = 0.0
-        while True:
+        while not self._stopping:
             try:
                 if time.monotonic() - last_claim > CLAIM_EVERY_SECONDS:
                     last_claim = time.monotonic()
                     await self._claim_abandoned()
-                entries: list[Any] = await self.bot.redis.xreadgroup(
+                entries: Any = await self.bot.redis.xreadgroup(
                     self.group, self.consumer, {self.stream: ">"}, count=READ_COUNT, block=BLOCK_MS
                 )
                 for _stream, batch in entries or []:

@@ -8,10 +8,12 @@ import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from bot.feed import FeedFollower, HomeRefresher
+from bot.feed import BLOCK_MS, FeedFollower, HomeRefresher
 from bot.runtime import Bot
 
 log = logging.getLogger(__name__)
+
+FEED_STOP_SECONDS = BLOCK_MS / 1000 + 1
 
 
 @contextlib.asynccontextmanager
@@ -19,14 +21,19 @@ async def running(bot: Bot) -> AsyncIterator[None]:
     """Run the bot's background tasks for the duration of the block, then stop them and close."""
     follower = FeedFollower(bot)
     await follower.ensure_group()  # before serving: events from now on are all seen
+    feed = _task(follower.run(), "slack feed")
     tasks = [
+        feed,
         _task(bot.outbox.run(), "slack outbox"),
-        _task(follower.run(), "slack feed"),
         _task(HomeRefresher(bot).run(), "slack home refresh"),
     ]
     try:
         yield
     finally:
+        # A blocking XREADGROUP does not always give way to cancellation: let the feed
+        # finish its read and stop by itself, then cancel what is left.
+        follower.stop()
+        await asyncio.wait([feed], timeout=FEED_STOP_SECONDS)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
