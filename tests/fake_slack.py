@@ -81,6 +81,18 @@ class FakeSlack:
     def ok_calls(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method and c.ok]
 
+    def message_with(self, action_id: str, value: str) -> tuple[str, str] | None:
+        """(channel id, ts) of the message that carries a button with this action and value."""
+        for key, args in self.messages.items():
+            for block in _blocks(args):
+                for element in block.get("elements", []) if block.get("type") == "actions" else []:
+                    if element.get("action_id") == action_id and element.get("value") == value:
+                        return key
+        return None
+
+    def updates_of(self, message: tuple[str, str]) -> list[Call]:
+        return [c for c in self.ok_calls("chat.update") if (c.args["channel"], c.args["ts"]) == message]
+
     def response_url(self) -> str:
         return f"{self.url}response/{uuid.uuid4().hex}"
 
@@ -191,6 +203,28 @@ def _channel_id(channel: str) -> str:
 def _view(args: dict[str, Any]) -> dict[str, Any]:
     view = args["view"]
     return json.loads(view) if isinstance(view, str) else view
+
+
+def all_text(args: dict[str, Any]) -> str:
+    """Every text of a message or view (its fallback text, blocks, fields and buttons), to search in."""
+    found: list[str] = [str(args.get("text", ""))]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("text"), str):
+                found.append(node["text"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(_blocks(args) or args.get("view", {}))
+    return "\n".join(found)
+
+
+def has_buttons(args: dict[str, Any]) -> bool:
+    return any(block.get("type") == "actions" for block in _blocks(args))
 
 
 def _blocks(args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -530,6 +564,7 @@ def slack_settings(fake: FakeSlack, **extra: Any) -> SlackSettings:
         SLACK_SIGNING_SECRET=SIGNING_SECRET,
         SLACK_API_URL=f"{fake.url}api/",
         SLACK_HOME_ACTIVE_SECONDS=600,
+        SLACK_OUTBOX_MAX_BACKOFF=0.2,
         **extra,
     )
 
