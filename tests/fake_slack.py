@@ -134,7 +134,13 @@ class FakeSlack:
         return web.json_response(body)
 
     def _auth_test(self, _args: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "team_id": TEAM, "user_id": "U0BOT", "bot_id": "B0BOT", "url": "https://x.slack.com/"}
+        return {
+            "ok": True,
+            "team_id": TEAM,
+            "user_id": "U0BOT",
+            "bot_id": "B0BOT",
+            "url": "https://x.slack.com/",
+        }
 
     def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
         problem = _require(args, "channel") or _message_problem(args)
@@ -153,7 +159,7 @@ class FakeSlack:
         if problem:
             return problem
         key = (args["channel"], args["ts"])
-        if not args["channel"][:1] in ("C", "G", "D"):
+        if args["channel"][:1] not in ("C", "G", "D"):
             return {"ok": False, "error": "channel_not_found"}
         if key not in self.messages:
             return {"ok": False, "error": "message_not_found"}
@@ -169,7 +175,10 @@ class FakeSlack:
         if problem:
             return problem
         view = _view(args)
-        return _view_problem(view, "modal") or {"ok": True, "view": {"id": "V" + uuid.uuid4().hex[:8], **view}}
+        return _view_problem(view, "modal") or {
+            "ok": True,
+            "view": {"id": "V" + uuid.uuid4().hex[:8], **view},
+        }
 
     def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
         problem = _require(args, "user_id", "view")
@@ -189,7 +198,10 @@ async def _arguments(request: web.Request) -> dict[str, Any]:
 def _require(args: dict[str, Any], *names: str) -> dict[str, Any] | None:
     for name in names:
         if not args.get(name):
-            return {"ok": False, "error": f"{name}_not_found" if name == "channel" else f"invalid_arguments: {name}"}
+            return {
+                "ok": False,
+                "error": f"{name}_not_found" if name == "channel" else f"invalid_arguments: {name}",
+            }
     return None
 
 
@@ -292,7 +304,10 @@ def block_errors(blocks: list[dict[str, Any]], limit: int) -> list[str]:
                     errors.append(f"{where}: button text over 75 or value over 2000 characters")
         if kind == "input":
             element = block.get("element", {})
-            if len(element.get("initial_value", "")) > 3000 or len(block.get("label", {}).get("text", "")) > 2000:
+            if (
+                len(element.get("initial_value", "")) > 3000
+                or len(block.get("label", {}).get("text", "")) > 2000
+            ):
                 errors.append(f"{where}: initial_value over 3000 or label over 2000 characters")
         if kind not in ("section", "header", "context", "actions", "divider", "input", "image"):
             errors.append(f"{where}: unknown block type")
@@ -409,14 +424,21 @@ class Slack:
                 "response_url": response_url,
             }
         else:
-            payload |= {"container": {"type": "view", "view_id": "VHOME"}, "view": {"id": "VHOME", "type": "home"}}
+            payload |= {
+                "container": {"type": "view", "view_id": "VHOME"},
+                "view": {"id": "VHOME", "type": "home"},
+            }
         await self.interact(payload)
         return response_url
 
-    async def submit(self, view: dict[str, Any], values: dict[str, dict[str, str]], user: SlackUser = BOB) -> None:
+    async def submit(
+        self, view: dict[str, Any], values: dict[str, dict[str, str]], user: SlackUser = BOB
+    ) -> None:
         """Submit a modal the app opened; ``values`` maps block_id to {action_id: value}."""
         state = {
-            block_id: {action_id: {"type": "plain_text_input", "value": value} for action_id, value in inputs.items()}
+            block_id: {
+                action_id: {"type": "plain_text_input", "value": value} for action_id, value in inputs.items()
+            }
             for block_id, inputs in values.items()
         }
         payload = {
@@ -472,7 +494,12 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
                     "on_expire": "reject",
                 },
             },
-            {"id": "announce", "type": "notify", "needs": ["approve"], "notify": {"text": "Deployed {{ inputs.service }}."}},
+            {
+                "id": "announce",
+                "type": "notify",
+                "needs": ["approve"],
+                "notify": {"text": "Deployed {{ inputs.service }}."},
+            },
         ],
     },
     "edit-note": {
@@ -505,19 +532,30 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
         "name": "Payload sync",
         "inputs": {"payload": {"type": "string", "default": "none"}},
         "settings": {"slack_channel": "#sync"},
-        "steps": [{"id": "sync", "type": "notify", "notify": {"text": "synced payload={{ inputs.payload }}"}}],
+        "steps": [
+            {"id": "sync", "type": "notify", "notify": {"text": "synced payload={{ inputs.payload }}"}}
+        ],
     },
     "broken": {
         "id": "broken",
         "name": "Broken template",
         "settings": {"slack_channel": "#alerts"},
-        "steps": [{"id": "build", "type": "action", "action": "worker.actions:echo", "args": {"x": "{{ steps.nope.result }}"}}],
+        "steps": [
+            {
+                "id": "build",
+                "type": "action",
+                "action": "worker.actions:echo",
+                "args": {"x": "{{ steps.nope.result }}"},
+            }
+        ],
     },
     "slow-build": {
         "id": "slow-build",
         "name": "Slow build",
         "settings": {"slack_channel": "#builds", "drain_timeout": "1s"},
-        "steps": [{"id": "build", "type": "action", "action": "worker.actions:sleep", "args": {"seconds": 60}}],
+        "steps": [
+            {"id": "build", "type": "action", "action": "worker.actions:sleep", "args": {"seconds": 60}}
+        ],
     },
 }
 
