@@ -159,11 +159,20 @@ class Outbox:
         if not claimed:
             return False
         key = claimed.decode() if isinstance(claimed, bytes) else str(claimed)
+        try:
+            await self._dispatch_head(key)
+        except asyncio.CancelledError:
+            # Shutting down: give the key back now rather than when its lease runs out.
+            await asyncio.shield(self.redis.zadd(self.keys.outbox_due, {key: self.clock()}))
+            raise
+        return True
+
+    async def _dispatch_head(self, key: str) -> None:
         queue = self.keys.outbox(key)
         raw = await self.redis.lindex(queue, 0)
         if raw is None:
-            await self._done(keys=[self.keys.outbox_due, queue], args=[key, "", now])
-            return True
+            await self._done(keys=[self.keys.outbox_due, queue], args=[key, "", self.clock()])
+            return
         message = Outbound.model_validate_json(raw)
         try:
             paused = await self.redis.pttl(self.keys.method_paused(message.method))
@@ -172,7 +181,7 @@ class Outbox:
             await self._send(key, message)
         except Retry as retry:
             await self._reschedule(key, queue, raw, message, retry)
-            return True
+            return
         except SlackApiError as exc:
             log.error(
                 "slack refused an outbox message",
@@ -180,7 +189,6 @@ class Outbox:
             )
             await self._dead_letter(message, str(exc.response.get("error")))
         await self._done(keys=[self.keys.outbox_due, queue], args=[key, raw, self.clock()])
-        return True
 
     async def _send(self, key: str, message: Outbound) -> None:
         method, args = message.method, dict(message.args)

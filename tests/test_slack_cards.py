@@ -42,7 +42,9 @@ async def test_task_opens_a_card_and_approve_updates_it_in_place(slack: Slack) -
     channel, _ts = card
     assert channel.startswith("C")  # posted to "#deploys", updated by the id Slack answered with
 
-    response_url = await slack.click(ids.TASK_APPROVE, ids.task_value(run_id, "approve"), user=BOB, message=card)
+    response_url = await slack.click(
+        ids.TASK_APPROVE, ids.task_value(run_id, "approve"), user=BOB, message=card
+    )
 
     update = (await slack.fake.wait_for(lambda: slack.fake.updates_of(card)))[0]
     assert not has_buttons(update.args)
@@ -53,7 +55,9 @@ async def test_task_opens_a_card_and_approve_updates_it_in_place(slack: Slack) -
     assert run.steps["approve"].task.decided_by.ref == f"slack:{BOB.id}"
     assert slack.responses_to(response_url) == []  # nothing to say: the card says it
     notice = await slack.fake.wait_for(
-        lambda: [c for c in slack.fake.ok_calls("chat.postMessage") if c.args.get("text") == "Deployed billing."]
+        lambda: [
+            c for c in slack.fake.ok_calls("chat.postMessage") if c.args.get("text") == "Deployed billing."
+        ]
     )
     assert notice[0].args["channel"] == "#deploys"
 
@@ -110,16 +114,27 @@ async def test_edit_modal_submits_the_edits_as_the_task_result(slack: Slack) -> 
     card = await slack.fake.wait_for(lambda: slack.fake.message_with(ids.TASK_EDIT, value))
     await slack.click(ids.TASK_EDIT, value, user=BOB, message=card)
     view = (await slack.fake.wait_for(lambda: slack.fake.ok_calls("views.open")))[0].args["view"]
-    inputs = {b["block_id"]: b["element"].get("initial_value") for b in view["blocks"] if b["type"] == "input"}
+    inputs = {
+        b["block_id"]: b["element"].get("initial_value") for b in view["blocks"] if b["type"] == "input"
+    }
     assert inputs == {"field:subject": "Hello", "field:body": "First draft", "field:count": "2"}
 
     edits = {"field:subject": "Hi all", "field:body": "Final text", "field:count": "5"}
     await slack.submit(view, {block: {ids.FIELD_INPUT: text} for block, text in edits.items()}, user=BOB)
 
     run = await slack.fake.wait_for(lambda: (r := slack.engine.get_run(run_id)).status.terminal and r)
-    assert run.steps["review"].result == {"subject": "Hi all", "body": "Final text", "count": 5, "approved": True}
+    assert run.steps["review"].result == {
+        "subject": "Hi all",
+        "body": "Final text",
+        "count": 5,
+        "approved": True,
+    }
     sent = await slack.fake.wait_for(
-        lambda: [c for c in slack.fake.ok_calls("chat.postMessage") if c.args.get("text") == "Sent Hi all: Final text"]
+        lambda: [
+            c
+            for c in slack.fake.ok_calls("chat.postMessage")
+            if c.args.get("text") == "Sent Hi all: Final text"
+        ]
     )
     assert sent[0].args["channel"] == "#comms"
     assert "*Approved* by" in all_text(slack.fake.updates_of(card)[0].args)
@@ -155,9 +170,10 @@ async def test_progress_goes_in_a_thread_and_a_stop_cancels_the_card(slack: Slac
     assert replies()[1] == f"▶️ Resumed by <@{BOB.id}>"
     assert replies()[2].startswith("⏹️ Stopped: `RUN_STOPPED` Stopped immediately by bob")
     header = f"Approve deploy run {run_id[:8]} started"
-    (_channel, header_ts), = [key for key, m in slack.fake.messages.items() if m.get("text") == header]
-    thread_ts = {c.args["thread_ts"] for c in slack.fake.ok_calls("chat.postMessage") if "thread_ts" in c.args}
+    ((_channel, header_ts),) = [key for key, m in slack.fake.messages.items() if m.get("text") == header]
+    thread_ts = {
+        c.args["thread_ts"] for c in slack.fake.ok_calls("chat.postMessage") if "thread_ts" in c.args
+    }
     assert thread_ts == {header_ts}
     update = (await slack.fake.wait_for(lambda: slack.fake.updates_of(card)))[0]
     assert "*Cancelled*" in all_text(update.args) and not has_buttons(update.args)
-

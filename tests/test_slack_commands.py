@@ -23,7 +23,12 @@ async def test_forged_and_stale_signatures_are_refused(slack: Slack) -> None:
 async def test_help_lists_every_form(slack: Slack) -> None:
     reply = await slack.command("help")
     assert reply["response_type"] == "ephemeral"
-    for form in ("start <workflow> [key=value ...]", "stop <run> [--graceful]", "list [status]", "replay <run>"):
+    for form in (
+        "start <workflow> [key=value ...]",
+        "stop <run> [--graceful]",
+        "list [status]",
+        "replay <run>",
+    ):
         assert form in reply["text"]
 
 
