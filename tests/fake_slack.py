@@ -36,6 +36,7 @@ from engine.api import Engine
 from engine.catalog import load_folder
 
 BOT_TOKEN = "xoxb-test-token"
+APP_TOKEN = "xapp-1-test-token"
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 TEAM = "T0TEAM"
 
@@ -71,6 +72,8 @@ class FakeSlack:
     messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (channel id, ts)
     failures: dict[str, Failure] = field(default_factory=dict)
     url: str = ""
+    socket_acks: list[dict[str, Any]] = field(default_factory=list)  # what the app sent back over Socket Mode
+    sockets: list[web.WebSocketResponse] = field(default_factory=list)
     _ts: int = 0
 
     # -- control -------------------------------------------------------------------------
@@ -122,6 +125,12 @@ class FakeSlack:
                 return web.Response(status=failure.status, text="upstream trouble", headers=headers)
             return web.json_response({"ok": False, "error": error}, status=failure.status, headers=headers)
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or args.get("token")
+        if method == "apps.connections.open":
+            if token != APP_TOKEN:
+                return self._answer(method, args, {"ok": False, "error": "invalid_auth"})
+            return self._answer(
+                method, args, {"ok": True, "url": f"{self.url.replace('http', 'ws', 1)}socket"}
+            )
         if token != BOT_TOKEN:
             return self._answer(method, args, {"ok": False, "error": "invalid_auth"})
         handler = getattr(self, "_" + method.replace(".", "_"), None)
@@ -132,6 +141,29 @@ class FakeSlack:
     def _answer(self, method: str, args: dict[str, Any], body: dict[str, Any]) -> web.Response:
         self.calls.append(Call(method, args, time.time(), 200, bool(body.get("ok")), body.get("error")))
         return web.json_response(body)
+
+    async def socket(self, request: web.Request) -> web.WebSocketResponse:
+        """Socket Mode: say hello, then relay what the app sends back (acks) into ``socket_acks``."""
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sockets.append(ws)
+        await ws.send_json({"type": "hello", "num_connections": 1, "debug_info": {"host": "fake"}})
+        async for frame in ws:
+            if frame.type == web.WSMsgType.TEXT:
+                self.socket_acks.append(json.loads(frame.data))
+        return ws
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any]) -> str:
+        """Push an envelope (``slash_commands``, ``interactive``, ``events_api``) to the connected app."""
+        envelope_id = uuid.uuid4().hex
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": kind,
+            "payload": payload,
+            "accepts_response_payload": True,
+        }
+        await self.sockets[-1].send_json(envelope)
+        return envelope_id
 
     def _auth_test(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -573,6 +605,7 @@ async def fake_slack() -> AsyncIterator[FakeSlack]:
     app = web.Application()
     app.router.add_post("/api/{method}", fake.api)
     app.router.add_post("/response/{id}", _record_response(fake))
+    app.router.add_get("/socket", fake.socket)
     server = TestServer(app)
     await server.start_server()
     fake.url = str(server.make_url("/"))
