@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from bot import cards, ids
 from bot.feed import publish_home
@@ -30,23 +30,21 @@ def register(app: AsyncApp, bot: Bot) -> None:
     engine = bot.engine
 
     @app.action(ids.TASK_APPROVE)
-    async def approve(ack: AsyncAck, body: Body, respond: AsyncRespond) -> None:
+    async def approve(ack: AsyncAck, body: Body) -> None:
         await ack()
         run_id, task_id = ids.parse_task_value(_value(body))
         actor = slack_actor(body.get("user"))
-        await attempt(
-            bot, body, respond, lambda: bot.call(engine.complete_task, run_id, task_id, actor, True)
-        )
+        await attempt(bot, body, lambda: bot.call(engine.complete_task, run_id, task_id, actor, True))
 
     @app.action(ids.TASK_REJECT)
-    async def reject(ack: AsyncAck, body: Body, respond: AsyncRespond) -> None:
+    async def reject(ack: AsyncAck, body: Body) -> None:
         await ack()
-        await open_task_modal(bot, body, respond, cards.reject_modal)
+        await open_task_modal(bot, body, cards.reject_modal)
 
     @app.action(ids.TASK_EDIT)
-    async def edit(ack: AsyncAck, body: Body, respond: AsyncRespond) -> None:
+    async def edit(ack: AsyncAck, body: Body) -> None:
         await ack()
-        await open_task_modal(bot, body, respond, cards.edit_modal)
+        await open_task_modal(bot, body, cards.edit_modal)
 
     @app.view(ids.REJECT_MODAL)
     async def rejected(ack: AsyncAck, body: Body, view: Body) -> None:
@@ -57,7 +55,7 @@ def register(app: AsyncApp, bot: Bot) -> None:
         decide = lambda: bot.call(  # noqa: E731
             engine.complete_task, origin["run"], origin["task"], actor, False, comment=reason
         )
-        await attempt(bot, body, None, decide, origin.get("channel"))
+        await attempt(bot, body, decide, origin.get("channel"))
 
     @app.view(ids.EDIT_MODAL)
     async def edited(ack: AsyncAck, body: Body, view: Body) -> None:
@@ -79,15 +77,15 @@ def register(app: AsyncApp, bot: Bot) -> None:
                 engine.complete_task, origin["run"], origin["task"], actor, True, result=edits
             )
 
-        await attempt(bot, body, None, decide, origin.get("channel"))
+        await attempt(bot, body, decide, origin.get("channel"))
 
     def run_action(action_id: str, do: Callable[[str, Any], Any], said: Callable[[Run], str]) -> None:
         @app.action(action_id)
-        async def handle(ack: AsyncAck, body: Body, respond: AsyncRespond) -> None:
+        async def handle(ack: AsyncAck, body: Body) -> None:
             await ack()
             actor = slack_actor(body.get("user"))
             run_id = _value(body)
-            await attempt(bot, body, respond, lambda: bot.call(do, run_id, actor), said=said)
+            await attempt(bot, body, lambda: bot.call(do, run_id, actor), said=said)
 
     run_action(ids.RUN_PAUSE, engine.pause, lambda r: f"Paused run `{r.short_id}`.")
     run_action(ids.RUN_RESUME, engine.resume, lambda r: f"Resumed run `{r.short_id}`.")
@@ -106,12 +104,12 @@ def register(app: AsyncApp, bot: Bot) -> None:
     run_action(ids.RUN_REPLAY, engine.replay, lambda r: f"Replaying as run `{r.short_id}` (`{r.run_id}`).")
 
     @app.action(ids.RUN_DETAILS)
-    async def details(ack: AsyncAck, body: Body, respond: AsyncRespond) -> None:
+    async def details(ack: AsyncAck, body: Body) -> None:
         await ack()
         try:
             run = await bot.call(engine.get_run, _value(body))
         except SwitchboardError as exc:
-            await tell(bot, body, respond, str(exc))
+            await tell(bot, body, str(exc))
             return
         await bot.client.views_open(trigger_id=body["trigger_id"], view=cards.details_modal(run))
 
@@ -127,7 +125,6 @@ def register(app: AsyncApp, bot: Bot) -> None:
 async def attempt(
     bot: Bot,
     body: Body,
-    respond: AsyncRespond | None,
     do: Callable[[], Awaitable[Any]],
     channel: str | None = None,
     said: Callable[[Run], str] | None = None,
@@ -136,20 +133,19 @@ async def attempt(
     try:
         result = await do()
     except SwitchboardError as exc:
-        await tell(bot, body, respond, str(exc), channel)
+        await tell(bot, body, str(exc), channel)
         return
     except Exception:
         log.exception("slack interaction failed", extra={"user": body.get("user", {}).get("id")})
-        await tell(bot, body, respond, "Something went wrong on our side; it has been logged.", channel)
+        await tell(bot, body, "Something went wrong on our side; it has been logged.", channel)
         return
     if said is not None and _from_message(body) and isinstance(result, Run):
-        await tell(bot, body, respond, said(result), channel)
+        await tell(bot, body, said(result), channel)
 
 
 async def open_task_modal(
     bot: Bot,
     body: Body,
-    respond: AsyncRespond,
     build: Callable[[Run, Any, str], dict[str, Any]],
 ) -> None:
     """Open the reject or edit modal, unless the task is already decided: then say by whom."""
@@ -157,29 +153,27 @@ async def open_task_modal(
     try:
         run = await bot.call(bot.engine.get_run, run_id)
     except SwitchboardError as exc:
-        await tell(bot, body, respond, str(exc))
+        await tell(bot, body, str(exc))
         return
     step = run.steps.get(task_id)
     task = step.task if step else None
     if task is None:
-        await tell(bot, body, respond, f"Run {run.short_id} has no task {task_id!r}.")
+        await tell(bot, body, f"Run {run.short_id} has no task {task_id!r}.")
         return
     if task.decided_at is not None:
         by = task.decided_by.display if task.decided_by else "the system"
-        await tell(bot, body, respond, str(AlreadyDecided(task_id, by, task.decided_at, task.approved)))
+        await tell(bot, body, str(AlreadyDecided(task_id, by, task.decided_at, task.approved)))
         return
     channel = (body.get("channel") or {}).get("id")
     metadata = cards.origin_metadata(run_id, task_id, channel)
     await bot.client.views_open(trigger_id=body["trigger_id"], view=build(run, task, metadata))
 
 
-async def tell(
-    bot: Bot, body: Body, respond: AsyncRespond | None, text: str, channel: str | None = None
-) -> None:
+async def tell(bot: Bot, body: Body, text: str, channel: str | None = None) -> None:
     """An ephemeral answer to the clicking user, wherever they clicked."""
     user = (body.get("user") or {}).get("id", "")
-    if respond is not None and body.get("response_url"):
-        await respond(text=text, response_type="ephemeral", replace_original=False)
+    if body.get("response_url"):
+        await bot.respond(body["response_url"], text)
     elif channel:
         await bot.client.chat_postEphemeral(channel=channel, user=user, text=text)
     elif user:

@@ -104,6 +104,7 @@ class Outbox:
         self._claim = connection.register_script(_CLAIM)
         self._done = connection.register_script(_DONE)
         self._wake = asyncio.Event()
+        self._stopping = False
 
     # -- producing -----------------------------------------------------------------------
 
@@ -124,6 +125,11 @@ class Outbox:
     def wake(self) -> None:
         self._wake.set()
 
+    def stop(self) -> None:
+        """Finish the sends under way and return from :meth:`run` (a cancelled send keeps its lease)."""
+        self._stopping = True
+        self._wake.set()
+
     async def pending(self) -> int:
         """Ordering keys with messages still to send (for health checks and tests)."""
         return int(await self.redis.zcard(self.keys.outbox_due))
@@ -140,14 +146,14 @@ class Outbox:
                 worker.cancel()
 
     async def _work(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 handled = await self.dispatch_one()
             except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
                 log.warning("outbox cannot reach redis", extra={"error": str(exc)})
                 await asyncio.sleep(1)
                 continue
-            if not handled:
+            if not handled and not self._stopping:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
@@ -162,8 +168,9 @@ class Outbox:
         try:
             await self._dispatch_head(key)
         except asyncio.CancelledError:
-            # Shutting down: give the key back now rather than when its lease runs out.
-            await asyncio.shield(self.redis.zadd(self.keys.outbox_due, {key: self.clock()}))
+            # Shutting down: give the key back now rather than when its lease runs out
+            # (the cancellation is delivered, so this await runs to the end).
+            await self.redis.zadd(self.keys.outbox_due, {key: self.clock()})
             raise
         return True
 

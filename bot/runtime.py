@@ -8,9 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import aiohttp
 import redis
 import redis.asyncio as aioredis
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.keys import SlackKeys
 from bot.outbox import Outbox
@@ -29,6 +31,18 @@ class Bot:
     keys: SlackKeys
     client: AsyncWebClient  # for calls that cannot wait in the outbox (views.open needs a fresh trigger_id)
     outbox: Outbox
+    http: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        """One HTTP session for every Slack call: a session (and TLS setup) per call costs milliseconds."""
+        self.http = aiohttp.ClientSession()
+        self.client.session = self.http
+        self.outbox.client.session = self.http
+
+    async def respond(self, response_url: str, text: str) -> None:
+        """An ephemeral answer on the response_url of a command or a click."""
+        webhook = AsyncWebhookClient(response_url, session=self.http)
+        await webhook.send(text=text, response_type="ephemeral", replace_original=False)
 
     async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a (synchronous, redis-py) engine method without blocking the event loop."""
@@ -38,6 +52,8 @@ class Bot:
         return run.notify_channel or self.settings.default_channel
 
     async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()
         await self.redis.aclose()
 
 

@@ -13,27 +13,26 @@ from bot.runtime import Bot
 
 log = logging.getLogger(__name__)
 
-FEED_STOP_SECONDS = BLOCK_MS / 1000 + 1
+STOP_SECONDS = BLOCK_MS / 1000 + 2
 
 
 @contextlib.asynccontextmanager
 async def running(bot: Bot) -> AsyncIterator[None]:
     """Run the bot's background tasks for the duration of the block, then stop them and close."""
+    await bot.open()
     follower = FeedFollower(bot)
     await follower.ensure_group()  # before serving: events from now on are all seen
     feed = _task(follower.run(), "slack feed")
-    tasks = [
-        feed,
-        _task(bot.outbox.run(), "slack outbox"),
-        _task(HomeRefresher(bot).run(), "slack home refresh"),
-    ]
+    outbox = _task(bot.outbox.run(), "slack outbox")
+    tasks = [feed, outbox, _task(HomeRefresher(bot).run(), "slack home refresh")]
     try:
         yield
     finally:
-        # A blocking XREADGROUP does not always give way to cancellation: let the feed
-        # finish its read and stop by itself, then cancel what is left.
+        # Stop by asking, not by cancelling: a blocking XREADGROUP does not always give way
+        # to cancellation, and a send cancelled halfway keeps its key leased for a minute.
         follower.stop()
-        await asyncio.wait([feed], timeout=FEED_STOP_SECONDS)
+        bot.outbox.stop()
+        await asyncio.wait([feed, outbox], timeout=STOP_SECONDS)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -142,6 +142,11 @@ class FakeSlack:
         self.calls.append(Call(method, args, time.time(), 200, bool(body.get("ok")), body.get("error")))
         return web.json_response(body)
 
+    async def record_response(self, request: web.Request) -> web.Response:
+        """A message the app sent to a response_url (its ephemeral answers)."""
+        self.responses.append({**await request.json(), "_url": str(request.url)})
+        return web.Response(text="ok")
+
     async def socket(self, request: web.Request) -> web.WebSocketResponse:
         """Socket Mode: say hello, then relay what the app sends back (acks) into ``socket_acks``."""
         ws = web.WebSocketResponse()
@@ -599,27 +604,24 @@ def write_workflows(folder: Path, workflows: dict[str, dict[str, Any]]) -> Path:
     return folder
 
 
-@pytest.fixture
-async def fake_slack() -> AsyncIterator[FakeSlack]:
+async def serve_fake_slack() -> tuple[FakeSlack, TestServer]:
+    """Start the fake on a random local port; its Web API base is ``f"{fake.url}api/"``."""
     fake = FakeSlack()
     app = web.Application()
     app.router.add_post("/api/{method}", fake.api)
-    app.router.add_post("/response/{id}", _record_response(fake))
+    app.router.add_post("/response/{id}", fake.record_response)
     app.router.add_get("/socket", fake.socket)
     server = TestServer(app)
     await server.start_server()
     fake.url = str(server.make_url("/"))
+    return fake, server
+
+
+@pytest.fixture
+async def fake_slack() -> AsyncIterator[FakeSlack]:
+    fake, server = await serve_fake_slack()
     yield fake
     await server.close()
-
-
-def _record_response(fake: FakeSlack) -> Callable[[web.Request], Any]:
-    async def record(request: web.Request) -> web.Response:
-        body = await request.json()
-        fake.responses.append({**body, "_url": str(request.url)})
-        return web.Response(text="ok")
-
-    return record
 
 
 @pytest.fixture

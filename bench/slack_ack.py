@@ -1,0 +1,210 @@
+"""Ack latency of the real bolt app under 100 concurrent signed Slack requests.
+
+    .venv/bin/python bench/slack_ack.py [--concurrency 100] [--waves 5] [--redis-url URL]
+
+Serves ``bot.web.attach`` on a real aiohttp server (TCP, random port), with the fake
+Slack Web API of the tests answering the app's own calls, and fires waves of
+``--concurrency`` requests at once, signed as Slack signs them: half ``/run`` commands
+(``status``, ``list``, ``tasks``, ``start``) and half button clicks (Approve on pending
+tasks, Pause on running runs). Latency is the time until the HTTP answer, i.e. the ack
+Slack waits for; the work after the ack (engine calls, replies to the response_url)
+keeps running in the same process meanwhile, as it would in production.
+
+Baseline, measured in the same run with the same load: a bare aiohttp handler that
+verifies the same signature and answers 200. It prints p50 and p99 of both, the app's
+overhead over the baseline, and p99 as a share of Slack's 3000 ms limit (target: p99 under 100 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlencode
+
+import aiohttp
+import redis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from slack_sdk.signature import SignatureVerifier
+
+# The fake Slack Web API lives with the tests; run from a checkout, import it from there.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bot import ids
+from bot.runtime import slack_actor
+from bot.web import attach
+from engine.api import Engine
+from engine.catalog import load_folder
+from engine.model import RunStatus
+from tests.fake_slack import (
+    ALICE,
+    BOB,
+    SIGNING_SECRET,
+    TEAM,
+    WORKFLOWS,
+    FakeSlack,
+    serve_fake_slack,
+    signed_headers,
+    slack_settings,
+    write_workflows,
+)
+
+SLACK_LIMIT_MS = 3000.0
+SETTLE_SECONDS = 0.5  # between waves, so the work after one wave's acks is not the next wave's load
+
+
+def command_body(fake: FakeSlack, text: str) -> str:
+    return urlencode(
+        {
+            "team_id": TEAM,
+            "channel_id": "C0OPS",
+            "user_id": BOB.id,
+            "user_name": BOB.name,
+            "command": "/run",
+            "text": text,
+            "response_url": fake.response_url(),
+            "trigger_id": f"trigger-{uuid.uuid4().hex}",
+        }
+    )
+
+
+def click_body(fake: FakeSlack, action_id: str, value: str) -> str:
+    payload = {
+        "type": "block_actions",
+        "team": {"id": TEAM},
+        "user": {"id": BOB.id, "username": BOB.name},
+        "trigger_id": f"trigger-{uuid.uuid4().hex}",
+        "container": {"type": "message", "message_ts": "1.000001", "channel_id": "C0OPS"},
+        "channel": {"id": "C0OPS"},
+        "response_url": fake.response_url(),
+        "actions": [{"type": "button", "action_id": action_id, "block_id": "b", "value": value}],
+    }
+    return urlencode({"payload": json.dumps(payload)})
+
+
+def requests_for(fake: FakeSlack, engine: Engine, count: int) -> list[str]:
+    """Half commands, half clicks; each click on a different task or run."""
+    pending = engine.pending_tasks(limit=count)
+    running = engine.list_runs(status=RunStatus.RUNNING, limit=count).runs
+    some_run = running[0].short_id if running else "00000000"
+    commands = [f"status {some_run}", "list", "tasks", "start approve-deploy service=bench"]
+    bodies: list[str] = []
+    for index in range(count):
+        if index % 2 == 0:
+            bodies.append(command_body(fake, commands[index // 2 % len(commands)]))
+        elif index % 4 == 1 and pending:
+            task = pending.pop()
+            bodies.append(
+                click_body(fake, ids.TASK_APPROVE, ids.task_value(task.run.run_id, task.task.task_id))
+            )
+        else:
+            bodies.append(click_body(fake, ids.RUN_PAUSE, running[index % len(running)].run_id))
+    return bodies
+
+
+async def wave(session: aiohttp.ClientSession, url: str, bodies: list[str]) -> list[float]:
+    """Send every body at once; the milliseconds each took to be answered."""
+
+    async def one(body: str) -> float:
+        began = time.perf_counter()
+        async with session.post(url, data=body, headers=signed_headers(body)) as response:
+            await response.read()
+            if response.status != 200:
+                raise SystemExit(f"answered {response.status}: {await response.text()}")
+        return (time.perf_counter() - began) * 1000
+
+    return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+
+def baseline_app() -> web.Application:
+    verifier = SignatureVerifier(SIGNING_SECRET)
+
+    async def ack(request: web.Request) -> web.Response:
+        body = await request.text()
+        if not verifier.is_valid_request(body, dict(request.headers)):
+            return web.Response(status=401)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/slack/events", ack)
+    return app
+
+
+async def measure(app: web.Application, bodies_for: Callable[[], list[str]], waves: int) -> list[float]:
+    server = TestServer(app, port=0)
+    await server.start_server()
+    url = str(server.make_url("/slack/events"))
+    samples: list[float] = []
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            await wave(session, url, bodies_for()[:5])  # warm up: bolt's auth.test, connections
+            for _ in range(waves):
+                samples += await wave(session, url, bodies_for())
+                await asyncio.sleep(SETTLE_SECONDS)
+    finally:
+        await server.close()
+    return samples
+
+
+def percentile(samples: list[float], share: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    fake, fake_server = await serve_fake_slack()
+
+    namespace = f"bench-slack-{uuid.uuid4().hex[:8]}"
+    connection = redis.Redis.from_url(args.redis_url)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            catalog = load_folder(write_workflows(Path(tmp), WORKFLOWS))
+            engine = Engine(connection, catalog, key_prefix=f"{namespace}:", queue_name=namespace)
+            alice = slack_actor({"id": ALICE.id, "username": ALICE.name})
+            for _ in range(args.concurrency * args.waves):
+                engine.start("approve-deploy", {"service": "bench"}, alice)
+
+            app = web.Application()
+            attach(app, engine, slack_settings(fake))
+
+            bodies = lambda: requests_for(fake, engine, args.concurrency)  # noqa: E731
+            app_ms = await measure(app, bodies, args.waves)
+            base_ms = await measure(baseline_app(), bodies, args.waves)
+    finally:
+        for key in connection.scan_iter(f"{namespace}:*", count=1000):
+            connection.delete(key)
+        await fake_server.close()
+
+    app_p50, app_p99 = percentile(app_ms, 0.5), percentile(app_ms, 0.99)
+    base_p50, base_p99 = percentile(base_ms, 0.5), percentile(base_ms, 0.99)
+    print(f"requests: {len(app_ms)} in waves of {args.concurrency} concurrent (commands and button clicks)")
+    print(
+        f"bolt app      p50 {app_p50:7.1f} ms   p99 {app_p99:7.1f} ms   mean {statistics.mean(app_ms):7.1f} ms"
+    )
+    print(
+        f"baseline ack  p50 {base_p50:7.1f} ms   p99 {base_p99:7.1f} ms   (bare aiohttp, same signature check)"
+    )
+    print(f"ratio app/baseline: p50 {app_p50 / base_p50:.1f}x, p99 {app_p99 / base_p99:.1f}x")
+    print(f"p99 vs Slack's 3000 ms limit: {app_p99 / SLACK_LIMIT_MS:.3f} ({app_p99:.0f} of 3000 ms)")
+    print(f"target p99 < 100 ms: {'met' if app_p99 < 100 else 'NOT met'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--waves", type=int, default=5)
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
