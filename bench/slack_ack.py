@@ -1,14 +1,16 @@
 """Ack latency of the real bolt app under 100 concurrent signed Slack requests.
 
-    .venv/bin/python bench/slack_ack.py [--concurrency 100] [--waves 5] [--redis-url URL]
+    .venv/bin/python bench/slack_ack.py [--concurrency 100] [--waves 5] [--per-wave] [--redis-url URL]
 
-Serves ``bot.web.attach`` on a real aiohttp server (TCP, random port), with the fake
-Slack Web API of the tests answering the app's own calls, and fires waves of
+Three processes, as in production: the app (``bot.web.attach`` on a real aiohttp server,
+TCP, random port, real Redis), the fake Slack Web API of the tests answering the app's
+own calls (Slack's side), and this one, the load generator. It fires waves of
 ``--concurrency`` requests at once, signed as Slack signs them: half ``/run`` commands
 (``status``, ``list``, ``tasks``, ``start``) and half button clicks (Approve on pending
 tasks, Pause on running runs). Latency is the time until the HTTP answer, i.e. the ack
 Slack waits for; the work after the ack (engine calls, replies to the response_url)
-keeps running in the same process meanwhile, as it would in production.
+keeps running in the app's process meanwhile, as it would in production. One
+unmeasured wave warms up (bolt's auth.test, connection pools, first-use imports).
 
 Baseline, measured in the same run with the same load: a bare aiohttp handler that
 verifies the same signature and answers 200. It prints p50 and p99 of both, the app's
@@ -20,7 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import multiprocessing
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -28,12 +33,12 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 import redis
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from slack_sdk.signature import SignatureVerifier
 
 # The fake Slack Web API lives with the tests; run from a checkout, import it from there.
@@ -139,19 +144,86 @@ def baseline_app() -> web.Application:
     return app
 
 
-async def measure(app: web.Application, bodies_for: Callable[[], list[str]], waves: int) -> list[float]:
-    server = TestServer(app, port=0)
-    await server.start_server()
-    url = str(server.make_url("/slack/events"))
+def serve(
+    kind: str, port: int, fake_url: str, namespace: str, folder: str, redis_url: str, ready: Any
+) -> None:
+    """Child process: serve the bolt app (or the baseline) on ``port`` until terminated.
+
+    A process of its own, as in production: the load generator and the fake Slack
+    (Slack's side) must not take the app's CPU.
+    """
+    logging.disable(logging.WARNING)  # retries and refusals are expected under this load
+
+    async def main() -> None:
+        if kind == "app":
+            catalog = load_folder(Path(folder))
+            engine = Engine(
+                redis.Redis.from_url(redis_url), catalog, key_prefix=f"{namespace}:", queue_name=namespace
+            )
+            app = web.Application()
+            attach(app, engine, slack_settings(FakeSlack(url=fake_url)))
+        else:
+            app = baseline_app()
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def serve_fake(urls: Any) -> None:
+    """Child process: the fake Slack Web API (Slack's side), away from the app and the load generator."""
+
+    async def main() -> None:
+        fake, _server = await serve_fake_slack()
+        urls.put(fake.url)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def measure(
+    kind: str,
+    fake: FakeSlack,
+    bodies_for: Callable[[], list[str]],
+    args: argparse.Namespace,
+    namespace: str,
+    folder: str,
+) -> list[float]:
+    port = free_port()
+    ready = multiprocessing.Event()
+    child = multiprocessing.Process(
+        target=serve, args=(kind, port, fake.url, namespace, folder, args.redis_url, ready), daemon=True
+    )
+    child.start()
+    if not await asyncio.to_thread(ready.wait, 30):
+        raise SystemExit(f"the {kind} server did not start")
+    url = f"http://127.0.0.1:{port}/slack/events"
     samples: list[float] = []
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            await wave(session, url, bodies_for()[:5])  # warm up: bolt's auth.test, connections
-            for _ in range(waves):
-                samples += await wave(session, url, bodies_for())
+            # Warm up with one unmeasured wave: bolt's auth.test, connection pools, first-use imports.
+            await wave(session, url, bodies_for())
+            await asyncio.sleep(SETTLE_SECONDS)
+            for _ in range(args.waves):
+                latest = await wave(session, url, bodies_for())
+                samples += latest
+                if args.per_wave:
+                    print(
+                        f"{kind:8} wave  p50 {percentile(latest, 0.5):6.1f} ms  p99 {percentile(latest, 0.99):6.1f} ms"
+                    )
                 await asyncio.sleep(SETTLE_SECONDS)
     finally:
-        await server.close()
+        child.terminate()
+        child.join()
     return samples
 
 
@@ -161,7 +233,10 @@ def percentile(samples: list[float], share: float) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    fake, fake_server = await serve_fake_slack()
+    urls: Any = multiprocessing.Queue()
+    fake_process = multiprocessing.Process(target=serve_fake, args=(urls,), daemon=True)
+    fake_process.start()
+    fake = FakeSlack(url=await asyncio.to_thread(urls.get, True, 30))  # builds request bodies only
 
     namespace = f"bench-slack-{uuid.uuid4().hex[:8]}"
     connection = redis.Redis.from_url(args.redis_url)
@@ -173,16 +248,13 @@ async def main_async(args: argparse.Namespace) -> None:
             for _ in range(args.concurrency * args.waves):
                 engine.start("approve-deploy", {"service": "bench"}, alice)
 
-            app = web.Application()
-            attach(app, engine, slack_settings(fake))
-
             bodies = lambda: requests_for(fake, engine, args.concurrency)  # noqa: E731
-            app_ms = await measure(app, bodies, args.waves)
-            base_ms = await measure(baseline_app(), bodies, args.waves)
+            app_ms = await measure("app", fake, bodies, args, namespace, tmp)
+            base_ms = await measure("baseline", fake, bodies, args, namespace, tmp)
     finally:
         for key in connection.scan_iter(f"{namespace}:*", count=1000):
             connection.delete(key)
-        await fake_server.close()
+        fake_process.terminate()
 
     app_p50, app_p99 = percentile(app_ms, 0.5), percentile(app_ms, 0.99)
     base_p50, base_p99 = percentile(base_ms, 0.5), percentile(base_ms, 0.99)
@@ -202,6 +274,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--waves", type=int, default=5)
+    parser.add_argument("--per-wave", action="store_true", help="print each wave's p50 and p99")
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     asyncio.run(main_async(parser.parse_args()))
 

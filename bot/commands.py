@@ -27,10 +27,10 @@ REPLY_TEXT = 3900  # a response_url message is plain mrkdwn text; keep it readab
 def register(app: AsyncApp, bot: Bot) -> None:
     @app.command(bot.settings.command)
     async def run_command(ack: AsyncAck, command: dict[str, Any]) -> None:
-        await ack()
-        actor = slack_actor(None, command.get("user_id"), command.get("user_name"))
-        reply = await answer(bot, command.get("text", ""), actor, command.get("channel_id"))
-        await bot.respond(command["response_url"], truncate(reply, REPLY_TEXT))
+        async with bot.acked(ack):
+            actor = slack_actor(None, command.get("user_id"), command.get("user_name"))
+            reply = await answer(bot, command.get("text", ""), actor, command.get("channel_id"))
+            await bot.respond(command["response_url"], truncate(reply, REPLY_TEXT))
 
 
 async def answer(bot: Bot, text: str, actor: Actor, channel_id: str | None = None) -> str:

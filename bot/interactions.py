@@ -31,61 +31,61 @@ def register(app: AsyncApp, bot: Bot) -> None:
 
     @app.action(ids.TASK_APPROVE)
     async def approve(ack: AsyncAck, body: Body) -> None:
-        await ack()
-        run_id, task_id = ids.parse_task_value(_value(body))
-        actor = slack_actor(body.get("user"))
-        await attempt(bot, body, lambda: bot.call(engine.complete_task, run_id, task_id, actor, True))
+        async with bot.acked(ack):
+            run_id, task_id = ids.parse_task_value(_value(body))
+            actor = slack_actor(body.get("user"))
+            await attempt(bot, body, lambda: bot.call(engine.complete_task, run_id, task_id, actor, True))
 
     @app.action(ids.TASK_REJECT)
     async def reject(ack: AsyncAck, body: Body) -> None:
-        await ack()
-        await open_task_modal(bot, body, cards.reject_modal)
+        async with bot.acked(ack, urgent=True):
+            await open_task_modal(bot, body, cards.reject_modal)
 
     @app.action(ids.TASK_EDIT)
     async def edit(ack: AsyncAck, body: Body) -> None:
-        await ack()
-        await open_task_modal(bot, body, cards.edit_modal)
+        async with bot.acked(ack, urgent=True):
+            await open_task_modal(bot, body, cards.edit_modal)
 
     @app.view(ids.REJECT_MODAL)
     async def rejected(ack: AsyncAck, body: Body, view: Body) -> None:
-        await ack()
-        origin = json.loads(view.get("private_metadata") or "{}")
-        reason = _input(view, ids.REASON_BLOCK, ids.REASON_INPUT) or None
-        actor = slack_actor(body.get("user"))
-        decide = lambda: bot.call(  # noqa: E731
-            engine.complete_task, origin["run"], origin["task"], actor, False, comment=reason
-        )
-        await attempt(bot, body, decide, origin.get("channel"))
+        async with bot.acked(ack):
+            origin = json.loads(view.get("private_metadata") or "{}")
+            reason = _input(view, ids.REASON_BLOCK, ids.REASON_INPUT) or None
+            actor = slack_actor(body.get("user"))
+            decide = lambda: bot.call(  # noqa: E731
+                engine.complete_task, origin["run"], origin["task"], actor, False, comment=reason
+            )
+            await attempt(bot, body, decide, origin.get("channel"))
 
     @app.view(ids.EDIT_MODAL)
     async def edited(ack: AsyncAck, body: Body, view: Body) -> None:
-        await ack()
-        origin = json.loads(view.get("private_metadata") or "{}")
-        actor = slack_actor(body.get("user"))
+        async with bot.acked(ack):
+            origin = json.loads(view.get("private_metadata") or "{}")
+            actor = slack_actor(body.get("user"))
 
-        async def decide() -> Any:
-            run = await bot.call(engine.get_run, origin["run"])
-            task = run.steps[origin["task"]].task
-            fields = task.fields if task else {}
-            edits = {
-                name: _typed_like(
-                    fields.get(name), _input(view, f"{ids.FIELD_BLOCK_PREFIX}{name}", ids.FIELD_INPUT)
+            async def decide() -> Any:
+                run = await bot.call(engine.get_run, origin["run"])
+                task = run.steps[origin["task"]].task
+                fields = task.fields if task else {}
+                edits = {
+                    name: _typed_like(
+                        fields.get(name), _input(view, f"{ids.FIELD_BLOCK_PREFIX}{name}", ids.FIELD_INPUT)
+                    )
+                    for name in (task.editable if task else [])
+                }
+                return await bot.call(
+                    engine.complete_task, origin["run"], origin["task"], actor, True, result=edits
                 )
-                for name in (task.editable if task else [])
-            }
-            return await bot.call(
-                engine.complete_task, origin["run"], origin["task"], actor, True, result=edits
-            )
 
-        await attempt(bot, body, decide, origin.get("channel"))
+            await attempt(bot, body, decide, origin.get("channel"))
 
     def run_action(action_id: str, do: Callable[[str, Any], Any], said: Callable[[Run], str]) -> None:
         @app.action(action_id)
         async def handle(ack: AsyncAck, body: Body) -> None:
-            await ack()
-            actor = slack_actor(body.get("user"))
-            run_id = _value(body)
-            await attempt(bot, body, lambda: bot.call(do, run_id, actor), said=said)
+            async with bot.acked(ack):
+                actor = slack_actor(body.get("user"))
+                run_id = _value(body)
+                await attempt(bot, body, lambda: bot.call(do, run_id, actor), said=said)
 
     run_action(ids.RUN_PAUSE, engine.pause, lambda r: f"Paused run `{r.short_id}`.")
     run_action(ids.RUN_RESUME, engine.resume, lambda r: f"Resumed run `{r.short_id}`.")
@@ -105,13 +105,13 @@ def register(app: AsyncApp, bot: Bot) -> None:
 
     @app.action(ids.RUN_DETAILS)
     async def details(ack: AsyncAck, body: Body) -> None:
-        await ack()
-        try:
-            run = await bot.call(engine.get_run, _value(body))
-        except SwitchboardError as exc:
-            await tell(bot, body, str(exc))
-            return
-        await bot.client.views_open(trigger_id=body["trigger_id"], view=cards.details_modal(run))
+        async with bot.acked(ack, urgent=True):
+            try:
+                run = await bot.call(engine.get_run, _value(body))
+            except SwitchboardError as exc:
+                await tell(bot, body, str(exc))
+                return
+            await bot.client.views_open(trigger_id=body["trigger_id"], view=cards.details_modal(run))
 
     @app.event("app_home_opened")
     async def home_opened(event: Body) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
 import redis
 import redis.asyncio as aioredis
+from slack_bolt.async_app import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
@@ -21,6 +24,7 @@ from engine.api import Engine
 from engine.model import Actor, ActorKind, Run
 
 T = TypeVar("T")
+WORK_SLOTS = 8
 
 
 @dataclass
@@ -32,6 +36,8 @@ class Bot:
     client: AsyncWebClient  # for calls that cannot wait in the outbox (views.open needs a fresh trigger_id)
     outbox: Outbox
     http: aiohttp.ClientSession | None = None
+    threads: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "slack-engine"))
+    work_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(WORK_SLOTS))
 
     async def open(self) -> None:
         """One HTTP session for every Slack call: a session (and TLS setup) per call costs milliseconds."""
@@ -44,9 +50,29 @@ class Bot:
         webhook = AsyncWebhookClient(response_url, session=self.http)
         await webhook.send(text=text, response_type="ephemeral", replace_original=False)
 
+    @contextlib.asynccontextmanager
+    async def acked(self, ack: AsyncAck, urgent: bool = False) -> AsyncIterator[None]:
+        """Ack, then do the block's work in one of a few slots.
+
+        Slack needs the ack within 3 s; the work can wait its turn. Capping how much
+        work runs at once keeps a burst of clicks from delaying each other's acks.
+        ``urgent`` work (opening a modal: its trigger_id expires in 3 s) skips the queue.
+        """
+        await ack()
+        if urgent:
+            yield
+            return
+        async with self.work_slots:
+            yield
+
     async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a (synchronous, redis-py) engine method without blocking the event loop."""
-        return await asyncio.to_thread(functools.partial(method, *args, **kwargs))
+        """Run a (synchronous, redis-py) engine method without blocking the event loop.
+
+        On a few threads of the bot's own: every thread that wants the GIL delays the
+        event loop, and with it the acks Slack waits for.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.threads, functools.partial(method, *args, **kwargs))
 
     def channel_for(self, run: Run) -> str | None:
         return run.notify_channel or self.settings.default_channel
@@ -55,6 +81,7 @@ class Bot:
         if self.http is not None:
             await self.http.close()
         await self.redis.aclose()
+        self.threads.shutdown(wait=False)
 
 
 def slack_actor(user: dict[str, Any] | None, user_id: str | None = None, name: str | None = None) -> Actor:
