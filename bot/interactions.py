@@ -66,13 +66,7 @@ def register(app: AsyncApp, bot: Bot) -> None:
             async def decide() -> Any:
                 run = await bot.call(engine.get_run, origin["run"])
                 task = run.steps[origin["task"]].task
-                fields = task.fields if task else {}
-                edits = {
-                    name: _typed_like(
-                        fields.get(name), _input(view, f"{ids.FIELD_BLOCK_PREFIX}{name}", ids.FIELD_INPUT)
-                    )
-                    for name in (task.editable if task else [])
-                }
+                edits = edits_from(view, task.fields, task.editable) if task else {}
                 return await bot.call(
                     engine.complete_task, origin["run"], origin["task"], actor, True, result=edits
                 )
@@ -191,6 +185,18 @@ def _value(body: Body) -> str:
 def _input(view: Body, block_id: str, action_id: str) -> str:
     state = view.get("state", {}).get("values", {})
     return str((state.get(block_id, {}).get(action_id) or {}).get("value") or "")
+
+
+def edits_from(view: Body, fields: dict[str, Any], editable: list[str]) -> dict[str, Any]:
+    """The edit modal's values by field; a field the modal did not show keeps its value."""
+    state = view.get("state", {}).get("values", {})
+    edits: dict[str, Any] = {}
+    for name in editable:
+        block = state.get(f"{ids.FIELD_BLOCK_PREFIX}{name}")
+        if block is not None:
+            text = (block.get(ids.FIELD_INPUT) or {}).get("value") or ""
+            edits[name] = _typed_like(fields.get(name), text)
+    return edits
 
 
 def _typed_like(original: Any, text: str) -> Any:

@@ -583,7 +583,8 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
                 "type": "action",
                 "action": "worker.actions:echo",
                 "args": {"x": "{{ steps.nope.result }}"},
-            }
+            },
+            {"id": "deploy", "type": "action", "action": "worker.actions:echo", "needs": ["build"]},
         ],
     },
     "slow-build": {

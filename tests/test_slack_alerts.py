@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from bot import ids
+from bot import cards, ids
 from bot.home import home_view
 from bot.outbox import Outbound
 from bot.runtime import slack_actor
 from engine.api import CommandCenter
-from engine.model import FailureCode, RunStatus, StepStatus
-from tests.fake_slack import ALICE, BOB, VIEW_BLOCKS, Slack, all_text, block_errors, has_buttons
+from engine.model import FailureCode, Run, RunStatus, StepState, StepStatus, Task
+from engine.workflow import StepType
+from tests.fake_slack import (
+    ALICE,
+    BOB,
+    MESSAGE_BLOCKS,
+    VIEW_BLOCKS,
+    Slack,
+    all_text,
+    block_errors,
+    has_buttons,
+)
 
 pytest_plugins = ("tests.fake_slack",)
 
@@ -45,7 +55,9 @@ async def test_a_failed_run_raises_an_alert_with_replay_and_details(slack: Slack
     details_url = await slack.click(ids.RUN_DETAILS, run.run_id, user=BOB, message=alert)
     modal = (await slack.fake.wait_for(lambda: slack.fake.ok_calls("views.open")))[0].args["view"]
     assert modal["title"]["text"] == f"Run {run.short_id}"
-    assert "🔴 `build` action *failed*" in all_text({"view": modal})
+    timeline = all_text({"view": modal})
+    assert "🔴 `build` action *failed*\n`TEMPLATE_ERROR`" in timeline
+    assert "⏭️ `deploy` action *skipped (blocked)*\nblocked: step 'build' failed" in timeline
     assert slack.responses_to(details_url) == []
 
     replay_url = await slack.click(ids.RUN_REPLAY, run.run_id, user=BOB, message=alert)
@@ -150,3 +162,33 @@ def test_an_empty_command_center_says_so() -> None:
     text = all_text({"view": view})
     assert "No task is waiting for a decision." in text and "No run is active." in text
     assert not any(has_buttons({"blocks": [b]}) for b in view["blocks"])
+
+
+def test_an_approval_card_with_a_huge_payload_stays_within_limits() -> None:
+    now = datetime.now(UTC)
+    task = Task(
+        task_id="approve",
+        task_type="approval",
+        title="T" * 500,
+        description="D" * 10_000,
+        fields={f"field{i}": "v" * 5000 for i in range(40)},
+        editable=[f"field{i}" for i in range(40)],
+        opened_at=now,
+        expires_at=now + timedelta(hours=1),
+    )
+    run = Run(
+        run_id="0123456789abcdef",
+        workflow_id="big",
+        workflow_name="N" * 300,
+        workflow_version=1,
+        workflow_digest="d",
+        started_by=slack_actor({"id": ALICE.id}),
+        created_at=now,
+        updated_at=now,
+        steps={"approve": StepState(step_id="approve", type=StepType.HUMAN_TASK, task=task)},
+    )
+    for message in (cards.approval_card(run, task), cards.decided_card(run, task)):
+        assert block_errors(message["blocks"], MESSAGE_BLOCKS) == []
+        assert "… 30 more fields" in all_text(message)
+    modal = cards.edit_modal(run, task, cards.origin_metadata(run.run_id, "approve", "C1"))
+    assert block_errors(modal["blocks"], VIEW_BLOCKS) == []

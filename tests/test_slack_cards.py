@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from bot import ids
+from bot.interactions import edits_from
 from engine.model import FailureCode, RunStatus, StepStatus
 from tests.fake_slack import ALICE, BOB, CAROL, Slack, all_text, has_buttons
 
@@ -177,3 +178,18 @@ async def test_progress_goes_in_a_thread_and_a_stop_cancels_the_card(slack: Slac
     assert thread_ts == {header_ts}
     update = (await slack.fake.wait_for(lambda: slack.fake.updates_of(card)))[0]
     assert "*Cancelled*" in all_text(update.args) and not has_buttons(update.args)
+
+
+def test_edits_keep_field_types_and_leave_fields_the_modal_did_not_show() -> None:
+    view = {
+        "state": {
+            "values": {
+                "field:subject": {"value": {"type": "plain_text_input", "value": "New"}},
+                "field:count": {"value": {"type": "plain_text_input", "value": "7"}},
+                "field:body": {"value": {"type": "plain_text_input", "value": None}},
+            }
+        }
+    }
+    fields = {"subject": "Old", "count": 2, "body": "text", "hidden": "keep"}
+    edits = edits_from(view, fields, ["subject", "count", "body", "hidden"])
+    assert edits == {"subject": "New", "count": 7, "body": ""}
