@@ -17,8 +17,9 @@ def build_app(bot: Bot) -> AsyncApp:
     app = AsyncApp(
         client=bot.client,
         signing_secret=bot.settings.signing_secret,
-        # Ack first, work after: listeners keep running once they have acked.
-        process_before_response=False,
+        # Listeners ack and hand their work to Bot.after_ack, so bolt can answer as soon
+        # as they return, without polling for the ack.
+        process_before_response=True,
         request_verification_enabled=bot.settings.signing_secret is not None,
         logger=logging.getLogger("bot.bolt"),
     )

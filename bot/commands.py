@@ -1,8 +1,8 @@
 """``/run``: acknowledged at once, then parsed, executed on the engine, answered ephemerally.
 
 Slack gives a slash command 3 seconds. The listener acks before anything that can
-take time (Redis, the engine's transaction), and answers on the command's
-response_url when the work is done.
+take time (Redis, the engine's transaction) and leaves the work to run after the ack;
+the answer goes to the command's response_url when the work is done.
 """
 
 from __future__ import annotations
@@ -27,10 +27,14 @@ REPLY_TEXT = 3900  # a response_url message is plain mrkdwn text; keep it readab
 def register(app: AsyncApp, bot: Bot) -> None:
     @app.command(bot.settings.command)
     async def run_command(ack: AsyncAck, command: dict[str, Any]) -> None:
-        async with bot.acked(ack):
-            actor = slack_actor(None, command.get("user_id"), command.get("user_name"))
-            reply = await answer(bot, command.get("text", ""), actor, command.get("channel_id"))
-            await bot.respond(command["response_url"], truncate(reply, REPLY_TEXT))
+        await ack()
+        bot.after_ack(reply_to(bot, command))
+
+
+async def reply_to(bot: Bot, command: dict[str, Any]) -> None:
+    actor = slack_actor(None, command.get("user_id"), command.get("user_name"))
+    reply = await answer(bot, command.get("text", ""), actor, command.get("channel_id"))
+    await bot.respond(command["response_url"], truncate(reply, REPLY_TEXT))
 
 
 async def answer(bot: Bot, text: str, actor: Actor, channel_id: str | None = None) -> str:

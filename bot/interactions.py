@@ -31,55 +31,35 @@ def register(app: AsyncApp, bot: Bot) -> None:
 
     @app.action(ids.TASK_APPROVE)
     async def approve(ack: AsyncAck, body: Body) -> None:
-        async with bot.acked(ack):
-            run_id, task_id = ids.parse_task_value(_value(body))
-            actor = slack_actor(body.get("user"))
-            await attempt(bot, body, lambda: bot.call(engine.complete_task, run_id, task_id, actor, True))
+        await ack()
+        bot.after_ack(approve_task(bot, body))
 
     @app.action(ids.TASK_REJECT)
     async def reject(ack: AsyncAck, body: Body) -> None:
-        async with bot.acked(ack, urgent=True):
-            await open_task_modal(bot, body, cards.reject_modal)
+        await ack()
+        bot.after_ack(open_task_modal(bot, body, cards.reject_modal), urgent=True)
 
     @app.action(ids.TASK_EDIT)
     async def edit(ack: AsyncAck, body: Body) -> None:
-        async with bot.acked(ack, urgent=True):
-            await open_task_modal(bot, body, cards.edit_modal)
+        await ack()
+        bot.after_ack(open_task_modal(bot, body, cards.edit_modal), urgent=True)
 
     @app.view(ids.REJECT_MODAL)
     async def rejected(ack: AsyncAck, body: Body, view: Body) -> None:
-        async with bot.acked(ack):
-            origin = json.loads(view.get("private_metadata") or "{}")
-            reason = _input(view, ids.REASON_BLOCK, ids.REASON_INPUT) or None
-            actor = slack_actor(body.get("user"))
-            decide = lambda: bot.call(  # noqa: E731
-                engine.complete_task, origin["run"], origin["task"], actor, False, comment=reason
-            )
-            await attempt(bot, body, decide, origin.get("channel"))
+        await ack()
+        bot.after_ack(reject_task(bot, body, view))
 
     @app.view(ids.EDIT_MODAL)
     async def edited(ack: AsyncAck, body: Body, view: Body) -> None:
-        async with bot.acked(ack):
-            origin = json.loads(view.get("private_metadata") or "{}")
-            actor = slack_actor(body.get("user"))
-
-            async def decide() -> Any:
-                run = await bot.call(engine.get_run, origin["run"])
-                task = run.steps[origin["task"]].task
-                edits = edits_from(view, task.fields, task.editable) if task else {}
-                return await bot.call(
-                    engine.complete_task, origin["run"], origin["task"], actor, True, result=edits
-                )
-
-            await attempt(bot, body, decide, origin.get("channel"))
+        await ack()
+        bot.after_ack(approve_edits(bot, body, view))
 
     def run_action(action_id: str, do: Callable[[str, Any], Any], said: Callable[[Run], str]) -> None:
         @app.action(action_id)
         async def handle(ack: AsyncAck, body: Body) -> None:
-            async with bot.acked(ack):
-                actor = slack_actor(body.get("user"))
-                run_id = _value(body)
-                await attempt(bot, body, lambda: bot.call(do, run_id, actor), said=said)
+            await ack()
+            actor, run_id = slack_actor(body.get("user")), _value(body)
+            bot.after_ack(attempt(bot, body, lambda: bot.call(do, run_id, actor), said=said))
 
     run_action(ids.RUN_PAUSE, engine.pause, lambda r: f"Paused run `{r.short_id}`.")
     run_action(ids.RUN_RESUME, engine.resume, lambda r: f"Resumed run `{r.short_id}`.")
@@ -99,21 +79,62 @@ def register(app: AsyncApp, bot: Bot) -> None:
 
     @app.action(ids.RUN_DETAILS)
     async def details(ack: AsyncAck, body: Body) -> None:
-        async with bot.acked(ack, urgent=True):
-            try:
-                run = await bot.call(engine.get_run, _value(body))
-            except SwitchboardError as exc:
-                await tell(bot, body, str(exc))
-                return
-            await bot.client.views_open(trigger_id=body["trigger_id"], view=cards.details_modal(run))
+        await ack()
+        bot.after_ack(open_details(bot, body), urgent=True)
 
     @app.event("app_home_opened")
     async def home_opened(event: Body) -> None:
-        if event.get("tab", "home") != "home":
-            return
-        user = event["user"]
-        await bot.redis.zadd(bot.keys.home_viewers, {user: time.time()})
-        await publish_home(bot, user)
+        if event.get("tab", "home") == "home":
+            bot.after_ack(home_opened_by(bot, event["user"]))
+
+
+async def approve_task(bot: Bot, body: Body) -> None:
+    run_id, task_id = ids.parse_task_value(_value(body))
+    actor = slack_actor(body.get("user"))
+    await attempt(bot, body, lambda: bot.call(bot.engine.complete_task, run_id, task_id, actor, True))
+
+
+async def reject_task(bot: Bot, body: Body, view: Body) -> None:
+    origin = json.loads(view.get("private_metadata") or "{}")
+    reason = _input(view, ids.REASON_BLOCK, ids.REASON_INPUT) or None
+    actor = slack_actor(body.get("user"))
+
+    async def decide() -> Run:
+        return await bot.call(
+            bot.engine.complete_task, origin["run"], origin["task"], actor, False, comment=reason
+        )
+
+    await attempt(bot, body, decide, origin.get("channel"))
+
+
+async def approve_edits(bot: Bot, body: Body, view: Body) -> None:
+    """The edit modal's submission: approve, with the edited fields as the task's result."""
+    origin = json.loads(view.get("private_metadata") or "{}")
+    actor = slack_actor(body.get("user"))
+
+    async def decide() -> Run:
+        run = await bot.call(bot.engine.get_run, origin["run"])
+        task = run.steps[origin["task"]].task
+        edits = edits_from(view, task.fields, task.editable) if task else {}
+        return await bot.call(
+            bot.engine.complete_task, origin["run"], origin["task"], actor, True, result=edits
+        )
+
+    await attempt(bot, body, decide, origin.get("channel"))
+
+
+async def open_details(bot: Bot, body: Body) -> None:
+    try:
+        run = await bot.call(bot.engine.get_run, _value(body))
+    except SwitchboardError as exc:
+        await tell(bot, body, str(exc))
+        return
+    await bot.client.views_open(trigger_id=body["trigger_id"], view=cards.details_modal(run))
+
+
+async def home_opened_by(bot: Bot, user: str) -> None:
+    await bot.redis.zadd(bot.keys.home_viewers, {user: time.time()})
+    await publish_home(bot, user)
 
 
 async def attempt(

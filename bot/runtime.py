@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 import aiohttp
 import redis
 import redis.asyncio as aioredis
-from slack_bolt.async_app import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
@@ -25,6 +24,8 @@ from engine.model import Actor, ActorKind, Run
 
 T = TypeVar("T")
 WORK_SLOTS = 8
+CLOSE_WAIT_SECONDS = 5.0
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,8 +37,12 @@ class Bot:
     client: AsyncWebClient  # for calls that cannot wait in the outbox (views.open needs a fresh trigger_id)
     outbox: Outbox
     http: aiohttp.ClientSession | None = None
-    threads: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "slack-engine"))
+    threads: ThreadPoolExecutor = field(init=False)
     work_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(WORK_SLOTS))
+    _pending: set[asyncio.Task[None]] = field(default_factory=set)  # keeps running work referenced
+
+    def __post_init__(self) -> None:
+        self.threads = ThreadPoolExecutor(self.settings.engine_threads, "slack-engine")
 
     async def open(self) -> None:
         """One HTTP session for every Slack call: a session (and TLS setup) per call costs milliseconds."""
@@ -50,20 +55,25 @@ class Bot:
         webhook = AsyncWebhookClient(response_url, session=self.http)
         await webhook.send(text=text, response_type="ephemeral", replace_original=False)
 
-    @contextlib.asynccontextmanager
-    async def acked(self, ack: AsyncAck, urgent: bool = False) -> AsyncIterator[None]:
-        """Ack, then do the block's work in one of a few slots.
+    def after_ack(self, work: Coroutine[Any, Any, None], urgent: bool = False) -> None:
+        """Run a listener's work once its ack has gone back to Slack, in one of a few slots.
 
-        Slack needs the ack within 3 s; the work can wait its turn. Capping how much
-        work runs at once keeps a burst of clicks from delaying each other's acks.
-        ``urgent`` work (opening a modal: its trigger_id expires in 3 s) skips the queue.
+        Slack needs the ack within 3 s; the work can wait its turn. Capping how much work
+        runs at once keeps a burst of clicks from delaying each other's acks. ``urgent``
+        work (opening a modal: its trigger_id expires in 3 s) does not queue.
         """
-        await ack()
-        if urgent:
-            yield
-            return
+        task = asyncio.create_task(work if urgent else self._in_slot(work))
+        self._pending.add(task)
+        task.add_done_callback(self._finished)
+
+    async def _in_slot(self, work: Coroutine[Any, Any, None]) -> None:
         async with self.work_slots:
-            yield
+            await work
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("work after an ack failed", exc_info=task.exception())
 
     async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a (synchronous, redis-py) engine method without blocking the event loop.
@@ -78,6 +88,8 @@ class Bot:
         return run.notify_channel or self.settings.default_channel
 
     async def close(self) -> None:
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=CLOSE_WAIT_SECONDS)  # let answers under way finish
         if self.http is not None:
             await self.http.close()
         await self.redis.aclose()

@@ -35,6 +35,12 @@ class SlackSettings(BaseSettings):
         alias="SLACK_HOME_ACTIVE_SECONDS",
         description="A user who opened App Home this recently gets live refreshes",
     )
+    engine_threads: int = Field(
+        default=2,
+        ge=1,
+        alias="SLACK_ENGINE_THREADS",
+        description="Threads for engine calls; each competes with the event loop (and acks) for the GIL",
+    )
     outbox_workers: int = Field(default=4, ge=1, alias="SLACK_OUTBOX_WORKERS")
     outbox_give_up_seconds: float = Field(
         default=6 * 3600,
