@@ -91,9 +91,9 @@ class FeedFollower:
                 log.warning("feed cannot reach redis", extra={"error": str(exc)})
                 await asyncio.sleep(1)
             except aioredis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
-                await self.ensure_group()  # the stream was deleted (e.g. a test cleanup)
+                await self.ensure_group()  # the stream was deleted under us (e.g. a test's cleanup)
 
     async def _claim_abandoned(self) -> None:
         reply: list[Any] = await self.bot.redis.xautoclaim(
