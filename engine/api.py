@@ -148,9 +148,15 @@ class Engine:
         actor: Actor,
         trigger: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        run_id: str | None = None,
     ) -> Run:
-        """Start a run; with an ``idempotency_key`` seen before, return that earlier run."""
-        return self._create(self.workflow(workflow_id), inputs or {}, actor, trigger, idempotency_key)
+        """Start a run; with an ``idempotency_key`` seen before, return that earlier run.
+
+        ``run_id`` lets a caller that promised an id before starting (the webhook inbox)
+        keep its word; pair it with an ``idempotency_key`` so a retry cannot start it twice.
+        """
+        workflow = self.workflow(workflow_id)
+        return self._create(workflow, inputs or {}, actor, trigger, idempotency_key, run_id=run_id)
 
     def _create(
         self,
@@ -160,6 +166,7 @@ class Engine:
         trigger: dict[str, Any] | None,
         idempotency_key: str | None = None,
         replay_of: str | None = None,
+        run_id: str | None = None,
     ) -> Run:
         try:
             values = validate_inputs(workflow, inputs)
@@ -167,7 +174,8 @@ class Engine:
             raise InvalidInput(str(exc), exc.problems) from exc
         self.store.save_workflow(workflow)
         self._workflows_by_digest[workflow.digest] = workflow
-        outcome = core.new_run(workflow, new_run_id(), values, actor, self.clock(), trigger, replay_of)
+        run_id = run_id or new_run_id()
+        outcome = core.new_run(workflow, run_id, values, actor, self.clock(), trigger, replay_of)
         run, created = self.store.create(outcome, workflow, idempotency_key)
         if created:
             log.info("run queued", extra={"run_id": run.run_id, "workflow": workflow.id})

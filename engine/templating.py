@@ -10,9 +10,10 @@ errors rather than empty strings, so a typo fails the step instead of sending bl
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, Undefined
+from jinja2 import StrictUndefined, Template, TemplateError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -50,12 +51,24 @@ def _render_string(text: str, context: dict[str, Any], where: str) -> Any:
     try:
         match = _SINGLE_EXPRESSION.match(text)
         if match:
-            value = _env.compile_expression(match.group("expr"), undefined_to_none=False)(**context)
+            value = _expression(match.group("expr"))(**context)
             if isinstance(value, Undefined):
                 raise RenderError(f"{where or 'template'}: {value._undefined_message}")
             return value
-        return _env.from_string(text).render(**context)
+        return _template(text).render(**context)
     except TemplateError as exc:
         raise RenderError(f"{where or 'template'}: {exc.message or exc}") from exc
     except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
         raise RenderError(f"{where or 'template'}: {exc}") from exc
+
+
+# Compiling is most of the cost of rendering, and the same few templates (a workflow's
+# arguments, a webhook's input mapping) render over and over: compile each text once.
+@lru_cache(maxsize=2048)
+def _expression(expr: str) -> Any:
+    return _env.compile_expression(expr, undefined_to_none=False)
+
+
+@lru_cache(maxsize=2048)
+def _template(text: str) -> Template:
+    return _env.from_string(text)

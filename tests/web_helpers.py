@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from engine.api import Engine
+from engine.model import Run
 from webhooks.settings import WebSettings
 from webhooks.signatures import Scheme, secret_key, sign_github, sign_standard, sign_stripe
 
@@ -143,3 +146,13 @@ def _seconds(at: datetime | float | None) -> float:
 
 def utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
+
+
+async def wait_for_runs(engine: Engine, count: int, timeout: float = 10.0) -> list[Run]:
+    """The engine's runs once ``count`` exist: accepted webhook runs start a moment after the 202."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        runs = (await asyncio.to_thread(engine.list_runs)).runs
+        if len(runs) >= count or asyncio.get_running_loop().time() > deadline:
+            return runs
+        await asyncio.sleep(0.02)

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from engine.api import Engine
 from webhooks.auth import Tokens
+from webhooks.inbox import Inbox
 from webhooks.metrics import StepDurations
 from webhooks.settings import WebSettings
 from webhooks.sources import Source
@@ -23,6 +24,7 @@ class WebContext:
     tokens: Tokens
     aredis: aioredis.Redis  # for what must not hold a thread: SSE, health, counters
     durations: StepDurations
+    inbox: Inbox
 
     def url(self, path: str) -> str:
         return f"{self.settings.public_url.rstrip('/')}{path}"

@@ -1,10 +1,11 @@
 """``POST /webhooks/{source}``: verify a signed delivery, then start a run or deliver an event.
 
 The order matters: the source is looked up, the body read up to its limit, the
-signature verified over the raw bytes, and only then is the body parsed and mapped.
-A delivery id seen before starts nothing and is answered with the original run id
-(the engine's idempotency key ``<source>:<delivery id>``). The answer is 202 as soon
-as the run is queued; no step runs inside the request.
+signature verified over the raw bytes, and only then is the body parsed, filtered,
+mapped and its inputs validated. A valid start is accepted into the inbox
+(:mod:`webhooks.inbox`) and answered 202 with the run id at once; the run starts a
+moment later. A delivery id seen before starts nothing and is answered with the
+original run id. Event deliveries are handed to the engine within the request.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 from typing import Any
 
 from aiohttp import web
 
-from engine.errors import InvalidInput
 from engine.model import Actor, ActorKind
 from engine.templating import RenderError, render, truthy
+from engine.workflow import InputError, validate_inputs
 from webhooks.context import WebContext, context_of
 from webhooks.metrics import UNKNOWN_SOURCE, count_delivery
 from webhooks.problems import Problem, invalid_fields
@@ -96,28 +96,29 @@ async def _start(
     action = source.spec.start
     assert action is not None
     inputs = _render_fields(action.inputs, context, "inputs")
-    request_id = secrets.token_hex(6)
-    trigger = {"kind": "webhook", "source": source.name, "delivery_id": delivery_id, "request_id": request_id}
-    key = f"{source.name}:{delivery_id}" if delivery_id else None
+    workflow = ctx.engine.workflow(action.workflow)
     try:
-        run = await asyncio.to_thread(ctx.engine.start, action.workflow, inputs, _actor(source), trigger, key)
-    except InvalidInput as exc:
+        validate_inputs(workflow, inputs)  # now, so a bad payload is a 422 to its sender
+    except InputError as exc:
         raise invalid_fields(
-            f"The payload does not give workflow {action.workflow!r} valid inputs: {exc}",
+            f"The payload does not give workflow {workflow.id!r} valid inputs: {exc}",
             {f"inputs.{k}": v for k, v in exc.problems.items()},
         ) from None
-    duplicate = run.trigger.get("request_id") != request_id
-    status_url = ctx.url(f"/v1/runs/{run.run_id}")
+    trigger = {"kind": "webhook", "source": source.name, "delivery_id": delivery_id}
+    accepted = await ctx.inbox.accept(source.name, delivery_id, workflow.id, inputs, _actor(source), trigger)
+    status_url = ctx.url(f"/v1/runs/{accepted.run_id}")
     body = {
-        "run_id": run.run_id,
-        "status": run.status.value,
+        "run_id": accepted.run_id,
+        "status": "accepted",
         "status_url": status_url,
-        "duplicate": duplicate,
+        "duplicate": accepted.duplicate,
     }
-    log.info("webhook run", extra={"source": source.name, "run_id": run.run_id, "duplicate": duplicate})
-    return web.json_response(body, status=202, headers={"Location": status_url}), (
-        "duplicate" if duplicate else "started"
+    log.info(
+        "webhook accepted",
+        extra={"source": source.name, "run_id": accepted.run_id, "duplicate": accepted.duplicate},
     )
+    outcome = "duplicate" if accepted.duplicate else "accepted"
+    return web.json_response(body, status=202, headers={"Location": status_url}), outcome
 
 
 async def _deliver(

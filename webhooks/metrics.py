@@ -78,10 +78,12 @@ class StepDurations:
             seconds = (step.finished_at - step.started_at).total_seconds()
             self.series[(run.workflow_id, step.type.value, step.status.value)].observe(max(seconds, 0.0))
 
-    async def follow(self, aredis: aioredis.Redis, keys: Keys, block_ms: int = 5000) -> None:
-        """Tail the global feed from now on; runs until cancelled."""
+    async def follow(
+        self, aredis: aioredis.Redis, keys: Keys, stop: asyncio.Event, block_ms: int = 1000
+    ) -> None:
+        """Tail the global feed from now on, until ``stop`` is set."""
         last = "$"
-        while True:
+        while not stop.is_set():
             try:
                 events = await read_events(aredis, keys.events, last, block_ms, 500)
             except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:

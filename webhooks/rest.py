@@ -183,8 +183,18 @@ async def list_runs(request: web.Request) -> web.StreamResponse:
 @routes.get("/v1/runs/{run_id}")
 @endpoint(Role.VIEWER)
 async def get_run(request: web.Request) -> web.StreamResponse:
-    """Get a run by its id or a unique prefix of at least 8 characters."""
-    run = await _engine(context_of(request), "get_run", request.match_info["run_id"])
+    """Get a run by its id or a unique prefix of at least 8 characters.
+
+    A run accepted from a webhook but not started yet answers 202 with status `accepted`.
+    """
+    ctx = context_of(request)
+    try:
+        run = await _engine(ctx, "get_run", request.match_info["run_id"])
+    except NotFound:
+        pending = await ctx.inbox.pending_start(request.match_info["run_id"].strip().lower())
+        if pending is None:
+            raise
+        return web.json_response({"status": "accepted", **pending}, status=202)
     return web.json_response(run_json(run))
 
 

@@ -8,7 +8,6 @@ returned app before it starts. ``run_web`` serves it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +19,13 @@ from engine.api import Engine
 from webhooks import deliveries, rest
 from webhooks.auth import Tokens, forbidden
 from webhooks.context import CONTEXT, WebContext, async_redis_like, context_of
+from webhooks.inbox import Inbox
 from webhooks.metrics import StepDurations, exposition
 from webhooks.openapi import build_openapi
 from webhooks.problems import Handler, Problem, problem_middleware
 from webhooks.routing import endpoint, endpoint_of
 from webhooks.settings import WebSettings, get_web_settings
-from webhooks.sources import load_sources
+from webhooks.sources import Source, load_sources
 from webhooks.stream import stream_run
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,14 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
     raises now rather than at the first request.
     """
     settings = settings or get_web_settings()
-    sources = load_sources(settings.sources_file, settings.body_limit)
+    sources = _startable(load_sources(settings.sources_file, settings.body_limit), engine)
     tokens = Tokens.parse(settings.api_tokens.get_secret_value())
     if not len(tokens):
         log.warning("no API tokens configured: every /v1 request will be refused (SWITCHBOARD_API_TOKENS)")
     largest_body = max([settings.body_limit, *(s.body_limit for s in sources.values())])
     app = web.Application(middlewares=[problem_middleware, auth_middleware], client_max_size=largest_body)
-    ctx = WebContext(engine, settings, sources, tokens, async_redis_like(engine.redis), StepDurations())
+    aredis = async_redis_like(engine.redis)
+    ctx = WebContext(engine, settings, sources, tokens, aredis, StepDurations(), Inbox(aredis, engine.keys))
     app[CONTEXT] = ctx
     app.router.add_post("/webhooks/{source}", deliveries.receive_delivery)
     app.router.add_routes(rest.routes)
@@ -104,12 +105,41 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(max_workers=ctx.settings.threads, thread_name_prefix="switchboard-web")
     loop.set_default_executor(executor)
-    follower = asyncio.create_task(ctx.durations.follow(ctx.aredis, ctx.engine.keys))
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(ctx.durations.follow(ctx.aredis, ctx.engine.keys, stop), name="metrics-feed"),
+        asyncio.create_task(ctx.inbox.consume(ctx.engine, stop), name="webhook-inbox"),
+    ]
+    for task in tasks:
+        task.add_done_callback(_log_crash)
     yield
-    follower.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await follower
+    # Both the flag and a cancel: redis-py may swallow a cancel that lands mid-command,
+    # and then the flag ends the loop at its next turn.
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks, timeout=5)
     await ctx.aredis.aclose()
+    executor.shutdown(wait=False)
+
+
+def _startable(sources: dict[str, Source], engine: Engine) -> dict[str, Source]:
+    """Sources whose workflow exists; the others are left out, loudly."""
+    usable = {}
+    for name, source in sources.items():
+        workflow = source.spec.start.workflow if source.spec.start else None
+        if workflow is not None and workflow not in engine.catalog.workflows:
+            log.error(
+                "webhook source disabled: unknown workflow", extra={"source": name, "workflow": workflow}
+            )
+            continue
+        usable[name] = source
+    return usable
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task died", extra={"task": task.get_name()}, exc_info=task.exception())
 
 
 def run_web(host: str, port: int, engine: Engine, settings: WebSettings | None = None) -> None:
