@@ -11,7 +11,7 @@ from aiohttp import web
 from engine.api import Engine
 from webhooks.auth import Tokens
 from webhooks.inbox import Inbox
-from webhooks.metrics import StepDurations
+from webhooks.metrics import DeliveryCounts, StepDurations
 from webhooks.settings import WebSettings
 from webhooks.sources import Source
 
@@ -25,6 +25,7 @@ class WebContext:
     aredis: aioredis.Redis  # for what must not hold a thread: SSE, health, counters
     durations: StepDurations
     inbox: Inbox
+    deliveries: DeliveryCounts
 
     def url(self, path: str) -> str:
         return f"{self.settings.public_url.rstrip('/')}{path}"

@@ -21,7 +21,7 @@ from engine.model import Actor, ActorKind
 from engine.templating import RenderError, render, truthy
 from engine.workflow import InputError, validate_inputs
 from webhooks.context import WebContext, context_of
-from webhooks.metrics import UNKNOWN_SOURCE, count_delivery
+from webhooks.metrics import UNKNOWN_SOURCE
 from webhooks.problems import Problem, invalid_fields
 from webhooks.routing import endpoint, parse_json
 from webhooks.signatures import Scheme, SignatureError, StaleTimestamp, verify
@@ -54,7 +54,7 @@ async def receive_delivery(request: web.Request) -> web.StreamResponse:
             outcome = problem.slug.replace("-", "_")
         raise
     finally:
-        await count_delivery(ctx.aredis, ctx.engine.keys, source.name if source else UNKNOWN_SOURCE, outcome)
+        ctx.deliveries.count(source.name if source else UNKNOWN_SOURCE, outcome)
 
 
 async def _handle(ctx: WebContext, source: Source, request: web.Request) -> tuple[web.Response, str]:

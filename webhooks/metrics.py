@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -40,8 +41,42 @@ def deliveries_key(keys: Keys) -> str:
     return f"{keys.prefix}web:deliveries"
 
 
-async def count_delivery(aredis: aioredis.Redis, keys: Keys, source: str, outcome: str) -> None:
-    await aredis.hincrby(deliveries_key(keys), f"{source}|{outcome}", 1)
+@dataclass
+class DeliveryCounts:
+    """Delivery outcomes counted in memory and added to the shared Redis hash in batches.
+
+    One HINCRBY per delivery would be a Redis round trip on the webhook hot path; a
+    flush each second (and before every scrape, and at shutdown) keeps the total exact.
+    """
+
+    pending: Counter[str] = field(default_factory=Counter)
+
+    def count(self, source: str, outcome: str) -> None:
+        self.pending[f"{source}|{outcome}"] += 1
+
+    async def flush(self, aredis: aioredis.Redis, keys: Keys) -> None:
+        batch, self.pending = self.pending, Counter()
+        if not batch:
+            return
+        pipe = aredis.pipeline(transaction=False)
+        for field_name, n in batch.items():
+            pipe.hincrby(deliveries_key(keys), field_name, n)
+        try:
+            await pipe.execute()
+        except aioredis.RedisError:
+            self.pending.update(batch)  # keep them for the next flush
+            raise
+
+    async def flush_every(
+        self, aredis: aioredis.Redis, keys: Keys, stop: asyncio.Event, seconds: float = 1.0
+    ) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), seconds)
+            try:
+                await self.flush(aredis, keys)
+            except aioredis.RedisError as exc:
+                log.warning("delivery counts not flushed", extra={"error": str(exc)})
 
 
 @dataclass
@@ -102,15 +137,18 @@ class StepDurations:
                 self.observe_runs(finished, runs)
 
 
-async def exposition(aredis: aioredis.Redis, keys: Keys, durations: StepDurations) -> str:
+async def exposition(
+    aredis: aioredis.Redis, keys: Keys, durations: StepDurations, deliveries: DeliveryCounts
+) -> str:
     """The whole ``/metrics`` page."""
+    await deliveries.flush(aredis, keys)
     pipe = aredis.pipeline(transaction=False)
     statuses = list(RunStatus)
     for status in statuses:
         pipe.zcard(keys.by_status(status))
     pipe.zcard(keys.pending_tasks)
     pipe.hgetall(deliveries_key(keys))
-    *counts, pending, deliveries = await pipe.execute()
+    *counts, pending, delivered = await pipe.execute()
     lines = [
         "# HELP switchboard_runs Runs now in each status (from the status indexes).",
         "# TYPE switchboard_runs gauge",
@@ -121,7 +159,7 @@ async def exposition(aredis: aioredis.Redis, keys: Keys, durations: StepDuration
         "# HELP switchboard_webhook_deliveries_total Webhook deliveries by source and outcome.",
         "# TYPE switchboard_webhook_deliveries_total counter",
     ]
-    for field_name, value in sorted(deliveries.items()):
+    for field_name, value in sorted(delivered.items()):
         source, _, outcome = field_name.decode().partition("|")
         lines.append(
             f'switchboard_webhook_deliveries_total{{source="{_label(source)}",outcome="{_label(outcome)}"}}'

@@ -20,7 +20,7 @@ from webhooks import deliveries, rest
 from webhooks.auth import Tokens, forbidden
 from webhooks.context import CONTEXT, WebContext, async_redis_like, context_of
 from webhooks.inbox import Inbox
-from webhooks.metrics import StepDurations, exposition
+from webhooks.metrics import DeliveryCounts, StepDurations, exposition
 from webhooks.openapi import build_openapi
 from webhooks.problems import Handler, Problem, problem_middleware
 from webhooks.routing import endpoint, endpoint_of
@@ -60,7 +60,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 async def metrics(request: web.Request) -> web.StreamResponse:
     """Prometheus metrics: runs by status, pending tasks, webhook deliveries, step durations."""
     ctx = context_of(request)
-    text = await exposition(ctx.aredis, ctx.engine.keys, ctx.durations)
+    text = await exposition(ctx.aredis, ctx.engine.keys, ctx.durations, ctx.deliveries)
     return web.Response(
         text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"}
     )
@@ -86,7 +86,16 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
     largest_body = max([settings.body_limit, *(s.body_limit for s in sources.values())])
     app = web.Application(middlewares=[problem_middleware, auth_middleware], client_max_size=largest_body)
     aredis = async_redis_like(engine.redis)
-    ctx = WebContext(engine, settings, sources, tokens, aredis, StepDurations(), Inbox(aredis, engine.keys))
+    ctx = WebContext(
+        engine,
+        settings,
+        sources,
+        tokens,
+        aredis,
+        StepDurations(),
+        Inbox(aredis, engine.keys),
+        DeliveryCounts(),
+    )
     app[CONTEXT] = ctx
     app.router.add_post("/webhooks/{source}", deliveries.receive_delivery)
     app.router.add_routes(rest.routes)
@@ -109,6 +118,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(ctx.durations.follow(ctx.aredis, ctx.engine.keys, stop), name="metrics-feed"),
         asyncio.create_task(ctx.inbox.consume(ctx.engine, stop), name="webhook-inbox"),
+        asyncio.create_task(
+            ctx.deliveries.flush_every(ctx.aredis, ctx.engine.keys, stop), name="delivery-counts"
+        ),
     ]
     for task in tasks:
         task.add_done_callback(_log_crash)
