@@ -2,31 +2,50 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from bot.settings import SlackSettings, get_slack_settings
 from engine.api import Engine
 from engine.factory import build_engine
 from engine.settings import Settings
+from webhooks.server import create_app
 
 log = logging.getLogger(__name__)
 
 
-def build_app(engine: Engine) -> web.Application:
-    from bot.settings import SlackSettings
-    from webhooks.server import create_app
-
+def build_app(engine: Engine, slack: SlackSettings | None = None) -> web.Application:
+    """The aiohttp app; Slack joins it over Socket Mode (SLACK_APP_TOKEN) or HTTP (/slack/events)."""
     app = create_app(engine)
-    slack = SlackSettings()
-    if slack.bot_token and slack.signing_secret:
-        from bot.web import attach
+    slack = slack or get_slack_settings()
+    if slack.app_token and slack.bot_token:
+        app.cleanup_ctx.append(_socket_mode(engine, slack))
+        log.info("slack bot connected by socket mode")
+    elif slack.http_enabled:
+        from bot.web import EVENTS_PATH, attach
 
         attach(app, engine, slack)
-        log.info("slack bot mounted", extra={"path": "/slack/events", "socket_mode": bool(slack.app_token)})
+        log.info("slack bot mounted", extra={"path": EVENTS_PATH})
     else:
-        log.info("slack bot off: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET to turn it on")
+        log.info("slack bot off: set SLACK_BOT_TOKEN with SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN)")
     return app
+
+
+def _socket_mode(engine: Engine, slack: SlackSettings) -> Callable[[web.Application], AsyncIterator[None]]:
+    from bot.socket_mode import run_socket_mode
+
+    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(run_socket_mode(engine, slack), name="slack-socket-mode")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return lifetime
 
 
 def serve(settings: Settings, host: str, port: int) -> None:

@@ -13,6 +13,9 @@ import redis
 from engine.api import Engine
 from engine.catalog import Catalog, load_folder
 
+# Fixtures of the Slack and web tests, registered before any test module imports them.
+pytest_plugins = ("tests.fake_slack", "tests.web_fixtures")
+
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 

@@ -17,8 +17,6 @@ from tests.web_helpers import TOKENS, bearer
 from webhooks.openapi import build_openapi, documented_routes
 from webhooks.settings import WebSettings
 
-pytest_plugins = ("tests.web_fixtures",)
-
 OPS = Actor(kind=ActorKind.API, id="ops-bot")
 
 

@@ -22,8 +22,6 @@ from tests.fake_slack import (
     has_buttons,
 )
 
-pytest_plugins = ("tests.fake_slack",)
-
 
 def alerts(slack: Slack) -> list[tuple[tuple[str, str], dict[str, object]]]:
     return [

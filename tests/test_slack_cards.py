@@ -9,8 +9,6 @@ from bot.interactions import edits_from
 from engine.model import FailureCode, RunStatus, StepStatus
 from tests.fake_slack import ALICE, BOB, CAROL, Slack, all_text, has_buttons
 
-pytest_plugins = ("tests.fake_slack",)
-
 
 async def start(slack: Slack, text: str) -> str:
     """Start a run with /run as Alice and return its id."""

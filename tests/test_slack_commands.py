@@ -8,8 +8,6 @@ from urllib.parse import urlencode
 from engine.model import RunStatus
 from tests.fake_slack import ALICE, BOB, SIGNING_SECRET, Slack, signed_headers
 
-pytest_plugins = ("tests.fake_slack",)
-
 
 async def test_forged_and_stale_signatures_are_refused(slack: Slack) -> None:
     body = urlencode({"command": "/run", "text": "help", "user_id": ALICE.id, "team_id": "T0TEAM"})

@@ -9,8 +9,6 @@ from bot.outbox import Outbound, Outbox
 from bot.runtime import async_redis
 from tests.fake_slack import Slack, slack_settings
 
-pytest_plugins = ("tests.fake_slack",)
-
 
 def post(text: str, remember: str | None = None) -> Outbound:
     return Outbound(method="chat.postMessage", args={"channel": "#ops", "text": text}, remember=remember)

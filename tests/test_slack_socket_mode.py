@@ -10,8 +10,6 @@ from bot.socket_mode import run_socket_mode
 from engine.api import Engine
 from tests.fake_slack import ALICE, APP_TOKEN, TEAM, FakeSlack, slack_settings
 
-pytest_plugins = ("tests.fake_slack",)
-
 
 async def test_a_command_over_socket_mode_is_acked_answered_and_its_card_posted(
     fake_slack: FakeSlack, slack_engine: Engine

@@ -37,8 +37,6 @@ from webhooks.signatures import (
     verify,
 )
 
-pytest_plugins = ("tests.web_fixtures",)
-
 # Published test vectors (see the report for where each was checked).
 VECTOR_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
 VECTOR_TIMESTAMP = "1614265330"

@@ -16,8 +16,6 @@ from hypothesis import strategies as st
 from tests.engine_helpers import Clock
 from tests.web_helpers import github_headers, standard_headers, stripe_headers
 
-pytest_plugins = ("tests.web_fixtures",)
-
 HEADER_NAMES = [
     "webhook-id",
     "webhook-timestamp",

@@ -15,8 +15,6 @@ from tests.web_helpers import bearer, standard_headers, wait_for_runs
 from webhooks.context import CONTEXT
 from webhooks.inbox import GROUP, inbox_key
 
-pytest_plugins = ("tests.web_fixtures",)
-
 HOOK = Actor(kind=ActorKind.WEBHOOK, id="releases")
 
 
