@@ -23,6 +23,8 @@ async def test_slack_is_mounted_beside_the_rest_api(
 
 
 async def test_without_slack_settings_the_bot_is_off(slack_engine: Engine, aiohttp_client: Any) -> None:
-    client = await aiohttp_client(build_app(slack_engine, SlackSettings(SLACK_BOT_TOKEN=None, SLACK_APP_TOKEN=None)))
+    client = await aiohttp_client(
+        build_app(slack_engine, SlackSettings(SLACK_BOT_TOKEN=None, SLACK_APP_TOKEN=None))
+    )
     assert (await client.get("/healthz")).status == 200
     assert (await client.post("/slack/events", data="x")).status == 404
