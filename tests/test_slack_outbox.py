@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 
 from bot.outbox import Outbound, Outbox
-from bot.runtime import async_redis
+from engine.connection import async_client
 from tests.fake_slack import Slack, slack_settings
 
 
@@ -55,7 +55,7 @@ async def test_nothing_is_lost_while_slack_is_down_and_the_process_restarts(slac
     await slack.client.close()
     fake.failures.clear()  # Slack is back
     assert await first.pending() == 1
-    connection = async_redis(slack.engine.redis)
+    connection = async_client(slack.engine.redis)
     second = Outbox(connection, first.keys, first.client, slack_settings(fake))
     worker = asyncio.create_task(second.run())
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -36,19 +35,3 @@ CONTEXT = web.AppKey("switchboard_web", WebContext)
 
 def context_of(request: web.Request) -> WebContext:
     return request.app[CONTEXT]
-
-
-def async_redis_like(client: redis.Redis) -> aioredis.Redis:
-    """An asyncio client for the server ``client`` talks to (TCP, TLS or a Unix socket)."""
-    kwargs = client.connection_pool.connection_kwargs
-    common = {
-        "db": kwargs.get("db", 0),
-        "username": kwargs.get("username"),
-        "password": kwargs.get("password"),
-    }
-    if "path" in kwargs:
-        return aioredis.Redis(unix_socket_path=kwargs["path"], **common)
-    tls = issubclass(client.connection_pool.connection_class, redis.SSLConnection)
-    return aioredis.Redis(
-        host=kwargs.get("host", "localhost"), port=kwargs.get("port", 6379), ssl=tls, **common
-    )

@@ -16,9 +16,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine.api import Engine
+from engine.connection import async_client
 from webhooks import deliveries, rest
 from webhooks.auth import Tokens, forbidden
-from webhooks.context import CONTEXT, WebContext, async_redis_like, context_of
+from webhooks.context import CONTEXT, WebContext, context_of
 from webhooks.inbox import Inbox
 from webhooks.metrics import DeliveryCounts, StepDurations, exposition
 from webhooks.openapi import build_openapi
@@ -85,7 +86,7 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
         log.warning("no API tokens configured: every /v1 request will be refused (SWITCHBOARD_API_TOKENS)")
     largest_body = max([settings.body_limit, *(s.body_limit for s in sources.values())])
     app = web.Application(middlewares=[problem_middleware, auth_middleware], client_max_size=largest_body)
-    aredis = async_redis_like(engine.redis)
+    aredis = async_client(engine.redis)
     ctx = WebContext(
         engine,
         settings,
