@@ -161,6 +161,20 @@ async def test_events_and_context(client: TestClient) -> None:
     assert context["steps"]["approve"]["status"] == "waiting"
 
 
+async def test_the_consoles_per_workflow_run_paths(client: TestClient) -> None:
+    run_id = (await start(client))["run_id"]
+    under = f"/v1/workflows/release/runs/{run_id}"
+    events = (await ok(await client.get(f"{under}/events", headers=bearer("viewer"))))["events"]
+    assert events[0]["type"] == "run_queued"
+    context = await ok(await client.get(f"{under}/context", headers=bearer("viewer")))
+    assert context["steps"]["approve"]["status"] == "waiting"
+    tasks = (await ok(await client.get(f"{under}/tasks/pending", headers=bearer("viewer"))))["tasks"]
+    assert [t["task_id"] for t in tasks] == ["approve"]
+    for tail in ("events", "context", "tasks/pending"):
+        wrong = await client.get(f"/v1/workflows/settle/runs/{run_id}/{tail}", headers=bearer("viewer"))
+        await problem(wrong, 404)
+
+
 # -- commands ---------------------------------------------------------------------------------
 
 

@@ -156,6 +156,15 @@ async def _run_of_workflow(ctx: WebContext, workflow_id: str, run_ref: str) -> R
     return run
 
 
+async def _run_in_path(request: web.Request) -> str:
+    """The run the path names; under ``/v1/workflows/{id}/runs/...`` it must be that workflow's."""
+    ctx = context_of(request)
+    run_ref = request.match_info["run_id"]
+    if "workflow_id" not in request.match_info:
+        return run_ref
+    return (await _run_of_workflow(ctx, request.match_info["workflow_id"], run_ref)).run_id
+
+
 def _page(request: web.Request, runs: list[Run], cursor: str | None) -> web.Response:
     next_url = str(request.rel_url.update_query(cursor=cursor)) if cursor else None
     return web.json_response(
@@ -198,31 +207,35 @@ async def get_run(request: web.Request) -> web.StreamResponse:
     return web.json_response(run_json(run))
 
 
+@routes.get("/v1/workflows/{workflow_id}/runs/{run_id}/events")
 @routes.get("/v1/runs/{run_id}/events")
 @endpoint(Role.VIEWER, query=EventsQuery)
 async def run_events(request: web.Request) -> web.StreamResponse:
     """The run's audit trail: every event, oldest first; `after` continues from an event id."""
     q = read_query(request, EventsQuery)
-    events = await _engine(context_of(request), "events", request.match_info["run_id"], q.after, q.limit)
+    events = await _engine(context_of(request), "events", await _run_in_path(request), q.after, q.limit)
     return web.json_response({"events": [e.model_dump(mode="json") for e in events]})
 
 
+@routes.get("/v1/workflows/{workflow_id}/runs/{run_id}/context")
 @routes.get("/v1/runs/{run_id}/context")
 @endpoint(Role.VIEWER)
 async def run_context(request: web.Request) -> web.StreamResponse:
     """What the run's templates see: inputs and each step's status, arguments and result."""
-    context = await _engine(context_of(request), "context", request.match_info["run_id"])
+    context = await _engine(context_of(request), "context", await _run_in_path(request))
     return web.json_response(context, dumps=_dumps)
 
 
+@routes.get("/v1/workflows/{workflow_id}/runs/{run_id}/tasks/pending")
 @routes.get("/v1/runs/{run_id}/tasks/pending")
 @endpoint(Role.VIEWER, tag="tasks")
 async def run_pending_tasks(request: web.Request) -> web.StreamResponse:
     """Human tasks of one run still waiting for a decision."""
-    tasks = await _engine(context_of(request), "pending_tasks", request.match_info["run_id"])
+    tasks = await _engine(context_of(request), "pending_tasks", await _run_in_path(request))
     return web.json_response({"tasks": [task_json(t) for t in tasks]})
 
 
+@routes.post("/v1/workflows/{workflow_id}/runs/{run_id}/tasks/{task_id}/complete")
 @routes.post("/v1/runs/{run_id}/tasks/{task_id}/complete")
 @endpoint(Role.APPROVER, body=CompleteBody, tag="tasks")
 async def complete_task(request: web.Request) -> web.StreamResponse:
@@ -232,7 +245,7 @@ async def complete_task(request: web.Request) -> web.StreamResponse:
     run = await _engine(
         ctx,
         "complete_task",
-        request.match_info["run_id"],
+        await _run_in_path(request),
         request.match_info["task_id"],
         actor_of(request),
         body.approved,
@@ -314,26 +327,6 @@ async def workflow_command(request: web.Request) -> web.StreamResponse:
         run = await _engine(ctx, "stop", target.run_id, actor, body.params.mode)
     else:
         run = await _engine(ctx, body.command, target.run_id, actor)
-    return web.json_response(run_json(run))
-
-
-@routes.post("/v1/workflows/{workflow_id}/runs/{run_id}/tasks/{task_id}/complete")
-@endpoint(Role.APPROVER, body=CompleteBody, tag="tasks")
-async def complete_workflow_task(request: web.Request) -> web.StreamResponse:
-    """Approve or reject a human task of a run of this workflow (the console's path)."""
-    body = await read_body(request, CompleteBody)
-    ctx = context_of(request)
-    target = await _run_of_workflow(ctx, request.match_info["workflow_id"], request.match_info["run_id"])
-    run = await _engine(
-        ctx,
-        "complete_task",
-        target.run_id,
-        request.match_info["task_id"],
-        actor_of(request),
-        body.approved,
-        body.result,
-        body.comment,
-    )
     return web.json_response(run_json(run))
 
 
