@@ -1,10 +1,15 @@
 """Follow the engine's global event feed and turn run events into Slack messages.
 
 The feed is a Redis stream; reading it through a consumer group lets several web
-processes share the work, each event handled once. An event's messages are appended
-to the outbox and the event acknowledged in the same MULTI, so a crash in between
-neither loses nor duplicates them. Entries a dead process had read but not
-acknowledged are claimed by the others after a while (XAUTOCLAIM).
+processes share the work. But two events of one run may then be handled by two
+processes in either order, and a card update would overtake the card it updates.
+So a feed entry only says "this run has news": whoever handles it reads the run's own
+event stream from the run's cursor, in order, appends those events' messages to the
+outbox and moves the cursor, in one MULTI that WATCHes the cursor. Processes racing
+on a run cannot both commit; the loser reads again from the winner's cursor. Messages
+therefore reach the outbox in the order the run's events happened, exactly once, and a
+crash in between loses nothing. Entries a dead process had read but not acknowledged
+are claimed by the others after a while (XAUTOCLAIM).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from bot import cards
 from bot.home import home_view
@@ -37,6 +43,14 @@ HOME_REFRESH_SECONDS = 1.0
 PROGRESS_EVENTS = frozenset(
     {"run_paused", "run_resumed", "run_draining", "run_completed", "run_failed", "run_stopped"}
 )
+TOLD_EVENTS = PROGRESS_EVENTS | {
+    "run_started",
+    "task_opened",
+    "task_completed",
+    "task_expired",
+    "step_cancelled",
+    "notification",
+}
 THREAD = "thread"
 
 
@@ -66,7 +80,13 @@ class FeedFollower:
         self._stopping = True
 
     async def ensure_group(self) -> None:
-        """Create the consumer group at the feed's end: a new bot starts with what happens next."""
+        """Create the consumer group at the feed's end: a new bot starts with what happens next.
+
+        Where the feed ended is kept too: a run without a cursor is read from there, so
+        the runs already under way when the bot first started do not replay their past.
+        """
+        last: Any = await self.bot.redis.xrevrange(self.stream, count=1)
+        await self.bot.redis.set(self.bot.keys.feed_since, last[0][0] if last else "0-0", nx=True)
         try:
             await self.bot.redis.xgroup_create(self.stream, self.group, id="$", mkstream=True)
         except aioredis.ResponseError as exc:
@@ -106,52 +126,77 @@ class FeedFollower:
     async def handle(self, entry_id: bytes | str, fields: dict[Any, Any]) -> None:
         try:
             event = event_from_entry(entry_id, fields)
-            messages = await self.messages_for(event)
+        except Exception:
+            log.exception("feed entry not understood", extra={"entry": str(entry_id)})
+            await self.bot.redis.xack(self.stream, self.group, entry_id)
+            return
+        dirty = event.type.startswith(("run_", "task_")) or event.type == "step_cancelled"
+        try:
+            while not await self._catch_up(event.run_id, entry_id, dirty):
+                pass
         except (aioredis.ConnectionError, aioredis.TimeoutError):
             raise  # left pending: handled again once Redis is back
         except Exception:
-            # A bug must not wedge the feed: log it and move on.
-            log.exception("feed event not handled", extra={"entry": str(entry_id)})
+            # A bug must not wedge the feed: log it and move on (the run's next event tries again).
+            log.exception("feed entry not handled", extra={"entry": str(entry_id)})
             await self.bot.redis.xack(self.stream, self.group, entry_id)
             return
-        async with self.bot.redis.pipeline(transaction=True) as pipe:
-            if messages:
-                self.bot.outbox.add_to(pipe, run_key(event.run_id), messages)
-            if event.type.startswith(("run_", "task_")) or event.type == "step_cancelled":
-                pipe.set(self.bot.keys.home_dirty, 1)
-            pipe.xack(self.stream, self.group, entry_id)
-            await pipe.execute()
-        if messages:
-            self.bot.outbox.wake()
+        self.bot.outbox.wake()
 
-    async def messages_for(self, event: Event) -> list[Outbound]:
-        """The Slack messages an event calls for (none for most step events)."""
-        if event.type == "notification":
-            return await self._notification(event)
-        interesting = PROGRESS_EVENTS | {"run_started", "task_opened", "task_completed", "task_expired"}
-        if event.type not in interesting and event.type != "step_cancelled":
+    async def _catch_up(self, run_id: str, entry_id: bytes | str, dirty: bool) -> bool:
+        """Turn the run's next events into messages; True once the run is caught up and the entry acked."""
+        cursor = self.bot.keys.feed_cursor(run_id)
+        async with self.bot.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(cursor)
+            after: Any = await pipe.get(cursor) or await pipe.get(self.bot.keys.feed_since) or b"0-0"
+            entries: Any = await pipe.xrange(
+                self.bot.engine.keys.run_events(run_id), min=b"(" + after, count=READ_COUNT
+            )
+            events = [event_from_entry(event_id, event_fields) for event_id, event_fields in entries]
+            messages = await self.messages_for(run_id, events)
+            caught_up = len(entries) < READ_COUNT
+            pipe.multi()
+            if entries:
+                pipe.set(cursor, entries[-1][0])
+            self.bot.outbox.add_to(pipe, run_key(run_id), messages)
+            if caught_up:
+                if dirty:
+                    pipe.set(self.bot.keys.home_dirty, 1)
+                pipe.xack(self.stream, self.group, entry_id)
+            try:
+                await pipe.execute()
+            except WatchError:
+                return False  # another process moved the cursor: read on from where it got
+        return caught_up
+
+    async def messages_for(self, run_id: str, events: list[Event]) -> list[Outbound]:
+        """The Slack messages a run's events call for (none for most step events), in their order."""
+        if not TOLD_EVENTS.intersection(event.type for event in events):
             return []
         try:
-            run = await self.bot.call(self.bot.engine.get_run, event.run_id)
+            run: Run | None = await self.bot.call(self.bot.engine.get_run, run_id)
         except NotFound:
-            return []
-        channel = self.bot.channel_for(run)
-        if channel is None:
+            run = None
+        messages: list[Outbound] = []
+        for event in events:
+            try:
+                messages += self._messages_for_event(event, run)
+            except Exception:
+                # A bug must not wedge the run: log it and move on.
+                log.exception("feed event not handled", extra={"run": run_id, "event": event.id})
+        return messages
+
+    def _messages_for_event(self, event: Event, run: Run | None) -> list[Outbound]:
+        channel = self.bot.channel_for(run) if run is not None else None
+        if event.type == "notification":
+            channel = event.data.get("channel") or channel
+            text = str(event.data.get("text") or "")
+            if not channel or not text:
+                return []
+            return [Outbound(method="chat.postMessage", args={"channel": channel, "text": text[:3000]})]
+        if event.type not in TOLD_EVENTS or run is None or channel is None:
             return []
         return messages_for_run(event, run, channel)
-
-    async def _notification(self, event: Event) -> list[Outbound]:
-        channel = event.data.get("channel")
-        if not channel:
-            try:
-                run = await self.bot.call(self.bot.engine.get_run, event.run_id)
-            except NotFound:
-                return []
-            channel = self.bot.channel_for(run)
-        text = str(event.data.get("text") or "")
-        if not channel or not text:
-            return []
-        return [Outbound(method="chat.postMessage", args={"channel": channel, "text": text[:3000]})]
 
 
 def messages_for_run(event: Event, run: Run, channel: str) -> list[Outbound]:

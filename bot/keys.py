@@ -29,6 +29,15 @@ class SlackKeys:
         """Channel and ts of messages posted for an ordering key (cards, the run's first message)."""
         return f"{self.prefix}slack:refs:{key}"
 
+    def feed_cursor(self, run_id: str) -> str:
+        """The id of the last event of a run (in its own stream) turned into Slack messages."""
+        return f"{self.prefix}slack:feed:cursor:{run_id}"
+
+    @property
+    def feed_since(self) -> str:
+        """Where the feed ended when the bot first followed it: older events are not the bot's to tell."""
+        return f"{self.prefix}slack:feed:since"
+
     @property
     def home_viewers(self) -> str:
         return f"{self.prefix}slack:home:viewers"
