@@ -119,6 +119,7 @@ class Engine:
         self.queue = Queue(queue_name, connection=connection)
         self.clock = clock
         self.store = RunStore(connection, self.keys, self.queue, step_job, default_job_timeout)
+        self._saved_digests: set[str] = set()  # snapshots this process has stored in Redis
         self._workflows_by_digest: dict[str, Workflow] = {w.digest: w for w in catalog.workflows.values()}
 
     # -- workflows -----------------------------------------------------------------------
@@ -172,15 +173,25 @@ class Engine:
             values = validate_inputs(workflow, inputs)
         except InputError as exc:
             raise InvalidInput(str(exc), exc.problems) from exc
-        self.store.save_workflow(workflow)
-        self._workflows_by_digest[workflow.digest] = workflow
-        run_id = run_id or new_run_id()
-        outcome = core.new_run(workflow, run_id, values, actor, self.clock(), trigger, replay_of)
+        if workflow.digest not in self._saved_digests:
+            self.store.save_workflow(workflow)
+            self._saved_digests.add(workflow.digest)
+            self._workflows_by_digest[workflow.digest] = workflow
+        now = self.clock()
+        outcome = core.new_run(workflow, run_id or new_run_id(), values, actor, now, trigger, replay_of)
+        unlimited = workflow.settings.concurrency is None
+        if unlimited:
+            # Nothing to wait for: admit in the same transaction that creates the run.
+            admitted = core.apply(workflow, outcome.run, core.Admit(Actor.system("admission")), now)
+            admitted.events[:0] = outcome.events
+            outcome = admitted
         run, created = self.store.create(outcome, workflow, idempotency_key)
         if created:
-            log.info("run queued", extra={"run_id": run.run_id, "workflow": workflow.id})
-            self._admit_waiting(workflow)
-        return self.get_run(run.run_id)
+            log.info("run started", extra={"run_id": run.run_id, "workflow": workflow.id})
+            if not unlimited:
+                self._admit_waiting(workflow)
+                return self.get_run(run.run_id)
+        return run
 
     def pause(self, run_ref: str, actor: Actor) -> Run:
         return self._command(run_ref, core.Pause(actor))

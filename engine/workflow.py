@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -185,7 +186,7 @@ class Workflow(_Strict):
                 return step
         raise KeyError(step_id)
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """Content hash: a run pins the exact definition it started with."""
         body = self.model_dump_json(by_alias=True).encode()
