@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 import engine.api
 from engine.api import Engine
 from engine.model import Actor, ActorKind
-from tests.web_helpers import TOKENS, bearer
+from tests.web_helpers import TOKENS, bearer, problem
 from webhooks.openapi import build_openapi, documented_routes
 from webhooks.settings import WebSettings
 
@@ -23,14 +23,6 @@ OPS = Actor(kind=ActorKind.API, id="ops-bot")
 async def ok(response: Any, status: int = 200) -> Any:
     assert response.status == status, await response.text()
     return await response.json()
-
-
-async def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status == status, await response.text()
-    assert response.content_type == "application/problem+json"
-    document: dict[str, Any] = await response.json(content_type=None)
-    assert document["status"] == status and document["detail"] and document["type"] and document["title"]
-    return document
 
 
 async def start(

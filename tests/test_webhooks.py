@@ -20,6 +20,7 @@ from tests.web_helpers import (
     STANDARD_SECRET_NEW,
     bearer,
     github_headers,
+    problem,
     standard_headers,
     stripe_headers,
     utc,
@@ -48,14 +49,6 @@ GITHUB_VECTOR_SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c2
 
 def body_of(data: Any) -> bytes:
     return json.dumps(data).encode()
-
-
-async def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status == status, await response.text()
-    assert response.content_type == "application/problem+json"
-    document: dict[str, Any] = await response.json(content_type=None)
-    assert document["status"] == status and document["detail"] and document["type"] and document["title"]
-    return document
 
 
 # -- the published vectors, at the function and over HTTP ------------------------------------

@@ -112,6 +112,15 @@ def web_settings(tmp_path: Path) -> WebSettings:
     return WebSettings(sources_file=sources, api_tokens=TOKEN_SETTING, threads=4)
 
 
+async def problem(response: Any, status: int) -> dict[str, Any]:
+    """Assert an application/problem+json answer with ``status``; return the document."""
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/problem+json"
+    document: dict[str, Any] = await response.json(content_type=None)
+    assert document["status"] == status and document["detail"] and document["type"] and document["title"]
+    return document
+
+
 def bearer(role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[role]}"}
 
