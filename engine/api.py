@@ -28,7 +28,6 @@ from engine.catalog import Catalog
 from engine.core import Outcome
 from engine.errors import AmbiguousRunId, CommandRefused, InvalidInput, NotFound
 from engine.model import (
-    ACTIVE_RUN_STATUSES,
     Actor,
     Event,
     Run,
@@ -185,7 +184,7 @@ class Engine:
             admitted = core.apply(workflow, outcome.run, core.Admit(Actor.system("admission")), now)
             admitted.events[:0] = outcome.events
             outcome = admitted
-        run, created = self.store.create(outcome, workflow, idempotency_key)
+        run, created = self.store.create(outcome, idempotency_key)
         if created:
             log.info("run started", extra={"run_id": run.run_id, "workflow": workflow.id})
             if not unlimited:
@@ -474,26 +473,19 @@ class Engine:
         def decide(_pipe: Pipeline, run: Run) -> Outcome:
             return core.apply(self.workflow_of(run), run, command, now or self.clock())
 
-        before_status: list[RunStatus] = []
-
-        def decide_and_note(pipe: Pipeline, run: Run) -> Outcome:
-            before_status[:] = [run.status]
-            return decide(pipe, run)
-
-        run, outcome = self.store.transact(run_id, decide_and_note)
+        run, outcome = self.store.transact(run_id, decide)
         if outcome is not None and outcome.changed:
-            self._after_commit(outcome, before_status[0] if before_status else run.status)
+            self._after_commit(outcome)
         return run, outcome
 
-    def _after_commit(self, outcome: Outcome, before: RunStatus) -> None:
+    def _after_commit(self, outcome: Outcome) -> None:
         """Side effects that cannot be part of the transaction: they act on other processes."""
         for job_id in outcome.kill_jobs:
             # Not executing (yet) is fine: the worker's start check will refuse the job.
             with contextlib.suppress(InvalidJobOperation, NoSuchJobError):
                 send_stop_job_command(self.redis, job_id)
-        run = outcome.run
-        if run.status.terminal and before in ACTIVE_RUN_STATUSES:
-            self._admit_waiting(self.workflow_of(run))
+        if outcome.ended:
+            self._admit_waiting(self.workflow_of(outcome.run))  # a slot is free
 
     def _admit_waiting(self, workflow: Workflow) -> None:
         """Start queued runs of ``workflow`` while it has room under its concurrency limit."""

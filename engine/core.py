@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from engine.errors import AlreadyDecided, CommandRefused, NotAllowed, NotFound
 from engine.model import (
+    TERMINAL_RUN_STATUSES,
     Actor,
     ActorKind,
     Event,
@@ -172,6 +173,13 @@ class Outcome:
     def changed(self) -> bool:
         return bool(self.events)
 
+    @property
+    def ended(self) -> bool:
+        """Whether this change finished the run (every ending records one of these events)."""
+        return any(event.type in RUN_END_EVENTS for event in self.events)
+
+
+RUN_END_EVENTS = frozenset(f"run_{status.value}" for status in TERMINAL_RUN_STATUSES)
 
 RUN_ACTIONS: dict[RunStatus, str] = {
     RunStatus.QUEUED: "stop it",

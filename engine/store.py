@@ -184,12 +184,7 @@ class RunStore:
 
     # -- writes --------------------------------------------------------------------------
 
-    def create(
-        self,
-        outcome: Outcome,
-        workflow: Workflow,
-        idempotency_key: str | None = None,
-    ) -> tuple[Run, bool]:
+    def create(self, outcome: Outcome, idempotency_key: str | None = None) -> tuple[Run, bool]:
         """Store a new run; with an idempotency key seen before, return the earlier run."""
         run = outcome.run
         with self.redis.pipeline() as pipe:
@@ -211,7 +206,7 @@ class RunStore:
                     pipe.zadd(self.keys.runs, {run.run_id: ts(run.created_at)})
                     pipe.zadd(self.keys.by_workflow(run.workflow_id), {run.run_id: ts(run.created_at)})
                     pipe.zadd(self.keys.admission(run.workflow_id), {run.run_id: ts(run.created_at)})
-                    self.write(pipe, None, outcome, workflow)
+                    self.write(pipe, None, outcome)
                     pipe.execute()
                     return run, True
                 except redis.WatchError:
@@ -242,13 +237,13 @@ class RunStore:
                         pipe.reset()
                         return before, outcome
                     pipe.multi()
-                    self.write(pipe, before, outcome, None)
+                    self.write(pipe, before, outcome)
                     pipe.execute()
                     return outcome.run, outcome
                 except redis.WatchError:
                     continue
 
-    def write(self, pipe: Pipeline, before: Run | None, outcome: Outcome, workflow: Workflow | None) -> None:
+    def write(self, pipe: Pipeline, before: Run | None, outcome: Outcome) -> None:
         """Queue in ``pipe`` (already in MULTI) everything that commits ``outcome``."""
         run = outcome.run
         run.version = (before.version if before else 0) + 1
