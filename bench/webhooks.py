@@ -2,12 +2,15 @@
 
 Both servers run in a child process of their own (one at a time, same machine, same
 client), so the ratio compares like with like. The real server verifies a Standard
-Webhooks signature, validates the inputs of a workflow (a human task first, so no worker is needed)
-and accepts the run into the inbox (a consumer in the same process starts it) and
-answers 202; the bare endpoint only answers 202 with a small JSON body. It also prints
-how long after the last 202 every accepted run existed.
+Webhooks signature, maps and validates the inputs of a workflow, accepts the start into
+the engine's intake and answers 202 with the run id; the bare endpoint only answers 202
+with a small JSON body. As in production, worker processes (``python -m worker``) start
+the accepted runs: by default they start once the deliveries are in, so the ratio
+measures the web process and not how this machine shares its cores; ``--workers-during``
+runs them during the deliveries instead. Either way it prints how fast they started
+every accepted run.
 
-    .venv/bin/python bench/webhooks.py [--requests 3000] [--concurrency 32]
+    .venv/bin/python bench/webhooks.py [--requests 3000] [--concurrency 32] [--workers 1]
 
 Needs a Redis at REDIS_URL (default redis://127.0.0.1:6379/0); it uses a key prefix of
 its own and deletes its keys afterwards. Target: ratio >= 0.4.
@@ -19,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -36,8 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.api import Engine  # noqa: E402
-from engine.catalog import Catalog  # noqa: E402
-from engine.workflow import Workflow  # noqa: E402
+from engine.catalog import load_folder  # noqa: E402
 from webhooks.server import create_app  # noqa: E402
 from webhooks.settings import WebSettings  # noqa: E402
 from webhooks.signatures import Scheme, secret_key, sign_standard  # noqa: E402
@@ -72,7 +75,7 @@ class Result:
     statuses: dict[int, int]
 
 
-def serve(kind: str, port: int, prefix: str, redis_url: str) -> None:
+def serve(kind: str, port: int, prefix: str, redis_url: str, folder: Path) -> None:
     """Child process: serve the real app or the bare endpoint until killed."""
     if kind == "bare":
         app = web.Application()
@@ -83,14 +86,36 @@ def serve(kind: str, port: int, prefix: str, redis_url: str) -> None:
 
         app.router.add_post("/webhooks/{source}", accepted)
     else:
-        catalog = Catalog()
-        catalog.add(Workflow.model_validate(WORKFLOW))
-        engine = Engine(redis.Redis.from_url(redis_url), catalog, key_prefix=prefix, queue_name=prefix)
-        sources = Path(tempfile.mkdtemp()) / "sources.yaml"
-        sources.write_text(SOURCES)
+        engine = Engine(
+            redis.Redis.from_url(redis_url), load_folder(folder), key_prefix=prefix, queue_name=prefix
+        )
         os.environ["BENCH_WEBHOOK_SECRET"] = SECRET
-        app = create_app(engine, WebSettings(sources_file=sources))
+        # Workers start the runs; the web process's standby starter must not step in mid-measure.
+        app = create_app(engine, WebSettings(sources_file=folder / "sources.yaml", starts_after=3600))
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def start_workers(count: int, prefix: str, redis_url: str, folder: Path) -> list[subprocess.Popen[bytes]]:
+    """Real worker processes on the bench's keys: they start the accepted runs."""
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "SWITCHBOARD_KEY_PREFIX": prefix,
+        "SWITCHBOARD_QUEUE": prefix,
+        "SWITCHBOARD_WORKFLOWS": str(folder / "workflows"),
+        "SWITCHBOARD_LOG_LEVEL": "WARNING",
+    }
+    return [
+        subprocess.Popen([sys.executable, "-m", "worker", "--name", f"{prefix}{i}"], env=env, cwd=ROOT)
+        for i in range(count)
+    ]
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(10)
 
 
 def free_port() -> int:
@@ -149,50 +174,51 @@ async def fire(
     return elapsed, latencies, statuses
 
 
-async def measure(kind: str, requests: int, concurrency: int, prefix: str, redis_url: str) -> Result:
+async def measure(kind: str, args: argparse.Namespace, prefix: str, folder: Path) -> Result:
     port = free_port()
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--serve",
-            kind,
-            "--port",
-            str(port),
-            "--prefix",
-            prefix,
-            "--redis-url",
-            redis_url,
-        ]
-    )
+    command = [sys.executable, __file__, "--serve", kind, "--port", str(port), "--prefix", prefix]
+    child = subprocess.Popen([*command, "--redis-url", args.redis_url, "--folder", str(folder)])
+    workers: list[subprocess.Popen[bytes]] = []
     try:
         await wait_until_up(port)
-        await fire(port, signed_deliveries(200, f"warm{kind}"), concurrency)
-        elapsed, latencies, statuses = await fire(port, signed_deliveries(requests, kind), concurrency)
+        if kind == "real" and args.workers_during:
+            workers = start_workers(args.workers, prefix, args.redis_url, folder)
+        await fire(port, signed_deliveries(200, f"warm{kind}"), args.concurrency)
+        elapsed, latencies, statuses = await fire(
+            port, signed_deliveries(args.requests, kind), args.concurrency
+        )
         if kind == "real":
-            drained = await wait_for_runs(redis_url, prefix, 200 + requests)
+            total = 200 + args.requests
+            began = time.perf_counter()
+            workers = workers or start_workers(args.workers, prefix, args.redis_url, folder)
+            waited = await wait_for_runs(args.redis_url, prefix, total)
+            when = "during the deliveries" if args.workers_during else "after the last 202"
             print(
-                f"  real: all {requests} accepted runs existed {drained:.2f} s after the last 202"
-                f" ({requests / (elapsed + drained):.0f} runs started/s end to end)"
+                f"  {args.workers} worker(s) started {when}: all {total} accepted runs existed"
+                f" {waited:.2f} s after the last 202 ({total / (time.perf_counter() - began):.0f} runs/s"
+                f" {'from the first delivery' if args.workers_during else 'once started'})"
             )
     finally:
+        stop(workers)
         child.terminate()
         child.wait(10)
     latencies.sort()
     return Result(
         kind,
-        requests / elapsed,
+        args.requests / elapsed,
         statistics.median(latencies) * 1000,
         latencies[int(len(latencies) * 0.99) - 1] * 1000,
         statuses,
     )
 
 
-async def wait_for_runs(redis_url: str, prefix: str, count: int, limit: float = 120.0) -> float:
-    """Seconds after the deliveries until the inbox consumer had started every run."""
+async def wait_for_runs(redis_url: str, prefix: str, count: int, limit: float = 300.0) -> float:
+    """Seconds until the workers had started ``count`` runs."""
     connection = redis.Redis.from_url(redis_url)
     began = time.perf_counter()
-    while connection.zcard(f"{prefix}runs") < count and time.perf_counter() - began < limit:
+    while connection.zcard(f"{prefix}runs") < count:
+        if time.perf_counter() - began > limit:
+            raise RuntimeError(f"only {connection.zcard(f'{prefix}runs')} of {count} runs started")
         await asyncio.sleep(0.05)
     return time.perf_counter() - began
 
@@ -201,23 +227,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes that start the runs")
+    parser.add_argument("--workers-during", action="store_true", help="run them during the deliveries")
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--serve", choices=["real", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.prefix, args.redis_url)
+        serve(args.serve, args.port, args.prefix, args.redis_url, args.folder)
         return
     prefix = f"sbbench-{uuid.uuid4().hex[:8]}:"
+    folder = Path(tempfile.mkdtemp(prefix="sbbench-"))
+    (folder / "workflows").mkdir()
+    (folder / "workflows" / "bench-release.json").write_text(json.dumps(WORKFLOW))
+    (folder / "sources.yaml").write_text(SOURCES)
     try:
-        bare = asyncio.run(measure("bare", args.requests, args.concurrency, prefix, args.redis_url))
-        real = asyncio.run(measure("real", args.requests, args.concurrency, prefix, args.redis_url))
+        bare = asyncio.run(measure("bare", args, prefix, folder))
+        real = asyncio.run(measure("real", args, prefix, folder))
     finally:
         connection = redis.Redis.from_url(args.redis_url)
         for key in connection.scan_iter(f"{prefix}*", count=1000):
             connection.delete(key)
-    print(f"{args.requests} signed deliveries, concurrency {args.concurrency}")
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"{args.requests} signed deliveries, concurrency {args.concurrency}, {os.cpu_count()} CPUs")
     for result in (bare, real):
         print(
             f"  {result.name:5} {result.rate:8.0f} req/s   p50 {result.p50_ms:7.2f} ms   p99 {result.p99_ms:7.2f} ms"

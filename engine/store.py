@@ -90,6 +90,16 @@ class Keys:
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}idempotency:{key}"
 
+    @property
+    def intake(self) -> str:
+        return f"{self.prefix}intake"
+
+    def intake_request(self, run_id: str) -> str:
+        return f"{self.prefix}intake:request:{run_id}"
+
+    def intake_delivery(self, delivery: str) -> str:
+        return f"{self.prefix}intake:delivery:{delivery}"
+
 
 def timer_member(run_id: str, timer: Timer) -> str:
     return f"{run_id}|{timer.kind}|{timer.step_id}|{timer.token}"

@@ -26,6 +26,8 @@ from rq.job import Job, JobStatus
 
 from engine.api import Engine
 from engine.catalog import load_folder
+from engine.errors import NotFound
+from engine.intake import Intake, StartRequest
 from engine.model import Actor, ActorKind, FailureCode, Run, RunStatus, StepStatus
 from tests.conftest import REDIS_URL
 
@@ -208,7 +210,13 @@ class Harness:
         """Poll the run until ``condition`` holds; fail with the run's state and the worker logs."""
         deadline = time.monotonic() + timeout
         while True:
-            run = self.engine.get_run(run_id)
+            try:
+                run = self.engine.get_run(run_id)
+            except NotFound:  # accepted, not started yet
+                if time.monotonic() > deadline:
+                    pytest.fail(f"run {run_id} never started\n{self.logs()}")
+                time.sleep(0.05)
+                continue
             if condition(run):
                 return run
             if time.monotonic() > deadline:
@@ -285,6 +293,21 @@ def sleep_past(run: Run, step_id: str, seconds: float) -> None:
 
 
 # -- step types --------------------------------------------------------------------------------------
+
+
+def test_a_worker_starts_accepted_runs_and_runs_them(harness: Harness) -> None:
+    # What a webhook's 202 promised: the run id now, the run moments later, started by a worker.
+    intake = Intake(harness.engine)
+    requests = [StartRequest("chain", {}, OPERATOR, {"kind": "webhook"}, f"src:d{i}") for i in range(3)]
+    accepted = intake.accept(requests)
+    assert [a.run_id for a in accepted] == [r.run_id for r in requests]
+    assert intake.request(requests[0].run_id) is not None  # readable by its id before it starts
+    harness.start_worker()
+    for request in requests:
+        run = harness.wait_until_finished(request.run_id)
+        assert run.status is RunStatus.COMPLETED and run.trigger["kind"] == "webhook"
+        assert intake.request(request.run_id) is None
+    assert intake.waiting_for() == 0
 
 
 def test_actions_run_in_order_and_pass_results_on(harness: Harness) -> None:

@@ -109,7 +109,8 @@ TOKEN_SETTING = ",".join(
 def web_settings(tmp_path: Path) -> WebSettings:
     sources = tmp_path / "sources.yaml"
     sources.write_text(SOURCES_YAML)
-    return WebSettings(sources_file=sources, api_tokens=TOKEN_SETTING, threads=4)
+    # No workers here: the web process starts accepted runs itself, at once.
+    return WebSettings(sources_file=sources, api_tokens=TOKEN_SETTING, threads=4, starts_after=0)
 
 
 async def problem(response: Any, status: int) -> dict[str, Any]:

@@ -8,8 +8,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine.api import Engine
+from engine.intake import Intake
+from webhooks.acceptor import Acceptor
 from webhooks.auth import Tokens
-from webhooks.inbox import Inbox
 from webhooks.metrics import DeliveryCounts, StepDurations
 from webhooks.settings import WebSettings
 from webhooks.sources import Source
@@ -23,7 +24,8 @@ class WebContext:
     tokens: Tokens
     aredis: aioredis.Redis  # for what must not hold a thread: SSE, health, counters
     durations: StepDurations
-    inbox: Inbox
+    intake: Intake
+    acceptor: Acceptor
     deliveries: DeliveryCounts
 
     def url(self, path: str) -> str:

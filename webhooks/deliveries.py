@@ -2,9 +2,9 @@
 
 The order matters: the source is looked up, the body read up to its limit, the
 signature verified over the raw bytes, and only then is the body parsed, filtered,
-mapped and its inputs validated. A valid start is accepted into the inbox
-(:mod:`webhooks.inbox`) and answered 202 with the run id at once; the run starts a
-moment later. A delivery id seen before starts nothing and is answered with the
+mapped and its inputs validated. A valid start is accepted into the engine's intake
+(:mod:`engine.intake`) and answered 202 with the run id at once; a worker starts the
+run a moment later. A delivery id seen before starts nothing and is answered with the
 original run id. Event deliveries are handed to the engine within the request.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.intake import StartRequest
 from engine.model import Actor, ActorKind
 from engine.templating import RenderError, render, truthy
 from engine.workflow import InputError, validate_inputs
@@ -104,8 +105,14 @@ async def _start(
             f"The payload does not give workflow {workflow.id!r} valid inputs: {exc}",
             {f"inputs.{k}": v for k, v in exc.problems.items()},
         ) from None
-    trigger = {"kind": "webhook", "source": source.name, "delivery_id": delivery_id}
-    accepted = await ctx.inbox.accept(source.name, delivery_id, workflow.id, inputs, _actor(source), trigger)
+    request = StartRequest(
+        workflow.id,
+        inputs,
+        _actor(source),
+        trigger={"kind": "webhook", "source": source.name, "delivery_id": delivery_id},
+        delivery=f"{source.name}:{delivery_id}" if delivery_id else None,
+    )
+    accepted = await ctx.acceptor.accept(request)
     status_url = ctx.url(f"/v1/runs/{accepted.run_id}")
     body = {
         "run_id": accepted.run_id,

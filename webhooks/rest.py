@@ -200,7 +200,7 @@ async def get_run(request: web.Request) -> web.StreamResponse:
     try:
         run = await _engine(ctx, "get_run", request.match_info["run_id"])
     except NotFound:
-        pending = await ctx.inbox.pending_start(request.match_info["run_id"].strip().lower())
+        pending = await asyncio.to_thread(ctx.intake.request, request.match_info["run_id"].strip().lower())
         if pending is None:
             raise
         return web.json_response({"status": "accepted", **pending}, status=202)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,10 +19,11 @@ from aiohttp import web
 
 from engine.api import Engine
 from engine.connection import async_client
+from engine.intake import Intake, Starter
 from webhooks import deliveries, rest
+from webhooks.acceptor import Acceptor
 from webhooks.auth import Tokens, forbidden
 from webhooks.context import CONTEXT, WebContext, context_of
-from webhooks.inbox import Inbox
 from webhooks.metrics import DeliveryCounts, StepDurations, exposition
 from webhooks.openapi import build_openapi
 from webhooks.problems import Handler, Problem, problem_middleware
@@ -94,7 +97,8 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
         tokens,
         aredis,
         StepDurations(),
-        Inbox(aredis, engine.keys),
+        Intake(engine),
+        Acceptor(aredis, engine.keys),
         DeliveryCounts(),
     )
     app[CONTEXT] = ctx
@@ -110,7 +114,7 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    """Threads for engine calls, the metrics feed follower; closed with the app."""
+    """Threads for engine calls, the standby starter, the metrics feed follower; closed with the app."""
     ctx = app[CONTEXT]
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(max_workers=ctx.settings.threads, thread_name_prefix="switchboard-web")
@@ -118,14 +122,16 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(ctx.durations.follow(ctx.aredis, ctx.engine.keys, stop), name="metrics-feed"),
-        asyncio.create_task(ctx.inbox.consume(ctx.engine, stop), name="webhook-inbox"),
         asyncio.create_task(
             ctx.deliveries.flush_every(ctx.aredis, ctx.engine.keys, stop), name="delivery-counts"
         ),
     ]
     for task in tasks:
         task.add_done_callback(_log_crash)
+    starter = Starter(ctx.intake, f"web-{socket.gethostname()}-{os.getpid()}", ctx.settings.starts_after)
+    starter.start()
     yield
+    await asyncio.to_thread(starter.stop)
     # Both the flag and a cancel: redis-py may swallow a cancel that lands mid-command,
     # and then the flag ends the loop at its next turn.
     stop.set()

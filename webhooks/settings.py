@@ -41,6 +41,15 @@ class WebSettings(BaseSettings):
         alias="SWITCHBOARD_PUBLIC_URL",
         description="Base URL for links in responses (status_url); empty gives paths only.",
     )
+    starts_after: float = Field(
+        default=5.0,
+        ge=0,
+        alias="SWITCHBOARD_WEB_STARTS_AFTER",
+        description=(
+            "Seconds a webhook-accepted run may wait for a worker to start it before this web"
+            " process starts it itself; 0 starts them here at once (no separate workers)."
+        ),
+    )
     threads: int = Field(
         default=16,
         ge=1,

@@ -4,8 +4,9 @@ The RQ worker forks a work horse per job, so an immediate stop can kill the step
 mid-flight (``send_stop_job_command``). Beside it a maintenance thread fires the
 engine's due timers (retries, sleeps, expiries, drain timeouts) every half second and,
 under a lock shared by all workers, runs the reaper that hands lost steps back to the
-engine. More worker processes on more machines scale it out; any one of them keeps
-the timers and the reaper going.
+engine; a starter thread starts the runs that webhooks accepted (:mod:`engine.intake`).
+More worker processes on more machines scale it out; any one of them keeps the
+timers, the reaper and the starts going.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rq.worker import Worker
 
 from engine.api import STEP_JOB, Engine
 from engine.errors import CommandRefused, NotFound
+from engine.intake import Intake, Starter
 from engine.settings import Settings
 from worker import jobs
 from worker.reaper import reap
@@ -38,7 +40,8 @@ def run_worker(
     """Work on ``settings.queue`` until stopped (SIGTERM: finish the current step first).
 
     ``burst`` quits once the queue is empty; ``name`` must be unique among live workers
-    (RQ picks one if not given); ``with_maintenance`` also fires timers and reaps lost steps.
+    (RQ picks one if not given); ``with_maintenance`` also fires timers, reaps lost steps
+    and starts accepted runs.
     """
     options = get_worker_settings()
     engine = jobs.configure(settings)
@@ -54,14 +57,16 @@ def run_worker(
         job_monitoring_interval=options.heartbeat_interval,
         work_horse_killed_handler=horse_killed,
     )
-    maintenance = Maintenance(engine, options, worker.name) if with_maintenance else None
-    if maintenance:
-        maintenance.start()
+    helpers: list[Maintenance | Starter] = []
+    if with_maintenance:
+        helpers = [Maintenance(engine, options, worker.name), Starter(Intake(engine), worker.name)]
+    for helper in helpers:
+        helper.start()
     try:
         worker.work(burst=burst, logging_level=settings.log_level)
     finally:
-        if maintenance:
-            maintenance.stop()
+        for helper in helpers:
+            helper.stop()
 
 
 def report_killed_horse(engine: Engine, job: Job, worker_name: str) -> None:

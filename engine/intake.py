@@ -1,0 +1,290 @@
+"""Accept now, start moments later: the durable queue of run starts.
+
+Starting a run is a Redis transaction of a dozen round trips and a few milliseconds of
+CPU. A webhook sender should not wait for that, and a web process should not spend its
+CPU on it while other deliveries queue behind. So a start is *accepted* in one atomic
+step (a Lua script: remember the delivery id, keep the request readable under its
+promised run id, append it to the intake stream) and answered at once with that run
+id. Workers read the intake through a consumer group and start the runs with the ids
+promised (a :class:`Starter` thread in every worker process); the web process keeps a
+standby starter that steps in only when requests wait too long, so a deployment
+without workers still starts its runs.
+
+Nothing is lost in between: an entry leaves the stream only after its run exists (or
+has been refused for good), entries left pending by a dead starter are claimed again,
+and a request started twice makes one run (the engine's idempotency key).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from redis.exceptions import ResponseError
+
+from engine.api import Engine, new_run_id
+from engine.errors import SwitchboardError
+from engine.model import Actor
+from engine.store import Keys
+
+log = logging.getLogger(__name__)
+
+GROUP = "switchboard-starters"
+CLAIM_IDLE_MS = 30_000  # how long an entry stays with a starter that went silent
+BATCH = 100
+BLOCK_MS = 250  # a starter's wait for new requests; short, so stopping it is quick
+DELIVERY_TTL_SECONDS = 7 * 86400  # how long a delivery id is remembered against replays
+REQUEST_TTL_SECONDS = 86400  # how long an accepted request stays readable by its run id
+
+# Accept a batch of start requests at once; a web process under load sends many per call.
+# KEYS[1]: intake stream; then per request i: KEYS[2i] its delivery key ('' for none) and
+# KEYS[2i+1] its request key. ARGV[1], ARGV[2]: the two TTLs; then per request i:
+# ARGV[2i+1] its run id and ARGV[2i+2] its JSON. Returns per request the earlier run id
+# of a delivery seen before, or false.
+ACCEPT_SCRIPT = """
+local answers = {}
+for i = 1, (#KEYS - 1) / 2 do
+  local seen, key = KEYS[2 * i], KEYS[2 * i + 1]
+  local run_id, request = ARGV[2 * i + 1], ARGV[2 * i + 2]
+  local earlier = false
+  if seen ~= '' then
+    earlier = redis.call('GET', seen)
+    if not earlier then redis.call('SET', seen, run_id, 'EX', ARGV[1]) end
+  end
+  if not earlier then
+    redis.call('SET', key, request, 'EX', ARGV[2])
+    redis.call('XADD', KEYS[1], '*', 'start', request)
+  end
+  answers[i] = earlier
+end
+return answers
+"""
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """A run to start, with the id promised to whoever asked."""
+
+    workflow_id: str
+    inputs: dict[str, Any]
+    actor: Actor
+    trigger: dict[str, Any] = field(default_factory=dict)
+    delivery: str | None = None  # e.g. "source:delivery-id": the same one twice starts one run
+    run_id: str = field(default_factory=new_run_id)
+
+    @property
+    def idempotency_key(self) -> str:
+        # The engine's own guard: a request ever started twice still makes one run.
+        return f"delivery:{self.delivery}" if self.delivery else f"intake:{self.run_id}"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "run_id": self.run_id,
+                "workflow_id": self.workflow_id,
+                "inputs": self.inputs,
+                "actor": self.actor.model_dump(mode="json"),
+                "trigger": self.trigger,
+                "delivery": self.delivery,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> StartRequest:
+        data = json.loads(raw)
+        return cls(
+            workflow_id=data["workflow_id"],
+            inputs=data["inputs"],
+            actor=Actor.model_validate(data["actor"]),
+            trigger=data["trigger"],
+            delivery=data.get("delivery"),
+            run_id=data["run_id"],
+        )
+
+
+@dataclass(frozen=True)
+class Accepted:
+    run_id: str
+    duplicate: bool  # a delivery seen before: this is the run it started then
+
+
+def accept_arguments(keys: Keys, requests: Sequence[StartRequest]) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of :data:`ACCEPT_SCRIPT` for ``requests`` (shared by sync and async callers)."""
+    script_keys = [keys.intake]
+    args: list[str | int] = [DELIVERY_TTL_SECONDS, REQUEST_TTL_SECONDS]
+    for request in requests:
+        script_keys += [
+            keys.intake_delivery(request.delivery) if request.delivery else "",
+            keys.intake_request(request.run_id),
+        ]
+        args += [request.run_id, request.to_json()]
+    return script_keys, args
+
+
+def read_answers(requests: Sequence[StartRequest], answers: Sequence[Any]) -> list[Accepted]:
+    accepted = []
+    for request, earlier in zip(requests, answers, strict=True):
+        if earlier:
+            accepted.append(Accepted(earlier.decode() if isinstance(earlier, bytes) else str(earlier), True))
+        else:
+            accepted.append(Accepted(request.run_id, False))
+    return accepted
+
+
+class Intake:
+    """The intake stream of one engine: accept requests, start them, report on them."""
+
+    def __init__(self, engine: Engine, claim_idle_ms: int = CLAIM_IDLE_MS) -> None:
+        self.engine = engine
+        self.redis = engine.redis
+        self.keys = engine.keys
+        self.claim_idle_ms = claim_idle_ms
+        self._accept = self.redis.register_script(ACCEPT_SCRIPT)
+
+    def accept(self, requests: Sequence[StartRequest]) -> list[Accepted]:
+        """Queue the starts of ``requests``; a delivery seen before gets its earlier run id instead."""
+        if not requests:
+            return []
+        script_keys, args = accept_arguments(self.keys, requests)
+        return read_answers(requests, self._accept(keys=script_keys, args=args))
+
+    def request(self, run_id: str) -> dict[str, Any] | None:
+        """What an accepted run not started yet will be, or why it could not start."""
+        raw = self.redis.get(self.keys.intake_request(run_id))
+        return json.loads(raw) if raw else None
+
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(self.keys.intake, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def start_next(self, starter: str, block_ms: int = BLOCK_MS) -> int:
+        """Start the runs of one batch of requests; wait up to ``block_ms`` for some. Returns how many.
+
+        Requests a silent starter has held longer than ``claim_idle_ms`` come first.
+        """
+        stream = self.keys.intake
+        try:
+            claimed: Any = self.redis.xautoclaim(stream, GROUP, starter, self.claim_idle_ms, count=BATCH)
+            entries = list(claimed[1])
+            if not entries:
+                reply: Any = self.redis.xreadgroup(
+                    GROUP, starter, {stream: ">"}, count=BATCH, block=block_ms or None
+                )
+                entries = list(reply[0][1]) if reply else []
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.ensure_group()  # first use, or the stream was deleted under us
+            return 0
+        for entry_id, fields in entries:
+            self._start(entry_id, fields)
+        return len(entries)
+
+    def _start(self, entry_id: Any, fields: dict[Any, Any]) -> None:
+        request = StartRequest.from_json(fields.get(b"start") or fields["start"])
+        request_key = self.keys.intake_request(request.run_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                self.engine.start(
+                    request.workflow_id,
+                    request.inputs,
+                    request.actor,
+                    request.trigger,
+                    request.idempotency_key,
+                    run_id=request.run_id,
+                )
+                pipe.delete(request_key)
+            except SwitchboardError as exc:
+                # Inputs were validated on acceptance, so this is rare (the workflow changed
+                # meanwhile); the request's key now says why, for whoever polls its run id.
+                log.error("accepted run could not start", extra={"run_id": request.run_id, "error": str(exc)})
+                failure = {**json.loads(request.to_json()), "status": "failed_to_start", "error": str(exc)}
+                pipe.set(request_key, json.dumps(failure), ex=REQUEST_TTL_SECONDS)
+            pipe.xack(self.keys.intake, GROUP, entry_id)
+            pipe.xdel(self.keys.intake, entry_id)
+            pipe.execute()
+
+    def waiting_for(self) -> float:
+        """Seconds the oldest request that no starter is working on has waited (0 when none).
+
+        Counts requests not handed to any starter yet, and requests held by a starter
+        that has been silent longer than ``claim_idle_ms`` (it probably died).
+        """
+        stream = self.keys.intake
+        try:
+            groups: Any = self.redis.xinfo_groups(stream)
+        except ResponseError:
+            return 0.0  # no stream: nothing was ever accepted
+        group = next((g for g in groups if _text(g["name"]) == GROUP), None)
+        last_handed_out = _text(group["last-delivered-id"]) if group else "0-0"
+        seconds, micros = self.redis.time()
+        now_ms = seconds * 1000 + micros // 1000
+        waited_ms = 0
+        first: Any = self.redis.xrange(stream, min=f"({last_handed_out}", count=1)
+        if first:
+            waited_ms = now_ms - int(_text(first[0][0]).split("-")[0])
+        if group:
+            stalled: Any = self.redis.xpending_range(
+                stream, GROUP, min="-", max="+", count=1, idle=self.claim_idle_ms
+            )
+            if stalled:
+                waited_ms = max(waited_ms, int(stalled[0]["time_since_delivered"]))
+        return max(waited_ms, 0) / 1000
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Starter(threading.Thread):
+    """Starts accepted runs until stopped.
+
+    With ``standby_after`` > 0 it only steps in once a request has waited that many
+    seconds: the web process's backstop for a deployment with no worker running.
+    """
+
+    def __init__(self, intake: Intake, name: str, standby_after: float = 0.0) -> None:
+        super().__init__(name=f"switchboard-starter-{name}", daemon=True)
+        self.intake = intake
+        self.starter = name
+        self.standby_after = standby_after
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        warned = False
+        while not self._stopping.is_set():
+            try:
+                if self.standby_after <= 0:
+                    self.intake.start_next(self.starter)
+                    continue
+                waited = self.intake.waiting_for()
+                if waited < self.standby_after:
+                    warned = False
+                    self._stopping.wait(min(1.0, self.standby_after))
+                    continue
+                if not warned:
+                    log.warning(
+                        "accepted runs are waiting: no worker is starting them, this process will",
+                        extra={"waited_seconds": round(waited, 1)},
+                    )
+                    warned = True
+                while self.intake.start_next(self.starter, block_ms=0) and not self._stopping.is_set():
+                    pass
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("intake unavailable", extra={"error": str(exc)})
+                self._stopping.wait(1.0)
+            except Exception:
+                log.exception("starting accepted runs failed")
+                self._stopping.wait(1.0)
