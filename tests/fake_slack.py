@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlencode
 import pytest
 import redis
 import yaml
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bot.settings import SlackSettings
@@ -388,9 +388,8 @@ class Slack:
     def bot(self) -> Any:
         return self.client.app[SLACK_BOT]
 
-    async def post(self, body: str, headers: dict[str, str] | None = None) -> web.Response:
-        response = await self.client.post("/slack/events", data=body, headers=headers or signed_headers(body))
-        return response  # type: ignore[return-value]
+    async def post(self, body: str, headers: dict[str, str] | None = None) -> ClientResponse:
+        return await self.client.post("/slack/events", data=body, headers=headers or signed_headers(body))
 
     async def command(self, text: str, user: SlackUser = ALICE, channel: str = "C0OPS") -> dict[str, Any]:
         """Send ``/run <text>`` and return the ephemeral reply posted to its response_url."""
@@ -417,7 +416,7 @@ class Slack:
         replies = await self.fake.wait_for(lambda: self.responses_to(response_url))
         return replies[0]
 
-    async def interact(self, payload: dict[str, Any]) -> web.Response:
+    async def interact(self, payload: dict[str, Any]) -> ClientResponse:
         body = urlencode({"payload": json.dumps(payload)})
         response = await self.post(body)
         assert response.status == 200, await response.text()
@@ -488,7 +487,7 @@ class Slack:
         }
         await self.interact(payload)
 
-    async def event(self, event: dict[str, Any]) -> web.Response:
+    async def event(self, event: dict[str, Any]) -> ClientResponse:
         body = json.dumps(
             {
                 "token": "legacy",

@@ -59,7 +59,7 @@ commands = st.one_of(
 )
 
 # The last event about a step (or the run) must agree with its status.
-STEP_EVENT_FOR = {
+STEP_EVENT_FOR: dict[StepStatus, set[str | None]] = {
     StepStatus.QUEUED: {"step_queued"},
     StepStatus.RUNNING: {"step_started"},
     StepStatus.WAITING: {"step_started", "task_opened"},
@@ -146,7 +146,8 @@ def check_invariants(engine: Engine, run: Run) -> None:
     indexed = engine.redis.zscore(keys.pending_tasks, task_member(run.run_id, "gate")) is not None
     assert indexed == ("gate" in open_tasks)
     # The global feed has exactly the run's events, in the same order.
-    feed = [event_from_entry(i, f) for i, f in engine.redis.xrange(keys.events)]
+    entries: Any = engine.redis.xrange(keys.events)
+    feed = [event_from_entry(i, f) for i, f in entries]
     assert [(e.type, e.step_id, e.data) for e in feed] == [(e.type, e.step_id, e.data) for e in events]
 
 

@@ -62,7 +62,7 @@ def test_parallel_branches_are_enqueued_together_and_join_waits(
     run = engine.start("par", {}, ALICE)
     assert run.status is RunStatus.RUNNING
     assert statuses(run) == {"a": "queued", "b": "queued", "c": "queued", "join": "pending"}
-    assert sorted(queued_job_ids(engine)) == sorted(run.steps[s].job_id for s in "abc")
+    assert sorted(queued_job_ids(engine)) == sorted(str(run.steps[s].job_id) for s in "abc")
     for step_id in "abc":
         run = finish_step(engine, run, step_id, {"from": step_id})
     assert run.steps["join"].status is StepStatus.QUEUED

@@ -83,7 +83,7 @@ async def test_a_drain_timeout_raises_an_alert(slack: Slack) -> None:
     assert "Drain timeout: Slow build" in text and "`DRAIN_TIMEOUT`" in text
     assert "did not finish within the drain timeout" in text
     stopped = slack.engine.get_run(run.run_id)
-    assert stopped.failure.code is FailureCode.DRAIN_TIMEOUT
+    assert stopped.failure is not None and stopped.failure.code is FailureCode.DRAIN_TIMEOUT
     assert stopped.steps["build"].status is StepStatus.CANCELLED
     replies = [c.args["text"] for c in slack.fake.ok_calls("chat.postMessage") if "thread_ts" in c.args]
     assert replies[0].startswith("🛑 Stopping gracefully")

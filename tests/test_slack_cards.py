@@ -104,7 +104,7 @@ async def test_reject_asks_for_a_reason_in_a_modal(slack: Slack) -> None:
     assert f"*Rejected* by <@{BOB.id}>" in all_text(update.args)
     assert "Freeze until Monday" in all_text(update.args)
     task = slack.engine.get_run(run_id).steps["approve"].task
-    assert task.approved is False and task.comment == "Freeze until Monday"
+    assert task is not None and task.approved is False and task.comment == "Freeze until Monday"
 
 
 async def test_edit_modal_submits_the_edits_as_the_task_result(slack: Slack) -> None:
@@ -152,7 +152,8 @@ async def test_expiry_updates_the_card(slack: Slack) -> None:
     assert not has_buttons(update.args)
     edit_update = (await slack.fake.wait_for(lambda: slack.fake.updates_of(edit_card)))[0]
     assert "nobody decided, so the run failed" in all_text(edit_update.args)
-    assert slack.engine.get_run(failing).failure.code is FailureCode.APPROVAL_EXPIRED
+    failure = slack.engine.get_run(failing).failure
+    assert failure is not None and failure.code is FailureCode.APPROVAL_EXPIRED
 
 
 async def test_progress_goes_in_a_thread_and_a_stop_cancels_the_card(slack: Slack) -> None:

@@ -53,6 +53,8 @@ def up(tmp_path: Path) -> Iterator[tuple[dict[str, str], int]]:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)
         assert process.returncode == 0, output
+        # Its embedded Redis saved and stopped with it: nothing left running in the background.
+        assert not (tmp_path / "data" / "redis.db.settings").exists(), output
 
 
 def cli(env: dict[str, str], *args: str) -> str:

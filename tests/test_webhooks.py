@@ -11,7 +11,7 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from engine.api import Engine
-from engine.model import RunStatus
+from engine.model import Actor, ActorKind, RunStatus
 from tests.engine_helpers import Clock, engine_for
 from tests.web_helpers import (
     APPROVAL_WORKFLOW,
@@ -134,7 +134,7 @@ async def test_github_push_starts_a_run_and_other_events_are_ignored(
 async def test_stripe_delivery_wakes_the_waiting_run_once(
     client: TestClient, web_engine: Engine, clock: Clock
 ) -> None:
-    waiting = web_engine.start("settle", {"payment": "pi_123"}, web_engine.workflow("settle") and _api())
+    waiting = web_engine.start("settle", {"payment": "pi_123"}, _api())
     assert waiting.steps["paid"].status.value == "waiting"
     body = body_of({"id": "evt_1", "type": "payment.succeeded", "data": {"object": {"id": "pi_123"}}})
     response = await client.post("/webhooks/payments", data=body, headers=stripe_headers(body, clock.now))
@@ -310,7 +310,5 @@ async def test_webhooks_need_no_bearer_token_and_tokens_do_not_replace_signature
     await problem(response, 401)
 
 
-def _api() -> Any:
-    from engine.model import Actor, ActorKind
-
+def _api() -> Actor:
     return Actor(kind=ActorKind.API, id="tester")
