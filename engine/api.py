@@ -232,7 +232,7 @@ class Engine:
         replay = self._create(self.workflow_of(original), merged, actor, trigger, replay_of=original.run_id)
 
         def link(_pipe: Pipeline, run: Run) -> Outcome:
-            out = Outcome(run=run.model_copy(deep=True))
+            out = Outcome(run=run.clone())
             out.run.replays.append(replay.run_id)
             out.events.append(
                 Event(

@@ -247,7 +247,7 @@ class _Transition:
     def __init__(self, workflow: Workflow, run: Run, now: datetime) -> None:
         self.workflow = workflow
         self.now = now
-        self.out = Outcome(run=run.model_copy(deep=True))
+        self.out = Outcome(run=run.clone())
         self.run = self.out.run
 
     # -- dispatch on command -------------------------------------------------------------

@@ -197,6 +197,13 @@ class Run(BaseModel):
     def short_id(self) -> str:
         return self.run_id[:8]
 
+    def clone(self) -> Run:
+        """An independent copy to change: the JSON round trip the store makes anyway.
+
+        Several times faster than ``model_copy(deep=True)``, which every command paid.
+        """
+        return Run.model_validate_json(self.model_dump_json())
+
     def in_flight(self) -> list[StepState]:
         return [s for s in self.steps.values() if s.status in IN_FLIGHT_STEP_STATUSES]
 
