@@ -135,18 +135,30 @@ def reject_modal(run: Run, task: Task, metadata: str) -> Block:
 
 
 def edit_modal(run: Run, task: Task, metadata: str) -> Block:
-    """One input per editable field, prefilled; submitting approves with the edited values."""
+    """One input per editable field, prefilled; submitting approves with the edited values.
+
+    A value longer than a Slack input holds gets no input (a cut-off prefill would be
+    saved cut off): it is kept as it is, and the modal says so.
+    """
     inputs: list[Block] = []
     for name in task.editable:
         current = task.fields.get(name)
         initial = current if isinstance(current, str) else json.dumps(current, default=str)
+        if len(initial) > INPUT_VALUE:
+            inputs.append(
+                context(
+                    f"*{escape(name)}* is too long to edit here ({len(initial):,} characters);"
+                    " it is kept as it is. The REST API can change it."
+                )
+            )
+            continue
         element: Block = {
             "type": "plain_text_input",
             "action_id": ids.FIELD_INPUT,
             "multiline": len(initial) > 60 or "\n" in initial,
         }
         if initial:
-            element["initial_value"] = truncate(initial, INPUT_VALUE)
+            element["initial_value"] = initial
         inputs.append(
             {
                 "type": "input",

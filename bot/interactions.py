@@ -51,8 +51,20 @@ def register(app: AsyncApp, bot: Bot) -> None:
 
     @app.view(ids.EDIT_MODAL)
     async def edited(ack: AsyncAck, body: Body, view: Body) -> None:
+        # Read the edits before acking, so a value of the wrong type is shown on its input
+        # in the modal (response_action "errors") instead of changing the field's type.
+        origin = json.loads(view.get("private_metadata") or "{}")
+        try:
+            run = await bot.call(engine.get_run, origin["run"])
+            task = run.steps[origin["task"]].task
+            edits = edits_from(view, task.fields, task.editable) if task else {}
+        except InvalidEdits as exc:
+            await ack(response_action="errors", errors=exc.errors)
+            return
+        except (SwitchboardError, KeyError):
+            edits = {}  # the run or task is gone: completing it below says so to the user
         await ack()
-        bot.after_ack(approve_edits(bot, body, view))
+        bot.after_ack(approve_edits(bot, body, origin, edits))
 
     def run_action(action_id: str, do: Callable[[str, Any], Any], said: Callable[[Run], str]) -> None:
         @app.action(action_id)
@@ -107,15 +119,11 @@ async def reject_task(bot: Bot, body: Body, view: Body) -> None:
     await attempt(bot, body, decide, origin.get("channel"))
 
 
-async def approve_edits(bot: Bot, body: Body, view: Body) -> None:
+async def approve_edits(bot: Bot, body: Body, origin: dict[str, Any], edits: dict[str, Any]) -> None:
     """The edit modal's submission: approve, with the edited fields as the task's result."""
-    origin = json.loads(view.get("private_metadata") or "{}")
     actor = slack_actor(body.get("user"))
 
     async def decide() -> Run:
-        run = await bot.call(bot.engine.get_run, origin["run"])
-        task = run.steps[origin["task"]].task
-        edits = edits_from(view, task.fields, task.editable) if task else {}
         return await bot.call(
             bot.engine.complete_task, origin["run"], origin["task"], actor, True, result=edits
         )
@@ -208,23 +216,63 @@ def _input(view: Body, block_id: str, action_id: str) -> str:
     return str((state.get(block_id, {}).get(action_id) or {}).get("value") or "")
 
 
+class InvalidEdits(ValueError):
+    """Edited values that do not fit their fields; ``errors`` maps each input's block to why."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(errors.values()))
+        self.errors = errors
+
+
 def edits_from(view: Body, fields: dict[str, Any], editable: list[str]) -> dict[str, Any]:
-    """The edit modal's values by field; a field the modal did not show keeps its value."""
+    """The edit modal's values by field; a field the modal did not show keeps its value.
+
+    An edited value keeps the type of the field it edits (a number stays a number);
+    text that is not of that type raises :class:`InvalidEdits`.
+    """
     state = view.get("state", {}).get("values", {})
     edits: dict[str, Any] = {}
+    errors: dict[str, str] = {}
     for name in editable:
-        block = state.get(f"{ids.FIELD_BLOCK_PREFIX}{name}")
-        if block is not None:
-            text = (block.get(ids.FIELD_INPUT) or {}).get("value") or ""
-            edits[name] = _typed_like(fields.get(name), text)
+        block_id = f"{ids.FIELD_BLOCK_PREFIX}{name}"
+        block = state.get(block_id)
+        if block is None:
+            continue
+        text = (block.get(ids.FIELD_INPUT) or {}).get("value") or ""
+        try:
+            edits[name] = typed_like(fields.get(name), text)
+        except ValueError as exc:
+            errors[block_id] = str(exc)
+    if errors:
+        raise InvalidEdits(errors)
     return edits
 
 
-def _typed_like(original: Any, text: str) -> Any:
-    """An edited value keeps the type of the field it edits (a number stays a number)."""
+def typed_like(original: Any, text: str) -> Any:
+    """``text`` as a value of the type of ``original``; ValueError says what to enter instead."""
     if isinstance(original, str) or original is None:
         return text
+    text = text.strip()
+    if isinstance(original, bool):
+        answer = {"true": True, "yes": True, "false": False, "no": False}.get(text.lower())
+        if answer is None:
+            raise ValueError("Enter true or false.")
+        return answer
+    if isinstance(original, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("Enter a whole number, like 3.") from None
+    if isinstance(original, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("Enter a number, like 2.5.") from None
+    kind, example = ("list", "[1, 2]") if isinstance(original, list) else ("object", '{"key": "value"}')
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except ValueError:
-        return text
+        value = None
+    if type(value) is not type(original):
+        raise ValueError(f"Enter a JSON {kind}, like {example}.")
+    return value

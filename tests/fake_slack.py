@@ -433,59 +433,15 @@ class Slack:
 
         Returns the response_url the app may answer on (None in App Home).
         """
-        payload: dict[str, Any] = {
-            "type": "block_actions",
-            "team": {"id": TEAM, "domain": "switchboard"},
-            "user": {"id": user.id, "username": user.name, "name": user.name, "team_id": TEAM},
-            "api_app_id": "A0APP",
-            "trigger_id": f"trigger-{uuid.uuid4().hex}",
-            "actions": [
-                {
-                    "type": "button",
-                    "action_id": action_id,
-                    "block_id": "b",
-                    "value": value,
-                    "action_ts": f"{time.time():.6f}",
-                }
-            ],
-        }
-        response_url = None
-        if message is not None:
-            response_url = self.fake.response_url()
-            channel, ts = message
-            payload |= {
-                "container": {"type": "message", "message_ts": ts, "channel_id": channel},
-                "channel": {"id": channel, "name": "ops"},
-                "message": self.fake.messages.get(message, {}),
-                "response_url": response_url,
-            }
-        else:
-            payload |= {
-                "container": {"type": "view", "view_id": "VHOME"},
-                "view": {"id": "VHOME", "type": "home"},
-            }
+        payload = click_payload(self.fake, action_id, value, user, message)
         await self.interact(payload)
-        return response_url
+        return payload.get("response_url")
 
     async def submit(
         self, view: dict[str, Any], values: dict[str, dict[str, str]], user: SlackUser = BOB
-    ) -> None:
+    ) -> ClientResponse:
         """Submit a modal the app opened; ``values`` maps block_id to {action_id: value}."""
-        state = {
-            block_id: {
-                action_id: {"type": "plain_text_input", "value": value} for action_id, value in inputs.items()
-            }
-            for block_id, inputs in values.items()
-        }
-        payload = {
-            "type": "view_submission",
-            "team": {"id": TEAM, "domain": "switchboard"},
-            "user": {"id": user.id, "username": user.name, "name": user.name, "team_id": TEAM},
-            "api_app_id": "A0APP",
-            "trigger_id": f"trigger-{uuid.uuid4().hex}",
-            "view": {**view, "id": "VMODAL", "state": {"values": state}},
-        }
-        await self.interact(payload)
+        return await self.interact(submission_payload(view, values, user))
 
     async def event(self, event: dict[str, Any]) -> ClientResponse:
         body = json.dumps(
@@ -563,6 +519,29 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
             },
         ],
     },
+    "edit-typed": {
+        "id": "edit-typed",
+        "name": "Edit typed fields",
+        "inputs": {"notes": {"type": "string", "default": "short"}},
+        "settings": {"slack_channel": "#comms"},
+        "steps": [
+            {
+                "id": "review",
+                "type": "human_task",
+                "task": {
+                    "task_type": "edit",
+                    "title": "Check the order",
+                    "fields": {
+                        "count": 2,
+                        "urgent": False,
+                        "tags": ["a"],
+                        "notes": "{{ inputs.notes }}",
+                    },
+                    "editable": ["count", "urgent", "tags", "notes"],
+                },
+            },
+        ],
+    },
     "payload-sync": {
         "id": "payload-sync",
         "name": "Payload sync",
@@ -595,6 +574,66 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
         ],
     },
 }
+
+
+def click_payload(
+    fake: FakeSlack,
+    action_id: str,
+    value: str,
+    user: SlackUser = BOB,
+    message: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """The ``block_actions`` payload Slack sends for a button click, on a message or in App Home."""
+    payload: dict[str, Any] = {
+        "type": "block_actions",
+        "team": {"id": TEAM, "domain": "switchboard"},
+        "user": {"id": user.id, "username": user.name, "name": user.name, "team_id": TEAM},
+        "api_app_id": "A0APP",
+        "trigger_id": f"trigger-{uuid.uuid4().hex}",
+        "actions": [
+            {
+                "type": "button",
+                "action_id": action_id,
+                "block_id": "b",
+                "value": value,
+                "action_ts": f"{time.time():.6f}",
+            }
+        ],
+    }
+    if message is not None:
+        channel, ts = message
+        payload |= {
+            "container": {"type": "message", "message_ts": ts, "channel_id": channel},
+            "channel": {"id": channel, "name": "ops"},
+            "message": fake.messages.get(message, {}),
+            "response_url": fake.response_url(),
+        }
+    else:
+        payload |= {
+            "container": {"type": "view", "view_id": "VHOME"},
+            "view": {"id": "VHOME", "type": "home"},
+        }
+    return payload
+
+
+def submission_payload(
+    view: dict[str, Any], values: dict[str, dict[str, str]], user: SlackUser = BOB
+) -> dict[str, Any]:
+    """The ``view_submission`` payload of a modal; ``values`` maps block_id to {action_id: value}."""
+    state = {
+        block_id: {
+            action_id: {"type": "plain_text_input", "value": value} for action_id, value in inputs.items()
+        }
+        for block_id, inputs in values.items()
+    }
+    return {
+        "type": "view_submission",
+        "team": {"id": TEAM, "domain": "switchboard"},
+        "user": {"id": user.id, "username": user.name, "name": user.name, "team_id": TEAM},
+        "api_app_id": "A0APP",
+        "trigger_id": f"trigger-{uuid.uuid4().hex}",
+        "view": {**view, "id": "VMODAL", "state": {"values": state}},
+    }
 
 
 def write_workflows(folder: Path, workflows: dict[str, dict[str, Any]]) -> Path:

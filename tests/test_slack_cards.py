@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from bot import ids
 from bot.interactions import edits_from
+from bot.runtime import slack_actor
 from engine.model import FailureCode, RunStatus, StepStatus
 from tests.fake_slack import ALICE, BOB, CAROL, Slack, all_text, has_buttons
 
@@ -192,3 +193,54 @@ def test_edits_keep_field_types_and_leave_fields_the_modal_did_not_show() -> Non
     fields = {"subject": "Old", "count": 2, "body": "text", "hidden": "keep"}
     edits = edits_from(view, fields, ["subject", "count", "body", "hidden"])
     assert edits == {"subject": "New", "count": 7, "body": ""}
+
+
+async def test_an_edit_of_the_wrong_type_is_shown_on_its_input_and_decides_nothing(slack: Slack) -> None:
+    run = slack.engine.start("edit-typed", {}, slack_actor({"id": ALICE.id, "name": ALICE.name}))
+    value = ids.task_value(run.run_id, "review")
+    card = await slack.fake.wait_for(lambda: slack.fake.message_with(ids.TASK_EDIT, value))
+    await slack.click(ids.TASK_EDIT, value, user=BOB, message=card)
+    view = (await slack.fake.wait_for(lambda: slack.fake.ok_calls("views.open")))[0].args["view"]
+
+    wrong = {"count": "five", "urgent": "maybe", "tags": '{"not": "a list"}', "notes": "fine"}
+    response = await slack.submit(view, {f"field:{k}": {ids.FIELD_INPUT: v} for k, v in wrong.items()})
+    assert await response.json() == {
+        "response_action": "errors",
+        "errors": {
+            "field:count": "Enter a whole number, like 3.",
+            "field:urgent": "Enter true or false.",
+            "field:tags": "Enter a JSON list, like [1, 2].",
+        },
+    }
+    task = slack.engine.get_run(run.run_id).steps["review"].task
+    assert task is not None and task.decided_at is None  # nothing was decided
+
+    right = {"count": " 5 ", "urgent": "yes", "tags": '["a", "b"]', "notes": "fine"}
+    response = await slack.submit(view, {f"field:{k}": {ids.FIELD_INPUT: v} for k, v in right.items()})
+    assert response.status == 200 and not await response.text()  # a plain ack closes the modal
+    done = await slack.fake.wait_for(lambda: (r := slack.engine.get_run(run.run_id)).status.terminal and r)
+    assert done.steps["review"].result == {
+        "count": 5,
+        "urgent": True,
+        "tags": ["a", "b"],
+        "notes": "fine",
+        "approved": True,
+    }
+
+
+async def test_a_field_too_long_for_a_slack_input_is_kept_not_cut(slack: Slack) -> None:
+    notes = "x" * 3500
+    run = slack.engine.start(
+        "edit-typed", {"notes": notes}, slack_actor({"id": ALICE.id, "name": ALICE.name})
+    )
+    value = ids.task_value(run.run_id, "review")
+    card = await slack.fake.wait_for(lambda: slack.fake.message_with(ids.TASK_EDIT, value))
+    await slack.click(ids.TASK_EDIT, value, user=BOB, message=card)
+    view = (await slack.fake.wait_for(lambda: slack.fake.ok_calls("views.open")))[0].args["view"]
+    inputs = {b["block_id"] for b in view["blocks"] if b["type"] == "input"}
+    assert inputs == {"field:count", "field:urgent", "field:tags"}
+    assert "*notes* is too long to edit here (3,500 characters)" in all_text({"blocks": view["blocks"]})
+
+    await slack.submit(view, {"field:count": {ids.FIELD_INPUT: "3"}})
+    done = await slack.fake.wait_for(lambda: (r := slack.engine.get_run(run.run_id)).status.terminal and r)
+    assert done.steps["review"].result["notes"] == notes and done.steps["review"].result["count"] == 3
