@@ -9,12 +9,18 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from engine.api import Engine
 from engine.catalog import Catalog, load_folder
 
 # Fixtures of the Slack and web tests, registered before any test module imports them.
 pytest_plugins = ("tests.fake_slack", "tests.web_fixtures")
+
+# Property tests judge behaviour, not speed: on a busy CI machine, hypothesis's timing
+# checks (a slow first draw, a slow example) would fail tests that found nothing wrong.
+settings.register_profile("switchboard", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("switchboard")
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"

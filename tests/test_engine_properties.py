@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.api import Engine
@@ -151,7 +151,7 @@ def check_invariants(engine: Engine, run: Run) -> None:
     assert [(e.type, e.step_id, e.data) for e in feed] == [(e.type, e.step_id, e.data) for e in events]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60)
 @given(st.lists(commands, min_size=1, max_size=25))
 def test_random_command_sequences_keep_runs_valid(sequence: list[tuple[Any, ...]]) -> None:
     connection = redis.Redis.from_url(REDIS_URL)

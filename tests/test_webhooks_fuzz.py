@@ -59,7 +59,7 @@ def signed(source: str, body: bytes, clock: Clock, delivery: str) -> dict[str, s
     return standard_headers(body, msg_id=delivery, at=clock.now)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     source=st.sampled_from(["releases", "github", "payments", "vector", "nobody", "unset"]),
     body=bodies,

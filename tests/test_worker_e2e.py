@@ -540,6 +540,36 @@ def test_killed_worker_fails_a_step_that_is_not_idempotent(harness: Harness) -> 
     assert marker_lines(marker) == []
 
 
+def test_a_worker_whose_clock_is_far_off_is_not_declared_lost(harness: Harness) -> None:
+    # RQ's heartbeat records carry the worker machine's time. Make them say the worker was
+    # last heard of hours ago (as a clock far behind would) for the whole step: liveness is
+    # judged on Redis's clock, so the step must finish once, not be declared lost.
+    marker = harness.tmp / "skew.marker"
+    name = harness.start_worker()
+    run = harness.start("lost-once", marker=str(marker))
+    harness.wait_until_running(run.run_id, "slow")
+    behind = threading.Event()
+
+    def clock_far_behind() -> None:
+        while not behind.is_set():
+            harness.redis.hset(f"rq:worker:{name}", "last_heartbeat", "2026-01-01T00:00:00.000000Z")
+            time.sleep(0.05)
+
+    skew = threading.Thread(target=clock_far_behind, daemon=True)
+    skew.start()
+    try:
+        time.sleep(5)  # past worker_lost_after (3 s) plus a reaper pass (0.5 s)
+        still = harness.engine.get_run(run.run_id)
+        assert still.status is RunStatus.RUNNING and still.steps["slow"].status is StepStatus.RUNNING
+        assert "step_retry_scheduled" not in harness.event_types(run.run_id)
+    finally:
+        behind.set()
+        skew.join()
+    # A live worker whose step is declared lost would fail this run with WORKER_LOST.
+    harness.engine.stop(run.run_id, OPERATOR)
+    assert harness.wait_until_finished(run.run_id).failure.code is FailureCode.RUN_STOPPED  # type: ignore[union-attr]
+
+
 def test_queued_step_whose_job_vanished_is_enqueued_again(harness: Harness) -> None:
     run = harness.start("chain")
     job_id = run.steps["first"].job_id

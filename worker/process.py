@@ -4,7 +4,8 @@ The RQ worker forks a work horse per job, so an immediate stop can kill the step
 mid-flight (``send_stop_job_command``). Beside it a maintenance thread fires the
 engine's due timers (retries, sleeps, expiries, drain timeouts) every half second and,
 under a lock shared by all workers, runs the reaper that hands lost steps back to the
-engine; a starter thread starts the runs that webhooks accepted (:mod:`engine.intake`).
+engine; a starter thread starts the runs that webhooks accepted (:mod:`engine.intake`);
+a heartbeat thread keeps the worker's liveness key alive (:func:`worker.reaper.alive_key`).
 More worker processes on more machines scale it out; any one of them keeps the
 timers, the reaper and the starts going.
 """
@@ -24,7 +25,7 @@ from engine.errors import CommandRefused, NotFound
 from engine.intake import Intake, Starter
 from engine.settings import Settings
 from worker import jobs
-from worker.reaper import reap
+from worker.reaper import alive_key, reap
 from worker.settings import WorkerSettings, get_worker_settings
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,9 @@ def run_worker(
         job_monitoring_interval=options.heartbeat_interval,
         work_horse_killed_handler=horse_killed,
     )
-    helpers: list[Maintenance | Starter] = []
+    helpers: list[Heartbeat | Maintenance | Starter] = [Heartbeat(engine, options, worker.name)]
     if with_maintenance:
-        helpers = [Maintenance(engine, options, worker.name), Starter(Intake(engine), worker.name)]
+        helpers += [Maintenance(engine, options, worker.name), Starter(Intake(engine), worker.name)]
     for helper in helpers:
         helper.start()
     try:
@@ -78,6 +79,39 @@ def report_killed_horse(engine: Engine, job: Job, worker_name: str) -> None:
         engine.step_lost(run_id, step_id, attempt, worker_name)
     except (CommandRefused, NotFound) as exc:
         log.info("killed horse's step already moved on", extra={"job_id": job.id, "reason": str(exc)})
+
+
+class Heartbeat(threading.Thread):
+    """Keeps this worker's liveness key alive, beat by beat, until stopped.
+
+    The key expires ``worker_lost_after`` seconds after the last beat, by Redis's own
+    clock: if this process dies, the reaper finds the key gone, and no machine's clock
+    is compared with another's. Its own thread, so a long reaper pass cannot delay it.
+    """
+
+    def __init__(self, engine: Engine, options: WorkerSettings, worker_name: str) -> None:
+        super().__init__(name="switchboard-heartbeat", daemon=True)
+        self.redis = engine.redis
+        self.key = alive_key(engine, worker_name)
+        self.interval = options.heartbeat_interval
+        self.lifetime_ms = int(options.worker_lost_after * 1000)
+        self._stopping = threading.Event()
+        self.beat()  # alive before the first job can be taken
+
+    def beat(self) -> None:
+        self.redis.set(self.key, "1", px=self.lifetime_ms)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=5)
+        self.redis.delete(self.key)
+
+    def run(self) -> None:
+        while not self._stopping.wait(self.interval):
+            try:
+                self.beat()
+            except Exception:
+                log.exception("heartbeat failed")  # Redis restarting: the next beat may land
 
 
 class Maintenance(threading.Thread):
@@ -116,4 +150,4 @@ class Maintenance(threading.Thread):
         """Reap unless another worker already did in this interval (the commands are idempotent anyway)."""
         lease_ms = max(int(self.options.reaper_interval * 900), 1)
         if self.engine.redis.set(self.lock_key, self.worker_name, nx=True, px=lease_ms):
-            reap(self.engine, self.options.worker_lost_after, self.engine.clock())
+            reap(self.engine)

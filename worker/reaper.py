@@ -5,16 +5,18 @@ notices when the job's entry in the started registry expires, minutes later. So 
 reaper looks at the steps the engine believes are running or queued (through the index
 of active runs, never a scan of all runs) and checks each against RQ's records:
 
-- a running step whose worker is gone, or has sent no heartbeat for ``lost_after``
-  seconds, or whose job ended without a report, is lost: ``engine.step_lost`` retries
-  it (idempotent steps) or fails it with ``WORKER_LOST``;
+- a running step whose worker has shut down, or whose liveness key has expired (no
+  heartbeat for ``worker_lost_after`` seconds), or whose job ended without a report, is
+  lost: ``engine.step_lost`` retries it (idempotent steps) or fails it with ``WORKER_LOST``;
 - a queued step whose job vanished (Redis eviction), or was taken by a worker that died
   before the step started, is enqueued again under the same job id;
 - a queued step whose job failed before the step started is reported as a failed
   attempt, which the step's retry policy may repeat.
 
-Every decision is re-checked by the engine inside its transaction, so a stale view here
-(a step that finished in the meantime) does nothing.
+Liveness is a key each worker's heartbeat thread keeps alive with a Redis expiry, so it
+is judged on the Redis server's clock alone: workers on machines whose clocks disagree
+are never declared dead for it. Every decision is re-checked by the engine inside its
+transaction, so a stale view here (a step that finished in the meantime) does nothing.
 """
 
 from __future__ import annotations
@@ -23,11 +25,9 @@ import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from redis.client import Pipeline
 from rq.job import Job, JobStatus
-from rq.utils import utcparse
 from rq.worker import Worker
 
 from engine.api import Engine
@@ -66,11 +66,16 @@ class _InFlight:
         return self.step.job_id
 
 
-def reap(engine: Engine, lost_after: float, now: datetime) -> Reaped:
+def alive_key(engine: Engine, worker_name: str) -> str:
+    """Exists while the worker named ``worker_name`` sends heartbeats (see ``worker.process``)."""
+    return f"{engine.keys.prefix}worker:alive:{worker_name}"
+
+
+def reap(engine: Engine) -> Reaped:
     """One pass over every run with steps in flight."""
     done = Reaped()
     for batch in _batches(_steps_in_flight(engine)):
-        _reap_batch(engine, batch, lost_after, now, done)
+        _reap_batch(engine, batch, done)
     if done:
         log.warning(
             "reaper acted",
@@ -96,9 +101,7 @@ def _batches(items: Iterator[_InFlight]) -> Iterator[list[_InFlight]]:
         yield batch
 
 
-def _reap_batch(
-    engine: Engine, batch: list[_InFlight], lost_after: float, now: datetime, done: Reaped
-) -> None:
+def _reap_batch(engine: Engine, batch: list[_InFlight], done: Reaped) -> None:
     with engine.redis.pipeline(transaction=False) as pipe:
         for item in batch:
             pipe.hmget(Job.key_for(item.job_id), ["status", "worker_name"])
@@ -109,7 +112,7 @@ def _reap_batch(
         # The worker a step is bound to: the one running it, or the one that took its job.
         bound = {item.job_id: item.step.worker or jobs[item.job_id][1] for item in batch}
         workers = sorted({name for name in bound.values() if name})
-        health = _worker_health(pipe, workers, lost_after, now)
+        health = _worker_health(engine, pipe, workers)
     for item in batch:
         status, _ = jobs[item.job_id]
         worker = bound[item.job_id]
@@ -156,21 +159,20 @@ def _check_queued(
         done.failed.append(item.job_id)
 
 
-def _worker_health(
-    pipe: Pipeline, names: list[str], lost_after: float, now: datetime
-) -> dict[str, str | None]:
+def _worker_health(engine: Engine, pipe: Pipeline, names: list[str]) -> dict[str, str | None]:
     """For each worker name: None if alive, else why it counts as dead."""
     for name in names:
-        pipe.hmget(Worker.redis_worker_namespace_prefix + name, ["last_heartbeat", "death"])
+        pipe.hget(Worker.redis_worker_namespace_prefix + name, "death")
+        pipe.exists(alive_key(engine, name))
+    replies = pipe.execute()
     health: dict[str, str | None] = {}
-    for name, (heartbeat, death) in zip(names, pipe.execute(), strict=True):
+    for name, death, alive in zip(names, replies[::2], replies[1::2], strict=True):
         if death:
             health[name] = "has shut down"
-        elif not heartbeat:
-            health[name] = "is gone (its registration expired)"
+        elif not alive:
+            health[name] = "stopped sending heartbeats"
         else:
-            age = (now - utcparse(_text(heartbeat) or "")).total_seconds()
-            health[name] = f"sent no heartbeat for {age:.0f}s" if age > lost_after else None
+            health[name] = None
     return health
 
 

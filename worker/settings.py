@@ -1,9 +1,10 @@
 """Worker tuning, read once from the environment (``SWITCHBOARD_*``) by pydantic-settings.
 
-The defaults bound how fast a dead worker is noticed: its last heartbeat is at most
-``heartbeat_interval`` old when it dies, it is declared lost ``worker_lost_after``
-seconds later, and the next reaper pass (every ``reaper_interval``) reports it, so a
-step of a SIGKILLed worker is retried or failed within 3 + 15 + 5 = 23 seconds.
+The defaults bound how fast a dead worker is noticed: its liveness key expires at most
+``worker_lost_after`` seconds after it dies (each heartbeat, every
+``heartbeat_interval``, renews it), and the next reaper pass (every ``reaper_interval``)
+reports it, so a step of a SIGKILLed worker is retried or failed within 15 + 5 = 20
+seconds.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ class WorkerSettings(BaseSettings):
         default=5.0, gt=0, description="Seconds between searches for lost steps and vanished jobs."
     )
     heartbeat_interval: int = Field(
-        default=3, ge=1, description="RQ job_monitoring_interval: a busy worker's heartbeat period."
+        default=3,
+        ge=1,
+        description="Seconds between a worker's heartbeats (also RQ's job_monitoring_interval).",
     )
     worker_lost_after: float = Field(
-        default=15.0, gt=0, description="A worker whose last heartbeat is older than this is dead."
+        default=15.0,
+        gt=0,
+        description="A worker silent this long (by Redis's clock) is dead and its steps are lost.",
     )
     worker_ttl: int = Field(
         default=30, ge=16, description="RQ worker_ttl; an idle worker beats every worker_ttl - 15 seconds."
