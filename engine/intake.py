@@ -82,17 +82,18 @@ class StartRequest:
         # The engine's own guard: a request ever started twice still makes one run.
         return f"delivery:{self.delivery}" if self.delivery else f"intake:{self.run_id}"
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "workflow_id": self.workflow_id,
+            "inputs": self.inputs,
+            "actor": self.actor.model_dump(mode="json"),
+            "trigger": self.trigger,
+            "delivery": self.delivery,
+        }
+
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "run_id": self.run_id,
-                "workflow_id": self.workflow_id,
-                "inputs": self.inputs,
-                "actor": self.actor.model_dump(mode="json"),
-                "trigger": self.trigger,
-                "delivery": self.delivery,
-            }
-        )
+        return json.dumps(self.as_dict())
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> StartRequest:
@@ -206,7 +207,7 @@ class Intake:
                 # Inputs were validated on acceptance, so this is rare (the workflow changed
                 # meanwhile); the request's key now says why, for whoever polls its run id.
                 log.error("accepted run could not start", extra={"run_id": request.run_id, "error": str(exc)})
-                failure = {**json.loads(request.to_json()), "status": "failed_to_start", "error": str(exc)}
+                failure = {**request.as_dict(), "status": "failed_to_start", "error": str(exc)}
                 pipe.set(request_key, json.dumps(failure), ex=REQUEST_TTL_SECONDS)
             pipe.xack(self.keys.intake, GROUP, entry_id)
             pipe.xdel(self.keys.intake, entry_id)

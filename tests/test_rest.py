@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import engine.api
 from engine.api import Engine
 from engine.model import Actor, ActorKind
-from tests.web_helpers import TOKENS, bearer, problem
+from tests.web_helpers import TOKENS, bearer, problem, standard_headers
 from webhooks.openapi import build_openapi, documented_routes
 from webhooks.settings import WebSettings
 
@@ -424,16 +426,24 @@ async def test_healthz_reports_redis(client: TestClient) -> None:
 
 
 async def test_healthz_is_503_when_redis_is_unreachable(
-    aiohttp_client: Any, settings: WebSettings, catalog: Any, namespace: str
+    aiohttp_client: Any, settings: WebSettings, web_engine: Engine, namespace: str
 ) -> None:
     dead = Engine(
-        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2), catalog, key_prefix=f"{namespace}:"
+        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)),
+        web_engine.catalog,
+        key_prefix=f"{namespace}:",
     )
     from webhooks.server import create_app
 
     client = await aiohttp_client(create_app(dead, settings))
     document = await problem(await client.get("/healthz"), 503)
     assert "Redis" in document["detail"]
+    # Every other route says so too, with a hint to retry, instead of a bare 500.
+    listing = await client.get("/v1/runs", headers=bearer("viewer"))
+    assert "Redis" in (await problem(listing, 503))["detail"] and listing.headers["Retry-After"] == "1"
+    body = b'{"service": "api"}'
+    delivery = await client.post("/webhooks/releases", data=body, headers=standard_headers(body))
+    assert "nothing was done" in (await problem(delivery, 503))["detail"]
 
 
 async def test_metrics_count_runs_by_status_and_step_durations(

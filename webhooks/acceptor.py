@@ -10,14 +10,11 @@ of what a delivery costs the web process.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import redis.asyncio as aioredis
 
 from engine.intake import ACCEPT_SCRIPT, Accepted, StartRequest, accept_arguments, read_answers
 from engine.store import Keys
-
-log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
 

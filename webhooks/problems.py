@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.errors import (
     AlreadyDecided,
@@ -30,6 +32,7 @@ from engine.errors import (
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_SECONDS = 1
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -118,6 +121,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             if name in exc.headers:
                 mapped.headers[name] = exc.headers[name]
         return mapped.response()
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        # Nothing was accepted or changed: the client should retry (webhook senders do on 5xx).
+        log.warning("redis unreachable", extra={"path": request.path, "error": str(exc)})
+        unavailable = Problem(503, "The store (Redis) is unreachable; nothing was done. Try again shortly.")
+        unavailable.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return unavailable.response()
     except Exception:
         log.exception("unhandled error", extra={"path": request.path, "method": request.method})
         return Problem(500, "Something went wrong on our side; it has been logged.").response()
