@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -64,15 +65,49 @@ def redis_conn() -> Iterator[redis.Redis]:
     connection.close()
 
 
+_namespaces: list[str] = []  # every namespace of this session, for the final sweep
+
+
+def forget(connection: redis.Redis, names: list[str]) -> None:
+    """Remove the keys of these namespaces, and the RQ jobs of their runs (named by run, not namespace)."""
+    runs: set[str] = set()
+    for name in names:
+        ids: Any = connection.zrange(f"{name}:runs", 0, -1)
+        runs.update(run_id.decode() for run_id in ids)
+    for name in names:
+        for pattern in (f"{name}:*", f"rq:*{name}*"):
+            for key in connection.scan_iter(pattern, count=1000):
+                connection.delete(key)
+    # RQ's global sets of queues and workers name them; keep them from growing run after run.
+    for registry in ("rq:queues", "rq:workers"):
+        members: Any = connection.smembers(registry)
+        gone = [m for m in members if any(name in m.decode() for name in names)]
+        if gone:
+            connection.srem(registry, *gone)
+    if runs:
+        for key in connection.scan_iter("rq:*sb-*", count=1000):  # jobs and their results
+            _, _, job_id = key.decode().rpartition(":sb-")
+            if job_id[:16] in runs:
+                connection.delete(key)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_namespaces() -> Iterator[None]:
+    """After the session, sweep every namespace again: a web app torn down after its test's
+    namespace fixture may still have flushed a counter into it."""
+    yield
+    connection = redis.Redis.from_url(REDIS_URL)
+    forget(connection, _namespaces)
+    connection.close()
+
+
 @pytest.fixture
 def namespace(redis_conn: redis.Redis) -> Iterator[str]:
     """A key prefix (and queue name) of this test's own; its keys are removed afterwards."""
     name = f"sbtest-{uuid.uuid4().hex[:10]}"
+    _namespaces.append(name)
     yield name
-    for key in redis_conn.scan_iter(f"{name}:*", count=1000):
-        redis_conn.delete(key)
-    for key in redis_conn.scan_iter(f"rq:*{name}*", count=1000):
-        redis_conn.delete(key)
+    forget(redis_conn, [name])
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from engine.model import (
     StepStatus,
 )
 from engine.store import event_from_entry, task_member
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, forget
 from tests.engine_helpers import ALICE, BOB, Clock, approval, engine_for
 
 WORKFLOW = {
@@ -175,8 +175,5 @@ def test_random_command_sequences_keep_runs_valid(sequence: list[tuple[Any, ...]
                 assert len(engine.events(run.run_id)) > events_before, "a change without an event"
             check_invariants(engine, after)
     finally:
-        for key in connection.scan_iter(f"{namespace}:*"):
-            connection.delete(key)
-        for key in connection.scan_iter(f"rq:*{namespace}*"):
-            connection.delete(key)
+        forget(connection, [namespace])
         connection.close()

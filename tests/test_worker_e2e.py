@@ -235,12 +235,8 @@ class Harness:
     def event_types(self, run_id: str) -> list[str]:
         return [e.type for e in self.engine.events(run_id)]
 
-    def forget_jobs(self) -> None:
-        """RQ job keys are named by job id, not by namespace: remove this test's ones."""
-        runs = list(self.engine.store.scan_index(self.engine.keys.runs))
-        for key in self.redis.scan_iter("rq:*sb-*", count=1000):
-            if any(run_id in key.decode() for run_id in runs):
-                self.redis.delete(key)
+    def forget_workers(self) -> None:
+        """RQ's set of workers is global; the namespace fixture removes this test's jobs."""
         if self.workers:
             self.redis.srem("rq:workers", *self.workers)
 
@@ -250,7 +246,7 @@ def harness(tmp_path: Path, namespace: str, redis_conn: redis.Redis) -> Iterator
     h = Harness(tmp_path, namespace, redis_conn)
     yield h
     h.stop_workers()
-    h.forget_jobs()
+    h.forget_workers()
 
 
 class Endpoint(BaseHTTPRequestHandler):
