@@ -138,6 +138,16 @@ WORKFLOWS = [
         ],
     ),
     workflow(
+        "horse-killed",
+        [
+            action(
+                "oom",
+                "crashing:killed_on_first_attempt",
+                retry={"max_attempts": 2, "backoff": 0.1, "idempotent": True},
+            )
+        ],
+    ),
+    workflow(
         "lost-once",
         [
             action("slow", SLOW, args={"path": "{{ inputs.marker }}", "seconds": 30}),
@@ -516,6 +526,30 @@ def test_killed_worker_idempotent_step_is_retried_elsewhere(harness: Harness) ->
     assert victim in lost[0].data["error"]["message"]
     # Only the retry wrote its line: the dead worker's work horse ended with it.
     assert marker_lines(marker) == ["2"]
+
+
+CRASHING_ACTION = """
+import os, signal
+
+def killed_on_first_attempt(context=None, **args):
+    if context["attempt"] == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does to a work horse
+    return {"attempt": context["attempt"]}
+"""
+
+
+def test_a_work_horse_killed_mid_step_is_reported_by_its_worker_at_once(harness: Harness) -> None:
+    # The worker survives and sees its horse die: it reports the step lost itself. The
+    # reaper is made too slow to be the one that notices.
+    (harness.tmp / "crashing.py").write_text(CRASHING_ACTION)
+    harness.env["SWITCHBOARD_REAPER_INTERVAL"] = "600"
+    harness.start_worker()
+    run = harness.start("horse-killed")
+    run = harness.wait_until_finished(run.run_id, timeout=15)
+    assert run.status is RunStatus.COMPLETED, run.failure
+    assert run.steps["oom"].attempt == 2 and run.steps["oom"].result == {"attempt": 2}
+    lost = [e for e in harness.engine.events(run.run_id) if e.type == "step_retry_scheduled"]
+    assert [e.data["error"]["code"] for e in lost] == ["WORKER_LOST"]
 
 
 def test_killed_worker_fails_a_step_that_is_not_idempotent(harness: Harness) -> None:
