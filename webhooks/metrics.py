@@ -5,6 +5,8 @@ What each metric means:
 - ``switchboard_runs{status}``: runs now in each status, from the status indexes
   (a ZCARD each, never a scan of runs). Shared by every process.
 - ``switchboard_tasks_pending``: human tasks waiting for a decision (index size).
+- ``switchboard_intake_waiting``: runs accepted from webhooks and not started yet (the
+  intake stream's length); growing means no worker is starting them.
 - ``switchboard_webhook_deliveries_total{source,outcome}``: webhook deliveries by what
   became of them, counted in a Redis hash, so it is the total over every web process
   and survives restarts. Unknown sources are counted under ``source="_unknown"``.
@@ -147,8 +149,9 @@ async def exposition(
     for status in statuses:
         pipe.zcard(keys.by_status(status))
     pipe.zcard(keys.pending_tasks)
+    pipe.xlen(keys.intake)
     pipe.hgetall(deliveries_key(keys))
-    *counts, pending, delivered = await pipe.execute()
+    *counts, pending, intake, delivered = await pipe.execute()
     lines = [
         "# HELP switchboard_runs Runs now in each status (from the status indexes).",
         "# TYPE switchboard_runs gauge",
@@ -156,6 +159,9 @@ async def exposition(
         "# HELP switchboard_tasks_pending Human tasks waiting for a decision.",
         "# TYPE switchboard_tasks_pending gauge",
         f"switchboard_tasks_pending {pending}",
+        "# HELP switchboard_intake_waiting Runs accepted from webhooks and not started yet.",
+        "# TYPE switchboard_intake_waiting gauge",
+        f"switchboard_intake_waiting {intake}",
         "# HELP switchboard_webhook_deliveries_total Webhook deliveries by source and outcome.",
         "# TYPE switchboard_webhook_deliveries_total counter",
     ]
