@@ -13,6 +13,7 @@ timers, the reaper and the starts going.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from resource import struct_rusage
@@ -50,7 +51,7 @@ def run_worker(
     def horse_killed(job: Job, retpid: int, ret_val: int, rusage: struct_rusage) -> None:
         report_killed_horse(engine, job, worker.name)
 
-    worker = Worker(
+    worker = SwitchboardWorker(
         [engine.queue],
         connection=engine.redis,
         name=name,
@@ -68,6 +69,22 @@ def run_worker(
     finally:
         for helper in helpers:
             helper.stop()
+
+
+class SwitchboardWorker(Worker):
+    """RQ's forking worker, with a guard on killing the work horse.
+
+    RQ clears ``horse_pid`` to 0 when a horse ends, a moment before it forgets the job.
+    A stop command for that job arriving in between (an immediate stop racing the step's
+    end) would have RQ kill ``os.getpgid(0)``: this worker's own process group, and with
+    it everything started in that group (``switchboard up``, the test runner).
+    """
+
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        if self.horse_pid <= 0:
+            log.info("no work horse to kill", extra={"worker": self.name})
+            return
+        super().kill_horse(sig)
 
 
 def report_killed_horse(engine: Engine, job: Job, worker_name: str) -> None:
