@@ -190,25 +190,45 @@ class Intake:
         return len(entries)
 
     def _start(self, entry_id: Any, fields: dict[Any, Any]) -> None:
-        request = StartRequest.from_json(fields.get(b"start") or fields["start"])
-        request_key = self.keys.intake_request(request.run_id)
+        try:
+            request = StartRequest.from_json(fields.get(b"start") or fields["start"])
+        except (KeyError, ValueError, TypeError):
+            log.exception("intake entry not understood, dropped", extra={"entry": str(entry_id)})
+            self._forget(entry_id)
+            return
+        error: str | None = None
+        try:
+            self.engine.start(
+                request.workflow_id,
+                request.inputs,
+                request.actor,
+                request.trigger,
+                request.idempotency_key,
+                run_id=request.run_id,
+            )
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # left pending: started once Redis answers again
+        except SwitchboardError as exc:
+            # Inputs were validated on acceptance, so this is rare (the workflow changed
+            # meanwhile); the request's key now says why, for whoever polls its run id.
+            log.error("accepted run could not start", extra={"run_id": request.run_id, "error": str(exc)})
+            error = str(exc)
+        except Exception:
+            # A bug must not hold up the intake: this request fails, the others go on.
+            log.exception("accepted run could not start", extra={"run_id": request.run_id})
+            error = "Switchboard failed to start this run; the error is in its logs."
+        self._forget(entry_id, request, error)
+
+    def _forget(self, entry_id: Any, request: StartRequest | None = None, error: str | None = None) -> None:
+        """Take an entry off the intake; a request that failed keeps saying why under its run id."""
         with self.redis.pipeline(transaction=True) as pipe:
-            try:
-                self.engine.start(
-                    request.workflow_id,
-                    request.inputs,
-                    request.actor,
-                    request.trigger,
-                    request.idempotency_key,
-                    run_id=request.run_id,
-                )
-                pipe.delete(request_key)
-            except SwitchboardError as exc:
-                # Inputs were validated on acceptance, so this is rare (the workflow changed
-                # meanwhile); the request's key now says why, for whoever polls its run id.
-                log.error("accepted run could not start", extra={"run_id": request.run_id, "error": str(exc)})
-                failure = {**request.as_dict(), "status": "failed_to_start", "error": str(exc)}
-                pipe.set(request_key, json.dumps(failure), ex=REQUEST_TTL_SECONDS)
+            if request is not None:
+                key = self.keys.intake_request(request.run_id)
+                if error is None:
+                    pipe.delete(key)
+                else:
+                    failure = {**request.as_dict(), "status": "failed_to_start", "error": error}
+                    pipe.set(key, json.dumps(failure), ex=REQUEST_TTL_SECONDS)
             pipe.xack(self.keys.intake, GROUP, entry_id)
             pipe.xdel(self.keys.intake, entry_id)
             pipe.execute()

@@ -128,3 +128,27 @@ async def test_with_workers_expected_the_web_process_starts_only_what_waited_too
         await asyncio.sleep(0.02)
     else:
         pytest.fail("the started request stayed in the intake")
+
+
+def test_a_request_that_breaks_the_starter_fails_alone_and_the_others_start(
+    web_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    intake = Intake(web_engine)
+    intake.ensure_group()
+    doomed, fine = (StartRequest("release", {"service": s}, HOOK) for s in ("doomed", "fine"))
+    intake.accept([doomed])
+    web_engine.redis.xadd(web_engine.keys.intake, {"start": "{not json"})  # unreadable: dropped
+    intake.accept([fine])
+    real_start = web_engine.start
+
+    def start(workflow_id: str, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if inputs.get("service") == "doomed":
+            raise RuntimeError("a bug")
+        return real_start(workflow_id, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(web_engine, "start", start)
+    assert intake.start_next("starter", block_ms=0) == 3
+    assert [r.run_id for r in web_engine.list_runs().runs] == [fine.run_id]
+    failed = intake.request(doomed.run_id)
+    assert failed is not None and failed["status"] == "failed_to_start" and "logs" in failed["error"]
+    assert web_engine.redis.xlen(web_engine.keys.intake) == 0 and intake.waiting_for() == 0
