@@ -22,6 +22,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import redis
@@ -92,7 +93,9 @@ class StartRequest:
             "delivery": self.delivery,
         }
 
-    def to_json(self) -> str:
+    @cached_property
+    def json(self) -> str:
+        """The request as the intake stores it (computed once: batches are sized by it)."""
         return json.dumps(self.as_dict())
 
     @classmethod
@@ -123,7 +126,7 @@ def accept_arguments(keys: Keys, requests: Sequence[StartRequest]) -> tuple[list
             keys.intake_delivery(request.delivery) if request.delivery else "",
             keys.intake_request(request.run_id),
         ]
-        args += [request.run_id, request.to_json()]
+        args += [request.run_id, request.json]
     return script_keys, args
 
 

@@ -100,7 +100,7 @@ def test_starting_a_request_twice_makes_one_run(web_engine: Engine) -> None:
     intake.accept([request])
     # As if a starter started it, then died before acknowledging, and another one started it again.
     intake.ensure_group()
-    web_engine.redis.xadd(web_engine.keys.intake, {"start": request.to_json()})
+    web_engine.redis.xadd(web_engine.keys.intake, {"start": request.json})
     assert intake.start_next("one", block_ms=0) == 2
     assert [r.run_id for r in web_engine.list_runs().runs] == [request.run_id]
 
@@ -152,3 +152,20 @@ def test_a_request_that_breaks_the_starter_fails_alone_and_the_others_start(
     failed = intake.request(doomed.run_id)
     assert failed is not None and failed["status"] == "failed_to_start" and "logs" in failed["error"]
     assert web_engine.redis.xlen(web_engine.keys.intake) == 0 and intake.waiting_for() == 0
+
+
+async def test_large_requests_are_accepted_in_calls_of_bounded_size(client: TestClient) -> None:
+    acceptor = client.app[CONTEXT].acceptor
+    sent: list[int] = []
+    script = acceptor._script
+
+    async def counting(keys: list[str], args: list[Any]) -> Any:
+        sent.append(sum(len(str(a)) for a in args))
+        return await script(keys=keys, args=args)
+
+    acceptor._script = counting
+    big = "x" * 400_000  # three of these would make a call larger than 1 MiB
+    requests = [StartRequest("release", {"service": f"{i}{big}"}, HOOK) for i in range(8)]
+    accepted = await asyncio.gather(*(acceptor.accept(r) for r in requests))
+    assert [a.run_id for a in accepted] == [r.run_id for r in requests]
+    assert len(sent) >= 4 and all(size < 1_000_000 for size in sent)

@@ -17,13 +17,16 @@ from engine.intake import ACCEPT_SCRIPT, Accepted, StartRequest, accept_argument
 from engine.store import Keys
 
 MAX_BATCH = 256
+MAX_BATCH_BYTES = 1024 * 1024  # one Lua call blocks Redis while it runs: keep each one small
+
+Waiting = tuple[StartRequest, asyncio.Future[Accepted]]  # a request and its handler's answer
 
 
 class Acceptor:
     def __init__(self, aredis: aioredis.Redis, keys: Keys) -> None:
         self.keys = keys
         self._script = aredis.register_script(ACCEPT_SCRIPT)
-        self._waiting: list[tuple[StartRequest, asyncio.Future[Accepted]]] = []
+        self._waiting: list[Waiting] = []
         self._sender: asyncio.Task[None] | None = None
 
     async def accept(self, request: StartRequest) -> Accepted:
@@ -35,10 +38,10 @@ class Acceptor:
         return await answer
 
     async def _send_all(self) -> None:
-        batch: list[tuple[StartRequest, asyncio.Future[Accepted]]] = []
+        batch: list[Waiting] = []
         try:
             while self._waiting:
-                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                batch, self._waiting = _next_batch(self._waiting)
                 requests = [request for request, _ in batch]
                 try:
                     script_keys, args = accept_arguments(self.keys, requests)
@@ -55,3 +58,18 @@ class Acceptor:
             self._sender = None
             for _, answer in batch + self._waiting:  # only when cancelled (shutting down)
                 answer.cancel()
+
+
+def _next_batch(
+    waiting: list[tuple[StartRequest, asyncio.Future[Accepted]]],
+) -> tuple[
+    list[tuple[StartRequest, asyncio.Future[Accepted]]], list[tuple[StartRequest, asyncio.Future[Accepted]]]
+]:
+    """The first requests up to MAX_BATCH of them and MAX_BATCH_BYTES of JSON (always one), and the rest."""
+    size, count = 0, 0
+    for request, _ in waiting[:MAX_BATCH]:
+        size += len(request.json)
+        if count and size > MAX_BATCH_BYTES:
+            break
+        count += 1
+    return waiting[:count], waiting[count:]
