@@ -114,6 +114,12 @@ def origin_metadata(run_id: str, task_id: str, channel: str | None) -> str:
     return truncate(json.dumps({"run": run_id, "task": task_id, "channel": channel}), PRIVATE_METADATA)
 
 
+def origin_of(view: Block) -> dict[str, Any]:
+    """The run, task and channel a submitted modal was opened for (see :func:`origin_metadata`)."""
+    origin: dict[str, Any] = json.loads(view.get("private_metadata") or "{}")
+    return origin
+
+
 def reject_modal(run: Run, task: Task, metadata: str) -> Block:
     return {
         "type": "modal",

@@ -53,7 +53,7 @@ def register(app: AsyncApp, bot: Bot) -> None:
     async def edited(ack: AsyncAck, body: Body, view: Body) -> None:
         # Read the edits before acking, so a value of the wrong type is shown on its input
         # in the modal (response_action "errors") instead of changing the field's type.
-        origin = json.loads(view.get("private_metadata") or "{}")
+        origin = cards.origin_of(view)
         try:
             run = await bot.call(engine.get_run, origin["run"])
             task = run.steps[origin["task"]].task
@@ -107,7 +107,7 @@ async def approve_task(bot: Bot, body: Body) -> None:
 
 
 async def reject_task(bot: Bot, body: Body, view: Body) -> None:
-    origin = json.loads(view.get("private_metadata") or "{}")
+    origin = cards.origin_of(view)
     reason = _input(view, ids.REASON_BLOCK, ids.REASON_INPUT) or None
     actor = slack_actor(body.get("user"))
 

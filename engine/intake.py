@@ -31,7 +31,7 @@ from redis.exceptions import ResponseError
 from engine.api import Engine, new_run_id
 from engine.errors import SwitchboardError
 from engine.model import Actor
-from engine.store import Keys
+from engine.store import Keys, text
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def read_answers(requests: Sequence[StartRequest], answers: Sequence[Any]) -> li
     accepted = []
     for request, earlier in zip(requests, answers, strict=True):
         if earlier:
-            accepted.append(Accepted(earlier.decode() if isinstance(earlier, bytes) else str(earlier), True))
+            accepted.append(Accepted(text(earlier), True))
         else:
             accepted.append(Accepted(request.run_id, False))
     return accepted
@@ -247,14 +247,14 @@ class Intake:
             groups: Any = self.redis.xinfo_groups(stream)
         except ResponseError:
             return 0.0  # no stream: nothing was ever accepted
-        group = next((g for g in groups if _text(g["name"]) == GROUP), None)
-        last_handed_out = _text(group["last-delivered-id"]) if group else "0-0"
+        group = next((g for g in groups if text(g["name"]) == GROUP), None)
+        last_handed_out = text(group["last-delivered-id"]) if group else "0-0"
         seconds, micros = self.redis.time()
         now_ms = seconds * 1000 + micros // 1000
         waited_ms = 0
         first: Any = self.redis.xrange(stream, min=f"({last_handed_out}", count=1)
         if first:
-            waited_ms = now_ms - int(_text(first[0][0]).split("-")[0])
+            waited_ms = now_ms - int(text(first[0][0]).split("-")[0])
         if group:
             stalled: Any = self.redis.xpending_range(
                 stream, GROUP, min="-", max="+", count=1, idle=self.claim_idle_ms
@@ -262,10 +262,6 @@ class Intake:
             if stalled:
                 waited_ms = max(waited_ms, int(stalled[0]["time_since_delivered"]))
         return max(waited_ms, 0) / 1000
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Starter(threading.Thread):

@@ -162,7 +162,7 @@ class RunStore:
 
     def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
         found = self.redis.zrangebylex(self.keys.run_ids, f"[{prefix}", f"[{prefix}\xff", start=0, num=limit)
-        return [_text(r) for r in found]
+        return [text(r) for r in found]
 
     def events(self, run_id: str, after: str | None, limit: int) -> list[Event]:
         start = f"({after}" if after else "-"
@@ -206,7 +206,7 @@ class RunStore:
                         existing = pipe.get(key)
                         if existing:
                             pipe.reset()
-                            earlier = self.load(_text(existing))
+                            earlier = self.load(text(existing))
                             if earlier is not None:
                                 return earlier, False
                     pipe.multi()
@@ -321,29 +321,30 @@ class RunStore:
     def claim_due_timers(self, now: datetime, limit: int = 100) -> list[str]:
         lease = ts(now) + TIMER_LEASE_SECONDS
         claimed = self._claim_timers(keys=[self.keys.timers], args=[ts(now), lease, limit])
-        return [_text(m) for m in claimed]
+        return [text(m) for m in claimed]
 
     def drop_timer(self, member: str) -> None:
         self.redis.zrem(self.keys.timers, member)
 
     def waiting_steps(self, wait_key: str) -> list[tuple[str, str]]:
         members = self.redis.smembers(self.keys.waits(wait_key))
-        pairs = [_text(m).split(":", 1) for m in members]
+        pairs = [text(m).split(":", 1) for m in members]
         return [(run_id, step_id) for run_id, step_id in pairs]
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A Redis reply as text (clients may be set to return bytes or str)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def texts(values: Any) -> list[str]:
     """Decode a list of Redis replies (redis-py returns bytes without decode_responses)."""
-    return [_text(v) for v in values or ()]
+    return [text(v) for v in values or ()]
 
 
 def event_from_entry(entry_id: Any, fields: Any) -> Event:
     """Decode an entry of a run's stream or of the global feed."""
     body = fields.get(b"event") or fields.get("event")
     event = Event.model_validate_json(body)
-    event.id = _text(entry_id)
+    event.id = text(entry_id)
     return event

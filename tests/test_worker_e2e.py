@@ -245,18 +245,12 @@ class Harness:
     def event_types(self, run_id: str) -> list[str]:
         return [e.type for e in self.engine.events(run_id)]
 
-    def forget_workers(self) -> None:
-        """RQ's set of workers is global; the namespace fixture removes this test's jobs."""
-        if self.workers:
-            self.redis.srem("rq:workers", *self.workers)
-
 
 @pytest.fixture
 def harness(tmp_path: Path, namespace: str, redis_conn: redis.Redis) -> Iterator[Harness]:
     h = Harness(tmp_path, namespace, redis_conn)
     yield h
-    h.stop_workers()
-    h.forget_workers()
+    h.stop_workers()  # the namespace fixture then removes their jobs and RQ registrations
 
 
 class Endpoint(BaseHTTPRequestHandler):
