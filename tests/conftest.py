@@ -16,7 +16,7 @@ from engine.api import Engine
 from engine.catalog import Catalog, load_folder
 
 # Fixtures of the Slack and web tests, registered before any test module imports them.
-pytest_plugins = ("tests.fake_slack", "tests.web_fixtures")
+pytest_plugins = ("tests.fake_slack", "tests.web_fixtures", "tests.redis_servers")
 
 # Property tests judge behaviour, not speed: on a busy CI machine, hypothesis's timing
 # checks (a slow first draw, a slow example) would fail tests that found nothing wrong.
