@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from engine.errors import AlreadyDecided, CommandRefused, NotAllowed, NotFound
+from engine.errors import AlreadyDecided, CommandRefused, InvalidInput, NotAllowed, NotFound
 from engine.model import (
     TERMINAL_RUN_STATUSES,
     Actor,
@@ -199,9 +199,7 @@ def job_id_for(run_id: str, step: StepState) -> str:
 
 def allowed(actor: Actor, refs: list[str]) -> bool:
     """Whether ``actor`` matches a role list (``slack:U123``, ``api:*``, ``*``); empty: anyone."""
-    if not refs or actor.kind is ActorKind.SYSTEM:
-        return True
-    return any(ref in ("*", actor.ref, f"{actor.kind.value}:*") for ref in refs)
+    return not refs or actor.kind is ActorKind.SYSTEM or actor.matches(refs)
 
 
 def new_run(
@@ -240,7 +238,36 @@ def new_run(
 
 def apply(workflow: Workflow, run: Run, command: Command, now: datetime) -> Outcome:
     """Apply ``command``; raises :class:`CommandRefused` (or a subclass) when it does not fit."""
-    return _Transition(workflow, run, now).handle(command)
+    outcome = _Transition(workflow, run, now).handle(command)
+    if run.status.terminal:
+        keep_finished(run, outcome)
+    return outcome
+
+
+# What a finished run still records: a worker's report that came too late, for the audit trail.
+AUDIT_ONLY_EVENTS = frozenset({"step_result_ignored"})
+_STATE_EXCLUDE = {"updated_at", "version"}
+
+
+def keep_finished(before: Run, outcome: Outcome) -> None:
+    """Refuse what a finished run cannot take: it stays finished, with the same outcome, for good.
+
+    A finished run is read and replayed (a replay is a new run); every command on it is
+    refused with a sentence. The one exception changes nothing: a worker's late report is
+    recorded as ``step_result_ignored``. The transitions never revive a finished run; this
+    check holds them to it, whatever a future command or an inconsistent document does.
+    """
+    audit_only = (
+        outcome.changed
+        and all(event.type in AUDIT_ONLY_EVENTS for event in outcome.events)
+        and not (outcome.enqueue or outcome.timers or outcome.waits_added or outcome.kill_jobs)
+        and outcome.run.model_dump(exclude=_STATE_EXCLUDE) == before.model_dump(exclude=_STATE_EXCLUDE)
+    )
+    if not audit_only:
+        raise CommandRefused(
+            f"Run {before.short_id} is {before.status.value}: a finished run keeps its outcome"
+            f" and takes no more commands. You can {RUN_ACTIONS[before.status]}."
+        )
 
 
 class _Transition:
@@ -411,19 +438,30 @@ class _Transition:
                 f"{cmd.actor.display} may not decide task {cmd.task_id!r};"
                 f" its approvers are {', '.join(task.approvers)}."
             )
-        if cmd.actor.ref == self.run.started_by.ref and not self.workflow.settings.allow_self_approval:
+        if cmd.actor.same_as(self.run.started_by) and not self.workflow.settings.allow_self_approval:
             raise NotAllowed(
                 f"{cmd.actor.display} started run {self.run.short_id} and so may not decide its"
                 " tasks; someone else must."
             )
-        if task.editable:
-            not_editable = sorted(set(cmd.result) - set(task.editable))
-            if not_editable:
-                raise CommandRefused(
-                    f"Task {cmd.task_id!r} does not let you edit {not_editable};"
-                    f" editable fields: {', '.join(task.editable)}."
-                )
+        self._check_edits(task, cmd.result)
         self._decide(st, task, cmd.actor, cmd.approved, cmd.result, cmd.comment)
+
+    def _check_edits(self, task: Task, edits: dict[str, Any]) -> None:
+        """Only a task's ``editable`` fields may be edited, for approval and edit tasks alike.
+
+        The edits are merged into the step's result, which downstream steps read: any
+        other key would let whoever decides overwrite what the workflow computed.
+        """
+        refused = sorted(set(edits) - set(task.editable))
+        if not refused:
+            return
+        editable = ", ".join(task.editable)
+        can = f"its editable fields are {editable}" if editable else "it has no editable fields"
+        raise InvalidInput(
+            f"Task {task.task_id!r} of run {self.run.short_id} does not let you edit"
+            f" {', '.join(refused)}: {can}.",
+            {f"result.{name}": f"not an editable field of task {task.task_id!r}" for name in refused},
+        )
 
     def _decide(
         self,

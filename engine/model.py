@@ -90,6 +90,21 @@ class ActorKind(StrEnum):
     SYSTEM = "system"
 
 
+def identity(ref: str) -> str:
+    """The canonical form of an identity ref (``kind:id``), the one form identities are compared in.
+
+    Every medium names people case-insensitively: Slack user ids are upper-case
+    (``U123``), API token names and CLI user names are typed by hand (``--as Alice``).
+    So ``slack:u123`` in a workflow's approvers is ``slack:U123``, and ``cli:Alice``
+    who started a run is ``cli:alice`` who may not approve it. ``*`` and ``kind:*``
+    keep their meaning.
+    """
+    kind, sep, ident = ref.strip().partition(":")
+    if not sep:
+        return kind.casefold()
+    return f"{kind.strip().casefold()}:{ident.strip().casefold()}"
+
+
 class Actor(BaseModel):
     """Who asked for a change: recorded on every event, checked against workflow roles."""
 
@@ -100,6 +115,19 @@ class Actor(BaseModel):
     @property
     def ref(self) -> str:
         return f"{self.kind.value}:{self.id}"
+
+    @property
+    def identity(self) -> str:
+        """The ref in canonical form (see :func:`identity`): what rules compare, never what is shown."""
+        return identity(self.ref)
+
+    def same_as(self, other: Actor) -> bool:
+        return self.identity == other.identity
+
+    def matches(self, refs: list[str]) -> bool:
+        """Whether a role list (``slack:U123``, ``api:*``, ``*``) names this actor."""
+        names = {identity(ref) for ref in refs}
+        return bool(names & {"*", self.identity, f"{self.kind.value}:*"})
 
     @property
     def display(self) -> str:

@@ -27,6 +27,7 @@ from engine.catalog import load_folder
 from engine.errors import InvalidInput, SwitchboardError
 from engine.model import FAILURE_MEANINGS, Actor, ActorKind, Run, RunStatus
 from engine.settings import Settings, get_settings
+from engine.workflow import InputError
 from switchboard import logs
 
 log = logging.getLogger("switchboard")
@@ -318,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_workflows_list(args, engine)
         return ENGINE_COMMANDS[args.command](args, engine)
     except SwitchboardError as error:
-        if isinstance(error, InvalidInput) and error.problems:
+        if isinstance(error, InvalidInput) and isinstance(error.__cause__, InputError):
+            # A run's inputs: one line per field. Other refusals are one sentence naming what.
             print("switchboard: invalid inputs:", file=sys.stderr)
             for field, problem in error.problems.items():
                 print(f"  {field}: {problem}", file=sys.stderr)

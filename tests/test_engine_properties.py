@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine import core
 from engine.api import Engine
-from engine.errors import SwitchboardError
+from engine.errors import CommandRefused, SwitchboardError
 from engine.model import (
     ACTIVE_RUN_STATUSES,
     FailureCode,
@@ -20,6 +22,7 @@ from engine.model import (
     StepStatus,
 )
 from engine.store import event_from_entry, task_member
+from engine.workflow import Workflow
 from tests.conftest import REDIS_URL, forget
 from tests.engine_helpers import ALICE, BOB, Clock, approval, engine_for
 
@@ -56,6 +59,7 @@ commands = st.one_of(
     st.tuples(st.sampled_from(["pause", "resume", "stop", "drain"])),
     st.tuples(st.just("decide"), st.booleans()),
     st.tuples(st.just("tick"), st.integers(min_value=1, max_value=40)),
+    st.tuples(st.just("replay")),
 )
 
 # The last event about a step (or the run) must agree with its status.
@@ -103,6 +107,8 @@ def perform(engine: Engine, clock: Clock, run_id: str, command: tuple[Any, ...])
     elif name == "tick":
         clock.advance(command[1])
         engine.fire_due_timers()
+    elif name == "replay":
+        engine.replay(run_id, BOB)  # refused unless finished; a new run, the original unchanged
 
 
 def check_invariants(engine: Engine, run: Run) -> None:
@@ -145,9 +151,9 @@ def check_invariants(engine: Engine, run: Run) -> None:
     open_tasks = {s.step_id for s in run.open_tasks()}
     indexed = engine.redis.zscore(keys.pending_tasks, task_member(run.run_id, "gate")) is not None
     assert indexed == ("gate" in open_tasks)
-    # The global feed has exactly the run's events, in the same order.
+    # The global feed has exactly the run's events, in the same order (replays add their own).
     entries: Any = engine.redis.xrange(keys.events)
-    feed = [event_from_entry(i, f) for i, f in entries]
+    feed = [e for e in (event_from_entry(i, f) for i, f in entries) if e.run_id == run.run_id]
     assert [(e.type, e.step_id, e.data) for e in feed] == [(e.type, e.step_id, e.data) for e in events]
 
 
@@ -161,6 +167,7 @@ def test_random_command_sequences_keep_runs_valid(sequence: list[tuple[Any, ...]
     try:
         run = engine.start("prop", {}, ALICE)
         check_invariants(engine, run)
+        ending: tuple[Any, ...] | None = None  # the run's outcome, once it has finished
         for command in sequence:
             before = engine.get_run(run.run_id)
             events_before = len(engine.events(run.run_id))
@@ -174,6 +181,43 @@ def test_random_command_sequences_keep_runs_valid(sequence: list[tuple[Any, ...]
             if after.version != before.version:
                 assert len(engine.events(run.run_id)) > events_before, "a change without an event"
             check_invariants(engine, after)
+            # Once finished, a run stays finished with the same outcome, whatever comes next.
+            if ending is not None:
+                assert outcome_of(after) == ending, f"{command} changed a finished run"
+            elif after.status.terminal:
+                ending = outcome_of(after)
     finally:
         forget(connection, [namespace])
         connection.close()
+
+
+def outcome_of(run: Run) -> tuple[Any, ...]:
+    steps = {sid: (st.status, st.result, st.error) for sid, st in run.steps.items()}
+    return run.status, run.failure, run.finished_at, steps
+
+
+def test_a_finished_run_refuses_what_would_change_its_outcome() -> None:
+    """The engine's guard, on a run document that says completed with a step still running
+    (as a bug or a hand-edited document could leave it): the late failure report would
+    have turned it into a failed run."""
+    clock = Clock()
+    workflow = Workflow.model_validate(WORKFLOW)
+    run = core.new_run(workflow, "f" * 16, {}, ALICE, clock.now).run
+    run.status, run.finished_at = RunStatus.COMPLETED, clock.now
+    run.steps["a"].status, run.steps["a"].attempt = StepStatus.RUNNING, 1
+    error = StepError(code=FailureCode.STEP_FAILED, message="late")
+    for command in (
+        core.StepFinished("a", 1, error=error),
+        core.StepLost("a", 1, "w1"),
+        core.TimerFired("run_timeout", "", 0),
+        core.Admit(BOB),
+    ):
+        with pytest.raises(CommandRefused, match=r"a finished run keeps its outcome.*You can replay it"):
+            core.apply(workflow, run, command, clock.advance(1))
+    with pytest.raises(CommandRefused, match="it is completed"):
+        core.apply(workflow, run, core.Resume(BOB), clock.now)
+    # A late report of a step that did finish is still recorded, and changes nothing else.
+    run.steps["a"].status = StepStatus.SUCCEEDED
+    late = core.apply(workflow, run, core.StepFinished("a", 1, error=error), clock.now)
+    assert [e.type for e in late.events] == ["step_result_ignored"]
+    assert late.run.status is RunStatus.COMPLETED and late.run.steps["a"].status is StepStatus.SUCCEEDED

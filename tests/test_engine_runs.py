@@ -135,8 +135,9 @@ def test_task_rules_are_enforced_by_the_engine(redis_conn: redis.Redis, namespac
         engine.complete_task(run.run_id, "approve", ALICE, True)
     with pytest.raises(NotAllowed, match="started run"):
         engine.complete_task(run.run_id, "approve", CAROL, True)  # api:* matches, but it is the starter
-    with pytest.raises(CommandRefused, match="does not let you edit"):
-        engine.complete_task(run.run_id, "approve", BOB, True, {"service": "db"})
+    with pytest.raises(InvalidInput, match="does not let you edit service: its editable fields are note") as edit:
+        engine.complete_task(run.run_id, "approve", BOB, True, {"service": "db", "note": "ok"})
+    assert list(edit.value.problems) == ["result.service"]
     with pytest.raises(NotFound, match="no task 'nope'"):
         engine.complete_task(run.run_id, "nope", BOB, True)
     engine.complete_task(run.run_id, "approve", BOB, True)
