@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from edge.inbound import Malformed, parse_json, read_body
 from engine.intake import StartRequest
 from engine.model import Actor, ActorKind
 from engine.templating import RenderError, render, truthy
@@ -24,7 +25,7 @@ from engine.workflow import InputError, validate_inputs
 from webhooks.context import WebContext, context_of
 from webhooks.metrics import UNKNOWN_SOURCE
 from webhooks.problems import Problem, invalid_fields
-from webhooks.routing import endpoint, parse_json
+from webhooks.routing import endpoint
 from webhooks.signatures import Scheme, SignatureError, StaleTimestamp, verify
 from webhooks.sources import Source
 
@@ -50,7 +51,7 @@ async def receive_delivery(request: web.Request) -> web.StreamResponse:
             raise Problem(404, f"No webhook source {name!r}.", "unknown-source")
         response, outcome = await _handle(ctx, source, request)
         return response
-    except Problem as problem:
+    except (Problem, Malformed) as problem:
         if outcome == "error":
             outcome = problem.slug.replace("-", "_")
         raise
@@ -59,7 +60,7 @@ async def receive_delivery(request: web.Request) -> web.StreamResponse:
 
 
 async def _handle(ctx: WebContext, source: Source, request: web.Request) -> tuple[web.Response, str]:
-    body = await read_limited(request, source.body_limit)
+    body = await read_body(request, source.body_limit)
     try:
         delivery_id = verify(
             source.spec.scheme,
@@ -149,21 +150,6 @@ async def _deliver(
     if delivery_id:
         await ctx.aredis.set(seen_key, json.dumps(body), xx=True, keepttl=True)
     return web.json_response({**body, "duplicate": False}, status=202), "delivered"
-
-
-async def read_limited(request: web.Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to be over ``limit`` bytes."""
-    too_large = Problem(413, f"The body is larger than this source accepts ({limit} bytes).", "too-large")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _filtered_out(condition: str, context: dict[str, Any]) -> str | None:

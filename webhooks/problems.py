@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from edge.inbound import Malformed
 from engine.errors import (
     AlreadyDecided,
     AmbiguousRunId,
@@ -102,10 +103,20 @@ def from_engine_error(exc: SwitchboardError) -> Problem:
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every refusal as a problem document; anything unforeseen is a 500, logged once.
+
+    A request :mod:`edge.inbound` could not read (its encoding, size, text or JSON) is
+    the client's doing: a 4xx and one warning line. Only what no input should reach (a
+    bug) gets the 500 and the traceback.
+    """
     try:
         return await handler(request)
     except Problem as problem:
         return problem.response()
+    except Malformed as exc:
+        where = {"path": request.path, "method": request.method}
+        log.warning("malformed request refused", extra={**where, "status": exc.status, "detail": exc.detail})
+        return Problem(exc.status, exc.detail, exc.slug, **exc.extra).response()
     except SwitchboardError as exc:
         return from_engine_error(exc).response()
     except web.HTTPException as exc:

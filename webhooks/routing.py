@@ -8,16 +8,17 @@ bad request gets a 400 or 422 naming the problem and never reaches the engine.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from edge import inbound
 from webhooks.auth import Role
-from webhooks.problems import Problem, from_validation_error
+from webhooks.context import context_of
+from webhooks.problems import from_validation_error
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
@@ -65,30 +66,15 @@ def endpoint_of(request: web.Request) -> Endpoint | None:
     return ENDPOINTS.get(handler)
 
 
-def parse_json(raw: bytes) -> Any:
-    """JSON from bytes, or a 400 problem saying where and what is wrong."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise Problem(
-            400,
-            f"Malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}.",
-            "malformed-json",
-            line=exc.lineno,
-            column=exc.colno,
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise Problem(
-            400, f"The body is not UTF-8 text: {exc.reason} at byte {exc.start}.", "malformed-json"
-        ) from None
-    except RecursionError:
-        raise Problem(400, "The JSON body is nested too deeply.", "malformed-json") from None
-
-
 async def read_body(request: web.Request, model: type[M]) -> M:
-    """The request body validated by ``model``; an empty body counts as ``{}``."""
-    raw = await request.read()
-    data = parse_json(raw) if raw.strip() else {}
+    """The request body validated by ``model``; an empty body counts as ``{}``.
+
+    The body is read by :mod:`edge.inbound` (Content-Encoding, size, UTF-8, JSON guards):
+    what it refuses is answered as a problem by :mod:`webhooks.problems`.
+    """
+    inbound.check_charset(request)
+    raw = await inbound.read_body(request, context_of(request).settings.body_limit)
+    data = inbound.parse_json(raw) if raw.strip() else {}
     try:
         return model.model_validate(data)
     except ValidationError as exc:

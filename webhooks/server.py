@@ -16,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
+from edge.inbound import check_headers
 from engine.api import Engine
 from engine.connection import async_client
 from engine.intake import Intake, Starter
@@ -35,6 +37,35 @@ from webhooks.stream import stream_run
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0
+_AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
+
+
+class QuietMalformedHttp(logging.Filter):
+    """aiohttp logs each request its HTTP parser refuses (answered 400) with a traceback.
+
+    That is a client's malformed message (a bad header line, a Content-Encoding that is
+    not what it says, broken chunking), not our error: one warning line says enough.
+    aiohttp also logs, as "Unhandled exception", the same payload error once more when
+    it drains the unread rest of such a body after the answer.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, BadHttpMessage | web.RequestPayloadError):
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+            record.msg, record.args = "malformed HTTP request refused: %s", (" ".join(str(error).split()),)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+QUIET_MALFORMED_HTTP = QuietMalformedHttp()
+
+
+@web.middleware
+async def header_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse headers that are not UTF-8 text before any handler hashes, signs or stores one."""
+    check_headers(request.headers)
+    return await handler(request)
 
 
 @web.middleware
@@ -88,7 +119,11 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
     if not len(tokens):
         log.warning("no API tokens configured: every /v1 request will be refused (SWITCHBOARD_API_TOKENS)")
     largest_body = max([settings.body_limit, *(s.body_limit for s in sources.values())])
-    app = web.Application(middlewares=[problem_middleware, auth_middleware], client_max_size=largest_body)
+    app = web.Application(
+        middlewares=[problem_middleware, header_middleware, auth_middleware], client_max_size=largest_body
+    )
+    if QUIET_MALFORMED_HTTP not in _AIOHTTP_SERVER_LOG.filters:
+        _AIOHTTP_SERVER_LOG.addFilter(QUIET_MALFORMED_HTTP)
     aredis = async_client(engine.redis)
     ctx = WebContext(
         engine,

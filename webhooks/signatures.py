@@ -34,14 +34,21 @@ class StaleTimestamp(SignatureError):
 
 
 def secret_key(scheme: Scheme, secret: str) -> bytes:
-    """The HMAC key a secret stands for: Standard Webhooks secrets are base64 after ``whsec_``."""
+    """The HMAC key a secret stands for: Standard Webhooks secrets are base64 after ``whsec_``.
+
+    Like the Standard Webhooks reference libraries, the base64 padding may be left off
+    (``whsec_abc`` is ``whsec_abc=``): secrets copied from a dashboard often lose it.
+    """
     if scheme is not Scheme.STANDARD:
         return secret.encode()
-    encoded = secret.removeprefix(STANDARD_SECRET_PREFIX)
+    encoded = secret.strip().removeprefix(STANDARD_SECRET_PREFIX).rstrip("=")
     try:
-        return base64.b64decode(encoded, validate=True)
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except binascii.Error as exc:
         raise ValueError("a Standard Webhooks secret is 'whsec_' followed by base64") from exc
+    if not key:
+        raise ValueError("a Standard Webhooks secret is 'whsec_' followed by base64 of at least one byte")
+    return key
 
 
 def verify(

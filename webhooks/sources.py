@@ -80,7 +80,10 @@ def load_sources(
     """The usable sources of ``path``; a missing file means no sources.
 
     A source none of whose secret variables is set is left out (and logged): it could
-    only accept unsigned deliveries, and those are never accepted.
+    only accept unsigned deliveries, and those are never accepted. A secret that is set
+    but cannot be used (a Standard Webhooks secret that is not base64) is a mistake to
+    fix, not a source to drop quietly: :class:`SourcesError` names the source and the
+    variable, and the server does not start.
     """
     if not path.exists():
         log.info("no webhook sources file", extra={"path": str(path)})
@@ -111,9 +114,9 @@ def sources_from_specs(
             try:
                 keys.append(secret_key(spec.scheme, value))
             except ValueError as exc:
-                log.error(
-                    "webhook secret unusable", extra={"source": name, "variable": variable, "error": str(exc)}
-                )
+                raise SourcesError(
+                    f"webhook source {name!r}: the secret in {variable} cannot be used: {exc}."
+                ) from None
         if not keys:
             log.error("webhook source disabled: none of its secrets is set", extra={"source": name})
             continue

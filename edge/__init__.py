@@ -1,0 +1,1 @@
+"""What every HTTP edge (REST API, webhooks, Slack) shares: reading untrusted requests safely."""

@@ -1,0 +1,178 @@
+"""What an HTTP edge reads from a client it does not trust: headers, body bytes, text, JSON.
+
+The REST API, the signed webhooks and Slack's events endpoint all read requests through
+these functions, so a malformed request gets the same clear refusal everywhere
+(:class:`Malformed`, with the status it deserves) instead of an exception from deep
+inside a parser turning into a 500. What each function guards against:
+
+- headers: aiohttp keeps bytes that are not UTF-8 as lone surrogates, which crash the
+  first ``.encode()`` (a token digest, an HMAC, a Redis key);
+- bodies: a ``Content-Encoding`` that aiohttp does not decode would be read as if it
+  were plain, and one it does decode may not be what it says (aiohttp raises on read);
+  the size is counted after decoding, so a small compressed body cannot expand past
+  the limit;
+- text: JSON and Slack's forms are UTF-8; a body that is not, or a ``charset`` that
+  says otherwise, is refused rather than guessed at;
+- JSON: Python's parser recurses once per nesting level (10,000 ``[`` exhaust the
+  stack) and refuses integers of more than 4,300 digits with a plain ``ValueError``;
+  both, and ``NaN``/``Infinity`` (not JSON), are refused with a sentence.
+
+This package depends on aiohttp only, so both the web server (``webhooks``) and the
+Slack app (``bot``) use it without depending on each other.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Mapping
+from itertools import accumulate
+from typing import Any
+
+from aiohttp import web
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
+from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError
+
+MAX_JSON_DEPTH = 64
+UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+# What aiohttp decodes itself; anything else would reach us still encoded.
+CONTENT_CODINGS = frozenset(
+    {"identity", "gzip", "x-gzip", "deflate"}
+    | ({"br"} if HAS_BROTLI else set())
+    | ({"zstd"} if HAS_ZSTD else set())
+)
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+class Malformed(ValueError):
+    """A request that cannot be read as sent: the client's fault, answered with ``status``.
+
+    ``slug`` names the kind of problem (``malformed-json``, ``bad-encoding``, ...) for
+    problem documents; the message is a sentence the client can act on, and ``extra``
+    says more where there is more (the line and column of a JSON syntax error).
+    """
+
+    def __init__(self, status: int, detail: str, slug: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.slug = slug
+        self.extra = extra
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Refuse header values that are not UTF-8 text (aiohttp keeps such bytes as surrogates)."""
+    for name, value in headers.items():
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Malformed(
+                    400, f"The {_printable(name)} header is not UTF-8 text.", "malformed-header"
+                ) from None
+
+
+async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+    """The body as the client meant it (decoded from its Content-Encoding), at most ``limit`` bytes.
+
+    Refused with 413 as soon as it is known to be larger, 415 for a content coding this
+    server cannot decode, and 400 when the body is not what its Content-Encoding says.
+    """
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding and coding not in CONTENT_CODINGS:
+        accepted = ", ".join(sorted(CONTENT_CODINGS))
+        raise Malformed(
+            415,
+            f"Content-Encoding {_printable(coding)!r} is not supported; send one of {accepted}, or none.",
+            "unsupported-encoding",
+        )
+    too_large = Malformed(413, f"The body is larger than {limit} bytes, the most accepted here.", "too-large")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except (web.RequestPayloadError, BadHttpMessage) as exc:
+        # aiohttp raises what its parser met reading the body as a RequestPayloadError.
+        cause = exc.__cause__ if isinstance(exc, web.RequestPayloadError) else exc
+        if isinstance(cause, ContentEncodingError):
+            detail = f"The body is not valid {_printable(coding)} data, as its Content-Encoding says."
+            raise Malformed(400, detail, "bad-encoding") from None
+        raise Malformed(400, f"The body could not be read: {_one_line(exc)}.", "bad-body") from None
+    return b"".join(chunks)
+
+
+def check_charset(request: web.BaseRequest) -> None:
+    """Refuse a body declared in a charset other than UTF-8 (JSON and Slack's forms are UTF-8)."""
+    charset = request.charset
+    if charset is not None and charset.strip().lower() not in UTF8_CHARSETS:
+        detail = f"The body's charset {_printable(charset)!r} is not supported; send UTF-8."
+        raise Malformed(415, detail, "unsupported-charset")
+
+
+def utf8_text(raw: bytes) -> str:
+    """``raw`` as UTF-8 text, or a 400 saying where it is not."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        detail = f"The body is not UTF-8 text: {exc.reason} at byte {exc.start}."
+        raise Malformed(400, detail, "bad-text") from None
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """JSON from UTF-8 bytes or text, or a 400 saying where and what is wrong."""
+    text = utf8_text(raw) if isinstance(raw, bytes) else raw
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise Malformed(400, f"The JSON is nested deeper than {MAX_JSON_DEPTH} levels.", "malformed-json")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise Malformed(
+            400,
+            f"Malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}.",
+            "malformed-json",
+            line=exc.lineno,
+            column=exc.colno,
+        ) from None
+    except Malformed:
+        raise
+    except ValueError:  # the one other refusal of json.loads: sys.get_int_max_str_digits()
+        raise Malformed(
+            400,
+            f"The JSON has a number of more than {sys.get_int_max_str_digits()} digits.",
+            "malformed-json",
+        ) from None
+
+
+def json_depth(text: str) -> int:
+    """How deeply ``text`` nests arrays and objects, without parsing it (nor recursing).
+
+    Strings are taken out first, so brackets inside them do not count; on text that is
+    not JSON the answer is an upper bound of how deep a parser would get.
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return text.count("[") + text.count("{")
+    brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(1 if b in "[{" else -1 for b in brackets), default=0)
+
+
+def _no_constant(name: str) -> Any:
+    raise Malformed(400, f"The JSON has {name}, which JSON does not allow.", "malformed-json")
+
+
+def _one_line(error: BaseException) -> str:
+    """aiohttp's parser errors read ``400, message:\n  <what>``; just the what."""
+    text = getattr(error, "message", None) or str(error)
+    return " ".join(str(text).split()).removeprefix("400, message: ")
+
+
+def _printable(text: str) -> str:
+    """``text`` safe to put in an answer or a log line (surrogates escaped, at most 40 characters)."""
+    return text[:40].encode("utf-8", "backslashreplace").decode("utf-8")
