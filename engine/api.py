@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,7 +28,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from engine import core
 from engine.catalog import Catalog
 from engine.core import Outcome
-from engine.errors import AmbiguousRunId, CommandRefused, InvalidInput, NotFound
+from engine.errors import AmbiguousRunId, CommandRefused, DeliveryInProgress, InvalidInput, NotFound
 from engine.model import (
     Actor,
     Event,
@@ -37,7 +39,7 @@ from engine.model import (
     StepStatus,
     Task,
 )
-from engine.store import Keys, RunStore, parse_timer_member, texts, ts
+from engine.store import Keys, RunStore, parse_timer_member, text, texts, ts
 from engine.workflow import InputError, Workflow, validate_inputs
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,13 @@ log = logging.getLogger(__name__)
 MIN_PREFIX = 8
 STEP_JOB = "worker.jobs.execute_step"
 FAILED_RECENTLY = timedelta(hours=24)
+EVENT_DELIVERY_TTL_SECONDS = 7 * 86400  # how long a delivered event's id is remembered against replays
+EVENT_DELIVERY_LEASE_SECONDS = 30  # how long a delivery under way holds its id (one that died lets go)
+EVENT_DELIVERY_WAIT_SECONDS = 5.0  # how long a second delivery of an id waits for the first's answer
+_CLAIMED = "claimed:"
+# Let go of a delivery id, unless the claim expired and another delivery holds it now.
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
 
 
 def utcnow() -> datetime:
@@ -64,6 +73,14 @@ class StartedStep:
     run: Run
     step: StepState
     workflow: Workflow
+
+
+@dataclass(frozen=True)
+class EventDelivery:
+    """What delivering an event did: the runs it woke, then or (``duplicate``) the first time."""
+
+    run_ids: list[str]
+    duplicate: bool = False
 
 
 @dataclass(frozen=True)
@@ -249,15 +266,51 @@ class Engine:
         return replay
 
     def deliver_event(self, name: str, key: str, payload: Any, actor: Actor) -> list[str]:
-        """Hand an external event to every step waiting for it; returns the run ids woken."""
+        """Hand an external event to every step waiting for it; returns the run ids woken.
+
+        Each step takes it in its own run's transaction, at most once: a step that got it
+        stops waiting, so delivering the same event again wakes only those still waiting.
+        """
         woken: list[str] = []
         for run_id, step_id in self.store.waiting_steps(f"{name}|{key}"):
             try:
                 self._apply(run_id, core.EventDelivered(step_id, payload, actor))
                 woken.append(run_id)
-            except CommandRefused:
-                continue  # it stopped waiting in the meantime
+            except (CommandRefused, NotFound):
+                continue  # it stopped waiting in the meantime, or the run is gone
         return woken
+
+    def deliver_event_once(
+        self, name: str, key: str, payload: Any, actor: Actor, delivery: str
+    ) -> EventDelivery:
+        """:meth:`deliver_event` once per ``delivery`` id, remembered only after it took effect.
+
+        The id is claimed (for a lease) while the event is delivered and recorded with the
+        runs it woke when that is done. A delivery that fails, say Redis went away, lets the
+        id go, so the sender's retry delivers the event instead of hearing "duplicate". A
+        second delivery of the id meanwhile waits for the first one's answer, or takes over
+        if it let go; past ``EVENT_DELIVERY_WAIT_SECONDS`` it is refused, to be retried.
+        """
+        seen = self.keys.event_delivery(delivery)
+        claim = f"{_CLAIMED}{secrets.token_hex(8)}"
+        deadline = time.monotonic() + EVENT_DELIVERY_WAIT_SECONDS
+        while not self.redis.set(seen, claim, nx=True, ex=EVENT_DELIVERY_LEASE_SECONDS):
+            earlier = self.redis.get(seen)
+            if earlier is not None and not text(earlier).startswith(_CLAIMED):
+                return EventDelivery(json.loads(earlier)["run_ids"], duplicate=True)
+            if time.monotonic() > deadline:
+                raise DeliveryInProgress(
+                    f"Delivery {delivery!r} is being handled by another request; try again shortly."
+                )
+            time.sleep(0.02)
+        try:
+            woken = self.deliver_event(name, key, payload, actor)
+        except BaseException:
+            with contextlib.suppress(redis.RedisError):
+                self.redis.eval(_RELEASE, 1, seen, claim)
+            raise
+        self.redis.set(seen, json.dumps({"run_ids": woken}), ex=EVENT_DELIVERY_TTL_SECONDS)
+        return EventDelivery(woken)
 
     # -- worker reports ------------------------------------------------------------------
 

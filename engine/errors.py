@@ -39,6 +39,10 @@ class AlreadyDecided(CommandRefused):
         super().__init__(f"Task {task_id!r} was already {outcome} by {by} at {when}.")
 
 
+class DeliveryInProgress(CommandRefused):
+    """Another delivery with the same id is being handled and did not finish in time: try again."""
+
+
 class InvalidInput(SwitchboardError):
     """Input that does not match what a workflow or a command takes."""
 

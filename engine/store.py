@@ -100,6 +100,10 @@ class Keys:
     def intake_delivery(self, delivery: str) -> str:
         return f"{self.prefix}intake:delivery:{delivery}"
 
+    def event_delivery(self, delivery: str) -> str:
+        """An event delivery's id: claimed while it is delivered, then the runs it woke."""
+        return f"{self.prefix}event-delivery:{delivery}"
+
 
 def timer_member(run_id: str, timer: Timer) -> str:
     return f"{run_id}|{timer.kind}|{timer.step_id}|{timer.token}"

@@ -5,34 +5,35 @@ signature verified over the raw bytes, and only then is the body parsed, filtere
 mapped and its inputs validated. A valid start is accepted into the engine's intake
 (:mod:`engine.intake`) and answered 202 with the run id at once; a worker starts the
 run a moment later. A delivery id seen before starts nothing and is answered with the
-original run id. Event deliveries are handed to the engine within the request.
+original run id. Event deliveries are handed to the engine within the request, and
+their id is remembered only once the event has reached the waiting runs
+(:meth:`~engine.api.Engine.deliver_event_once`): a delivery answered 503 is delivered
+by its retry, and two deliveries of one id at once take effect once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from aiohttp import web
 
 from edge.inbound import Malformed, parse_json, read_body
+from engine.api import EventDelivery
+from engine.errors import DeliveryInProgress
 from engine.intake import StartRequest
 from engine.model import Actor, ActorKind
 from engine.templating import RenderError, render, truthy
 from engine.workflow import InputError, validate_inputs
 from webhooks.context import WebContext, context_of
 from webhooks.metrics import UNKNOWN_SOURCE
-from webhooks.problems import Problem, invalid_fields
+from webhooks.problems import RETRY_AFTER_SECONDS, Problem, invalid_fields
 from webhooks.routing import endpoint
 from webhooks.signatures import Scheme, SignatureError, StaleTimestamp, verify
 from webhooks.sources import Source
 
 log = logging.getLogger(__name__)
-
-SEEN_TTL_SECONDS = 7 * 86400
-
 
 @endpoint(None, status=202, tag="webhooks")
 async def receive_delivery(request: web.Request) -> web.StreamResponse:
@@ -136,20 +137,28 @@ async def _deliver(
     assert action is not None
     rendered = _render_fields({"event": action.event, "key": action.key}, context, "deliver")
     event, key = str(rendered["event"]), str(rendered["key"])
-    seen_key = f"{ctx.engine.keys.prefix}web:seen:{source.name}:{delivery_id}"
-    if delivery_id and not await ctx.aredis.set(seen_key, "{}", nx=True, ex=SEEN_TTL_SECONDS):
-        earlier = json.loads(await ctx.aredis.get(seen_key) or "{}")
-        return web.json_response({**earlier, "duplicate": True}, status=202), "duplicate"
-    woken = await asyncio.to_thread(ctx.engine.deliver_event, event, key, context["payload"], _actor(source))
+    actor, payload = _actor(source), context["payload"]
+    if delivery_id is None:
+        done = EventDelivery(await asyncio.to_thread(ctx.engine.deliver_event, event, key, payload, actor))
+    else:
+        # Remembered only once delivered: a delivery that fails (503) is delivered by its retry.
+        delivery = f"{source.name}:{delivery_id}"
+        try:
+            done = await asyncio.to_thread(
+                ctx.engine.deliver_event_once, event, key, payload, actor, delivery
+            )
+        except DeliveryInProgress as exc:
+            busy = Problem(503, str(exc), "delivery-in-progress")
+            busy.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            raise busy from None
     body = {
         "event": event,
         "key": key,
-        "run_ids": woken,
-        "status_urls": [ctx.url(f"/v1/runs/{r}") for r in woken],
+        "run_ids": done.run_ids,
+        "status_urls": [ctx.url(f"/v1/runs/{r}") for r in done.run_ids],
+        "duplicate": done.duplicate,
     }
-    if delivery_id:
-        await ctx.aredis.set(seen_key, json.dumps(body), xx=True, keepttl=True)
-    return web.json_response({**body, "duplicate": False}, status=202), "delivered"
+    return web.json_response(body, status=202), "duplicate" if done.duplicate else "delivered"
 
 
 def _filtered_out(condition: str, context: dict[str, Any]) -> str | None:
