@@ -38,6 +38,10 @@ class SlackKeys:
         """Where the feed ended when the bot first followed it: older events are not the bot's to tell."""
         return f"{self.prefix}slack:feed:since"
 
+    def event_seen(self, event_id: str) -> str:
+        """An Events API delivery handled already: Slack retries it with the same ``event_id``."""
+        return f"{self.prefix}slack:event:{event_id}"
+
     @property
     def home_viewers(self) -> str:
         return f"{self.prefix}slack:home:viewers"

@@ -443,23 +443,31 @@ class Slack:
         """Submit a modal the app opened; ``values`` maps block_id to {action_id: value}."""
         return await self.interact(submission_payload(view, values, user))
 
-    async def event(self, event: dict[str, Any]) -> ClientResponse:
+    async def event(self, event: dict[str, Any], event_id: str | None = None, retry: int = 0) -> ClientResponse:
+        """Deliver an Events API event and check it got its 200; ``retry`` > 0 as Slack's retries do."""
+        response = await self.post_event(event, event_id, retry)
+        assert response.status == 200, await response.text()
+        return response
+
+    async def post_event(
+        self, event: dict[str, Any], event_id: str | None = None, retry: int = 0
+    ) -> ClientResponse:
         body = json.dumps(
             {
                 "token": "legacy",
                 "team_id": TEAM,
                 "api_app_id": "A0APP",
                 "type": "event_callback",
-                "event_id": f"Ev{uuid.uuid4().hex[:10]}",
+                "event_id": event_id or f"Ev{uuid.uuid4().hex[:10]}",
                 "event_time": int(time.time()),
                 "event": event,
                 "authorizations": [{"team_id": TEAM, "user_id": "U0BOT", "is_bot": True}],
             }
         )
         headers = {**signed_headers(body), "Content-Type": "application/json"}
-        response = await self.post(body, headers)
-        assert response.status == 200, await response.text()
-        return response
+        if retry:
+            headers |= {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
+        return await self.post(body, headers)
 
     def responses_to(self, response_url: str | None) -> list[dict[str, Any]]:
         return [r for r in self.fake.responses if r.get("_url") == response_url]
