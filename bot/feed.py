@@ -10,6 +10,12 @@ on a run cannot both commit; the loser reads again from the winner's cursor. Mes
 therefore reach the outbox in the order the run's events happened, exactly once, and a
 crash in between loses nothing. Entries a dead process had read but not acknowledged
 are claimed by the others after a while (XAUTOCLAIM).
+
+A run's cursor is the bot's only key per run without an expiry of its own (its outbox
+list empties as it is sent, its refs expire). When the run finishes, the cursor is given
+one: the engine's retention for the run plus a day, so it outlives the run (a cursor gone
+while the run is still there would retell the run's history on its next event, a replay
+link) and then goes; later writes keep that expiry (KEEPTTL).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from bot import cards
 from bot.home import home_view
 from bot.outbox import Outbound
 from bot.runtime import Bot
+from engine.core import RUN_END_EVENTS
 from engine.errors import NotFound
 from engine.model import Event, FailureCode, Run, StepType
 from engine.store import event_from_entry
@@ -40,6 +47,7 @@ BLOCK_MS = 250
 CLAIM_IDLE_MS = 60_000
 CLAIM_EVERY_SECONDS = 30.0
 HOME_REFRESH_SECONDS = 1.0
+CURSOR_GRACE_SECONDS = 86400  # how much longer than its run a finished run's cursor is kept
 PROGRESS_EVENTS = frozenset(
     {"run_paused", "run_resumed", "run_draining", "run_completed", "run_failed", "run_stopped"}
 )
@@ -154,10 +162,14 @@ class FeedFollower:
             )
             events = [event_from_entry(event_id, event_fields) for event_id, event_fields in entries]
             messages = await self.messages_for(run_id, events)
+            ended = any(event.type in RUN_END_EVENTS for event in events)
+            lifetime = await self.cursor_lifetime(run_id) if ended else None
             caught_up = len(entries) < READ_COUNT
             pipe.multi()
             if entries:
-                pipe.set(cursor, entries[-1][0])
+                pipe.set(cursor, entries[-1][0], keepttl=True)
+            if lifetime is not None:
+                pipe.expire(cursor, lifetime)
             self.bot.outbox.add_to(pipe, run_key(run_id), messages)
             if caught_up:
                 if dirty:
@@ -168,6 +180,14 @@ class FeedFollower:
             except WatchError:
                 return False  # another process moved the cursor: read on from where it got
         return caught_up
+
+    async def cursor_lifetime(self, run_id: str) -> int:
+        """Seconds a finished run's cursor is kept: as long as the engine keeps the run, and a day."""
+        try:
+            run = await self.bot.call(self.bot.engine.get_run, run_id)
+        except NotFound:
+            return CURSOR_GRACE_SECONDS  # already gone: nothing can follow it
+        return int(self.bot.engine.retention_of(run.workflow_id) + CURSOR_GRACE_SECONDS)
 
     async def messages_for(self, run_id: str, events: list[Event]) -> list[Outbound]:
         """The Slack messages a run's events call for (none for most step events), in their order."""

@@ -30,7 +30,10 @@ class SlackKeys:
         return f"{self.prefix}slack:refs:{key}"
 
     def feed_cursor(self, run_id: str) -> str:
-        """The id of the last event of a run (in its own stream) turned into Slack messages."""
+        """The id of the last event of a run (in its own stream) turned into Slack messages.
+
+        Expires once the run has finished, a day after the engine removes the run (see ``bot.feed``).
+        """
         return f"{self.prefix}slack:feed:cursor:{run_id}"
 
     @property

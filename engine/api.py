@@ -26,6 +26,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
 from engine import core
+from engine import retention as retention_rules
 from engine.catalog import Catalog
 from engine.core import Outcome
 from engine.errors import AmbiguousRunId, CommandRefused, DeliveryInProgress, InvalidInput, NotFound
@@ -128,9 +129,11 @@ class Engine:
         clock: Callable[[], datetime] = utcnow,
         step_job: str = STEP_JOB,
         default_job_timeout: float = 3600,
+        retention: float = retention_rules.DEFAULT_RETENTION_SECONDS,
     ) -> None:
         self.redis = connection
         self.catalog = catalog
+        self.retention = retention  # seconds a finished run is kept unless its workflow says otherwise
         self.keys = Keys(key_prefix)
         self.queue = Queue(queue_name, connection=connection)
         self.clock = clock
@@ -375,6 +378,26 @@ class Engine:
                 log.info("timer ignored", extra={"timer": member, "reason": str(exc)})
             self.store.drop_timer(member)
         return fired
+
+    # -- retention -----------------------------------------------------------------------
+
+    def retention_of(self, workflow_id: str) -> float:
+        """Seconds a finished run of ``workflow_id`` is kept: its current definition's
+        ``settings.retention``, else the engine's (a policy, so a changed file applies to old runs)."""
+        workflow = self.catalog.workflows.get(workflow_id)
+        override = workflow.settings.retention if workflow is not None else None
+        return override or self.retention
+
+    def purge_finished(self, now: datetime | None = None, limit: int = retention_rules.PURGE_LIMIT) -> int:
+        """Remove the finished runs kept longer than their retention (see :mod:`engine.retention`)."""
+        overrides = [w.settings.retention for w in self.catalog.workflows.values() if w.settings.retention]
+        shortest = min([self.retention, *overrides])
+        moment = now or self.clock()
+        return retention_rules.purge_finished(self.store, self.retention_of, shortest, moment, limit)
+
+    def trim_feed(self) -> int:
+        """Drop global feed entries older than the retention; runs keep their own events."""
+        return retention_rules.trim_feed(self.store, self.retention)
 
     # -- queries -------------------------------------------------------------------------
 

@@ -22,4 +22,5 @@ def build_engine(settings: Settings | None = None) -> Engine:
         catalog,
         key_prefix=settings.key_prefix,
         queue_name=settings.queue,
+        retention=settings.retention,
     )

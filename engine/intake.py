@@ -41,6 +41,25 @@ BATCH = 100
 BLOCK_MS = 250  # a starter's wait for new requests; short, so stopping it is quick
 DELIVERY_TTL_SECONDS = 7 * 86400  # how long a delivery id is remembered against replays
 REQUEST_TTL_SECONDS = 86400  # how long an accepted request stays readable by its run id
+CONSUMER_IDLE_MS = 3_600_000  # a starter silent this long, holding nothing, is forgotten
+
+# Forget the consumers of a group that hold no entries and have not read for ARGV[2] ms
+# (starters of workers long gone: every worker name ever seen would stay otherwise). Atomic,
+# so a consumer cannot take an entry between the check and its removal. Returns how many.
+DROP_IDLE_CONSUMERS_SCRIPT = """
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local dropped = 0
+for _, fields in ipairs(consumers) do
+  local consumer = {}
+  for i = 1, #fields, 2 do consumer[fields[i]] = fields[i + 1] end
+  if consumer['pending'] == 0 and consumer['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], consumer['name'])
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
 
 # Accept a batch of start requests at once; a web process under load sends many per call.
 # KEYS[1]: intake stream; then per request i: KEYS[2i] its delivery key ('' for none) and
@@ -149,6 +168,7 @@ class Intake:
         self.keys = engine.keys
         self.claim_idle_ms = claim_idle_ms
         self._accept = self.redis.register_script(ACCEPT_SCRIPT)
+        self._drop_idle = self.redis.register_script(DROP_IDLE_CONSUMERS_SCRIPT)
 
     def accept(self, requests: Sequence[StartRequest]) -> list[Accepted]:
         """Queue the starts of ``requests``; a delivery seen before gets its earlier run id instead."""
@@ -235,6 +255,18 @@ class Intake:
             pipe.xack(self.keys.intake, GROUP, entry_id)
             pipe.xdel(self.keys.intake, entry_id)
             pipe.execute()
+
+    def drop_idle_consumers(self, idle_ms: int = CONSUMER_IDLE_MS) -> int:
+        """Forget starters that hold no requests and have not read for ``idle_ms``; returns how many.
+
+        A live starter reads several times a second, and one that comes back is simply
+        added again by its next read; entries a dead starter holds stay with it until
+        claimed, so only consumers with none are dropped.
+        """
+        dropped = int(self._drop_idle(keys=[self.keys.intake], args=[GROUP, idle_ms]))
+        if dropped:
+            log.info("idle intake starters forgotten", extra={"starters": dropped})
+        return dropped
 
     def waiting_for(self) -> float:
         """Seconds the oldest request that no starter is working on has waited (0 when none).

@@ -220,6 +220,7 @@ class Run(BaseModel):
     replay_of: str | None = None
     replays: list[str] = Field(default_factory=list)
     notify_channel: str | None = None
+    idempotency_key: str | None = None  # the key its start was deduplicated by; removed with the run
 
     @property
     def short_id(self) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.workflow import Duration
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
@@ -22,6 +24,11 @@ class Settings(BaseSettings):
     queue: str = Field(default="switchboard", alias="SWITCHBOARD_QUEUE")
     log_level: str = Field(default="INFO", alias="SWITCHBOARD_LOG_LEVEL")
     log_format: str = Field(default="json", alias="SWITCHBOARD_LOG_FORMAT")
+    retention: Duration = Field(
+        default=30 * 86400.0,
+        alias="SWITCHBOARD_RETENTION",
+        description="How long a finished run is kept (30d, 12h, 90m); a workflow's retention overrides it.",
+    )
 
 
 @lru_cache(maxsize=1)

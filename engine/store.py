@@ -5,6 +5,7 @@ the outcome with the pure core, then MULTI/EXEC the new document together with i
 events, index updates, timers and RQ enqueues. If another process changed the run in
 between, EXEC fails and the change is recomputed on the new state; so concurrent
 commands never interleave, and a step is enqueued exactly when its state says so.
+A finished run leaves the same way, in one transaction (:meth:`RunStore.purge`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import redis
 from redis.client import Pipeline
 from rq import Queue
+from rq.job import Job
+from rq.results import Result
 
-from engine.core import Outcome, StepJob, Timer
+from engine.core import Outcome, StepJob, Timer, TimerKind
 from engine.errors import NotFound
 from engine.model import (
     ACTIVE_RUN_STATUSES,
@@ -31,6 +34,11 @@ from engine.workflow import Workflow
 
 EVENTS_MAXLEN = 100_000  # the global feed the bot and metrics follow; runs keep their own
 TIMER_LEASE_SECONDS = 30.0
+# A job taken off the queue by a command may still be in a worker's hands (dequeued a moment
+# before, or executing and sent a stop): RQ finishes such a job and sets its own expiry. One no
+# worker holds would stay forever, so it gets an expiry too: a day, as RQ keeps failed jobs.
+CANCELLED_JOB_TTL_SECONDS = 86400
+RUN_TIMER_KINDS = ("run_timeout", "drain_timeout")  # timers of the run itself (no step, token 0)
 
 
 def ts(moment: datetime) -> float:
@@ -106,7 +114,21 @@ class Keys:
 
 
 def timer_member(run_id: str, timer: Timer) -> str:
-    return f"{run_id}|{timer.kind}|{timer.step_id}|{timer.token}"
+    return _timer_member(run_id, timer.kind, timer.step_id, timer.token)
+
+
+def _timer_member(run_id: str, kind: str, step_id: str, token: int) -> str:
+    return f"{run_id}|{kind}|{step_id}|{token}"
+
+
+def run_timer_members(run: Run) -> list[str]:
+    """Every timer ``run`` can have set: the run's own, and each step's for each of its attempts."""
+    members = [_timer_member(run.run_id, kind, "", 0) for kind in RUN_TIMER_KINDS]
+    step_kinds = [kind for kind in get_args(TimerKind) if kind not in RUN_TIMER_KINDS]
+    for st in run.steps.values():
+        for token in range(1, st.attempt + 1):
+            members += [_timer_member(run.run_id, kind, st.step_id, token) for kind in step_kinds]
+    return members
 
 
 def parse_timer_member(member: str) -> tuple[str, str, str, int]:
@@ -114,8 +136,12 @@ def parse_timer_member(member: str) -> tuple[str, str, str, int]:
     return run_id, kind, step_id, int(token)
 
 
-def task_member(run_id: str, task_id: str) -> str:
-    return f"{run_id}:{task_id}"
+def step_member(run_id: str, step_id: str) -> str:
+    """A run's step in a set shared by all runs (pending tasks, waits)."""
+    return f"{run_id}:{step_id}"
+
+
+task_member = step_member
 
 
 # Claim due timers atomically: each claimed timer is pushed a lease into the future, so a
@@ -144,6 +170,14 @@ class RunStore:
         self.step_job = step_job
         self.default_job_timeout = default_job_timeout
         self._claim_timers = connection.register_script(_CLAIM_TIMERS)
+        # RQ's records of a job that name it by id, beside its hash and result stream.
+        self._job_registries = [
+            queue.finished_job_registry.key,
+            queue.failed_job_registry.key,
+            queue.canceled_job_registry.key,
+            queue.deferred_job_registry.key,
+            queue.scheduled_job_registry.key,
+        ]
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -215,6 +249,7 @@ class RunStore:
                                 return earlier, False
                     pipe.multi()
                     if idempotency_key:
+                        run.idempotency_key = idempotency_key  # so the run's removal takes it along
                         pipe.set(self.keys.idempotency(idempotency_key), run.run_id, ex=7 * 86400)
                     pipe.zadd(self.keys.run_ids, {run.run_id: 0})
                     pipe.zadd(self.keys.runs, {run.run_id: ts(run.created_at)})
@@ -272,11 +307,12 @@ class RunStore:
         for timer in outcome.timers:
             pipe.zadd(keys.timers, {timer_member(run.run_id, timer): ts(timer.due)})
         for wait_key, step_id in outcome.waits_added:
-            pipe.sadd(keys.waits(wait_key), f"{run.run_id}:{step_id}")
+            pipe.sadd(keys.waits(wait_key), step_member(run.run_id, step_id))
         for wait_key, step_id in outcome.waits_removed:
-            pipe.srem(keys.waits(wait_key), f"{run.run_id}:{step_id}")
+            pipe.srem(keys.waits(wait_key), step_member(run.run_id, step_id))
         for job_id in outcome.cancel_jobs:
             pipe.lrem(self.queue.key, 0, job_id)
+            pipe.expire(Job.key_for(job_id), CANCELLED_JOB_TTL_SECONDS)
         for job in outcome.enqueue:
             self._enqueue(pipe, run, job)
 
@@ -319,6 +355,113 @@ class RunStore:
             description=f"{run.workflow_id} {run.short_id} {job.step_id} attempt {job.attempt}",
             pipeline=pipe,
         )
+
+    # -- retention -----------------------------------------------------------------------
+
+    def finished_before(
+        self, status: RunStatus, moment: float, offset: int, count: int
+    ) -> list[tuple[str, float]]:
+        """Runs that entered ``status`` before ``moment``, oldest first, with when they entered it."""
+        found: Any = self.redis.zrangebyscore(
+            self.keys.by_status(status), "-inf", moment, start=offset, num=count, withscores=True
+        )
+        return [(text(run_id), float(score)) for run_id, score in found]
+
+    def purge(self, run_id: str) -> bool:
+        """Remove a finished run and everything that names it, in one transaction.
+
+        That is: its document and event stream, its entries in every index (all runs, ids,
+        status, workflow, active, admission, pending tasks, timers, waits), the keys that
+        still point at it (its start's idempotency key, the intake's delivery key and
+        request) and RQ's records of its step jobs (hash, result stream, registries, queue),
+        whose ids are read off the run's ``step_queued`` events. Shared keys stay: the
+        global feed (trimmed by age, :meth:`trim_feed`) and workflow snapshots.
+
+        False, touching nothing, when the run is not finished; True once it is gone (also
+        for an index entry whose document was already missing: the entry is removed).
+        """
+        key = self.keys.run(run_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    run = Run.model_validate_json(raw) if raw else None
+                    if run is not None and not run.status.terminal:
+                        pipe.reset()
+                        return False
+                    pointers = self._pointer_keys(run) if run is not None else []
+                    owned: list[str] = []
+                    if pointers:
+                        pipe.watch(*pointers)
+                        values = pipe.mget(pointers)
+                        owned = [k for k, v in zip(pointers, values, strict=True) if v and text(v) == run_id]
+                    job_ids = self._job_ids(pipe, run_id, run)
+                    pipe.multi()
+                    self._remove(pipe, run_id, run, owned, job_ids)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def _pointer_keys(self, run: Run) -> list[str]:
+        """Keys whose value may be this run's id: its start's idempotency key and, for a
+        webhook start, the intake's delivery key (``engine.intake.StartRequest.idempotency_key``)."""
+        if not run.idempotency_key:
+            return []
+        pointers = [self.keys.idempotency(run.idempotency_key)]
+        delivery = run.idempotency_key.removeprefix("delivery:")
+        if delivery != run.idempotency_key:
+            pointers.append(self.keys.intake_delivery(delivery))
+        return pointers
+
+    def _job_ids(self, pipe: Pipeline, run_id: str, run: Run | None) -> set[str]:
+        """Every RQ job id the run's steps were handed to workers under (retries, re-dispatches)."""
+        job_ids = {st.job_id for st in run.steps.values() if st.job_id} if run is not None else set()
+        start = "-"
+        while True:
+            entries: Any = pipe.xrange(self.keys.run_events(run_id), min=start, count=1000)
+            for entry_id, fields in entries:
+                if text(fields.get(b"type") or fields.get("type")) == "step_queued":
+                    job_id = event_from_entry(entry_id, fields).data.get("job_id")
+                    if job_id:
+                        job_ids.add(str(job_id))
+            if len(entries) < 1000:
+                return job_ids
+            start = f"({text(entries[-1][0])}"
+
+    def _remove(
+        self, pipe: Pipeline, run_id: str, run: Run | None, owned: list[str], job_ids: set[str]
+    ) -> None:
+        keys = self.keys
+        pipe.delete(keys.run(run_id), keys.run_events(run_id), keys.intake_request(run_id), *owned)
+        pipe.zrem(keys.runs, run_id)
+        pipe.zrem(keys.run_ids, run_id)
+        for status in RunStatus:
+            pipe.zrem(keys.by_status(status), run_id)
+        if run is not None:
+            pipe.zrem(keys.by_workflow(run.workflow_id), run_id)
+            pipe.zrem(keys.active(run.workflow_id), run_id)
+            pipe.zrem(keys.admission(run.workflow_id), run_id)
+            pipe.zrem(keys.pending_tasks, *(step_member(run_id, step_id) for step_id in run.steps))
+            pipe.zrem(keys.timers, *run_timer_members(run))
+            for st in run.steps.values():
+                if st.wait_event:
+                    pipe.srem(keys.waits(st.wait_event), step_member(run_id, st.step_id))
+        for job_id in sorted(job_ids):
+            pipe.delete(Job.key_for(job_id), Result.get_key(job_id))
+            pipe.lrem(self.queue.key, 0, job_id)
+            for registry in self._job_registries:
+                pipe.zrem(registry, job_id)
+
+    def trim_feed(self, max_age_seconds: float) -> int:
+        """Drop global feed entries older than ``max_age_seconds``; returns how many.
+
+        Entry ids are times on Redis's clock, so the age is judged on it, no machine's.
+        """
+        seconds, micros = self.redis.time()
+        oldest_ms = max(int(seconds * 1000 + micros // 1000 - max_age_seconds * 1000), 0)
+        return int(self.redis.xtrim(self.keys.events, minid=f"{oldest_ms}-0", approximate=False))
 
     # -- timers and waits ----------------------------------------------------------------
 

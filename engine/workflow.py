@@ -155,6 +155,8 @@ class WorkflowSettings(_Strict):
     concurrency: int | None = Field(default=None, ge=1)
     drain_timeout: Duration = 300.0
     timeout: Duration | None = None
+    # How long a finished run is kept (SWITCHBOARD_RETENTION when unset); see engine.retention.
+    retention: Duration | None = None
 
 
 class Workflow(_Strict):

@@ -26,6 +26,7 @@ from engine.errors import CommandRefused, NotFound
 from engine.intake import Intake, Starter
 from engine.settings import Settings
 from worker import jobs
+from worker.housekeeping import housekeep
 from worker.reaper import alive_key, reap
 from worker.settings import WorkerSettings, get_worker_settings
 
@@ -168,3 +169,4 @@ class Maintenance(threading.Thread):
         lease_ms = max(int(self.options.reaper_interval * 900), 1)
         if self.engine.redis.set(self.lock_key, self.worker_name, nx=True, px=lease_ms):
             reap(self.engine)
+            housekeep(self.engine, self.worker_name, self.options.retention_interval)

@@ -24,6 +24,9 @@ class WorkerSettings(BaseSettings):
     reaper_interval: float = Field(
         default=5.0, gt=0, description="Seconds between searches for lost steps and vanished jobs."
     )
+    retention_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between retention passes (one worker does each)."
+    )
     heartbeat_interval: int = Field(
         default=3,
         ge=1,
