@@ -4,11 +4,19 @@ Slack rejects a whole message or view when one text is a character too long or i
 one block too many (``invalid_blocks``), and the outbox would then lose the card. So
 every builder here truncates its text, and :func:`fit` trims a block list to the
 block limit, ending it with an "N more" line instead.
+
+Text from people and payloads (run inputs, task titles, names, error messages) goes
+through :func:`escape`, the one place that applies Slack's escaping: ``&``, ``<`` and
+``>`` become entities, so nobody can make the bot post ``<!channel>`` or a disguised
+link ``<https://evil|click>``. :func:`plain` texts are escaped whole (they carry no
+markup); mrkdwn, a message's notification text included, is built by the callers from
+our own markup (mentions of actors, dates) and escaped pieces.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -33,22 +41,25 @@ INPUT_LABEL = 2000
 INPUT_VALUE = 3000
 PRIVATE_METADATA = 3000
 FALLBACK_TEXT = 3000  # the notification text; Slack allows more, but nobody reads it
+_CUT_ENTITY = re.compile(r"&(?:a(?:mp?)?|l|g|lt|gt)?$")  # what cutting "&amp;", "&lt;", "&gt;" can leave
 
 
 def truncate(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, ending in an ellipsis when cut."""
+    """``text`` cut to ``limit`` characters, ending in an ellipsis when cut (never inside an entity)."""
     if len(text) <= limit:
         return text
-    return text[: limit - 1] + "…"
+    return _CUT_ENTITY.sub("", text[: limit - 1]) + "…"
 
 
 def escape(text: str) -> str:
-    """Payload text is untrusted: keep it from forming mentions or links in mrkdwn."""
+    """Slack's escaping, for any text a person or a payload supplied: it shows as typed and
+    can never form a mention (``<!channel>``, ``<@U123>``) or a link (``<https://x|y>``)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def plain(text: str, limit: int) -> dict[str, Any]:
-    return {"type": "plain_text", "text": truncate(text or " ", limit), "emoji": True}
+    """A plain_text object: it carries no markup of ours, so all of it is escaped."""
+    return {"type": "plain_text", "text": truncate(escape(text or " "), limit), "emoji": True}
 
 
 def mrkdwn(text: str, limit: int = SECTION_TEXT) -> dict[str, Any]:

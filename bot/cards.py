@@ -11,6 +11,7 @@ from typing import Any
 
 from bot import ids
 from bot.blocks import (
+    FALLBACK_TEXT,
     INPUT_LABEL,
     INPUT_VALUE,
     MESSAGE_BLOCKS,
@@ -45,7 +46,17 @@ STEP_MARKS = {
 
 
 def message(text: str, blocks: list[Block]) -> Message:
-    return {"text": truncate(text, 3000), "blocks": fit(blocks, MESSAGE_BLOCKS)}
+    """A message: ``text`` (mrkdwn, its pieces escaped like any block's) is its notification text."""
+    posted: Message = {"text": truncate(text, FALLBACK_TEXT)}
+    if blocks:
+        posted["blocks"] = fit(blocks, MESSAGE_BLOCKS)
+    return posted
+
+
+def notification(text: str) -> Message:
+    """A ``notify`` step's message. Its text carries run inputs and step results, so it is shown
+    as written: escaped whole, it can mention nobody and disguise no link (plain URLs still link)."""
+    return message(escape(text), [])
 
 
 # -- approval cards --------------------------------------------------------------------------
@@ -66,14 +77,14 @@ def approval_card(run: Run, task: Task) -> Message:
         context(f"Started by {who(run.started_by)} · {expiry}"),
         actions(*buttons, block_id=f"task:{value}"),
     ]
-    return message(f"{task.task_type.title()} needed: {task.title}", blocks)
+    return message(f"{task.task_type.title()} needed: {escape(task.title)}", blocks)
 
 
 def decided_card(run: Run, task: Task, cancelled: str | None = None) -> Message:
     """The card after the task closed: the outcome replaces the buttons."""
     outcome = task_outcome(task, cancelled)
     blocks = [*_task_body(run, task), section(outcome), context(f"Started by {who(run.started_by)}")]
-    return message(f"{task.title}: {outcome}", blocks)
+    return message(f"{escape(task.title)}: {outcome}", blocks)
 
 
 def task_outcome(task: Task, cancelled: str | None = None) -> str:
@@ -247,7 +258,7 @@ def failure_alert(run: Run) -> Message:
             button("Details", ids.RUN_DETAILS, run.run_id),
         ),
     ]
-    return message(f"{title}: {run.workflow_name} run {run.short_id} ({code.value})", blocks)
+    return message(f"{title}: {escape(run.workflow_name)} run {run.short_id} ({code.value})", blocks)
 
 
 # -- run progress ----------------------------------------------------------------------------
@@ -255,10 +266,10 @@ def failure_alert(run: Run) -> Message:
 
 def run_header(run: Run) -> Message:
     """The run's first message; progress replies go in its thread."""
-    inputs = ", ".join(f"{k}={value_text(v, 80)}" for k, v in run.inputs.items()) or "no inputs"
+    inputs = ", ".join(f"{escape(k)}={value_text(v, 80)}" for k, v in run.inputs.items()) or "no inputs"
     text = f"▶️ *{escape(run.workflow_name)}* run `{run.short_id}` started by {who(run.started_by)}"
     return message(
-        f"{run.workflow_name} run {run.short_id} started",
+        f"{escape(run.workflow_name)} run {run.short_id} started",
         [section(text), context(f"Run `{run.run_id}` · {truncate(inputs, 1500)}")],
     )
 

@@ -46,7 +46,7 @@ async def answer(bot: Bot, text: str, actor: Actor, channel_id: str | None = Non
     except grammar.UsageError as exc:
         return str(exc)
     except SwitchboardError as exc:
-        return str(exc)
+        return escape(str(exc))  # a sentence that may quote inputs and names: no markup
     except Exception:
         log.exception("/run failed", extra={"text": text, "user": actor.ref})
         return "Something went wrong on our side running that command; it has been logged. Try again."

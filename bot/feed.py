@@ -213,7 +213,8 @@ class FeedFollower:
             text = str(event.data.get("text") or "")
             if not channel or not text:
                 return []
-            return [Outbound(method="chat.postMessage", args={"channel": channel, "text": text[:3000]})]
+            notice = cards.notification(text)
+            return [Outbound(method="chat.postMessage", args={"channel": channel, **notice})]
         if event.type not in TOLD_EVENTS or run is None or channel is None:
             return []
         return messages_for_run(event, run, channel)

@@ -16,6 +16,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from bot import cards, ids
+from bot.blocks import escape
 from bot.feed import publish_home
 from bot.runtime import Bot, slack_actor
 from engine.errors import AlreadyDecided, SwitchboardError
@@ -193,8 +194,13 @@ async def open_task_modal(
 
 
 async def tell(bot: Bot, body: Body, text: str, channel: str | None = None) -> None:
-    """An ephemeral answer to the clicking user, wherever they clicked."""
+    """An ephemeral answer to the clicking user, wherever they clicked.
+
+    ``text`` is a sentence (the engine's, naming runs, tasks and people as typed), so it is
+    escaped: it can carry no mention or link.
+    """
     user = (body.get("user") or {}).get("id", "")
+    text = escape(text)
     if body.get("response_url"):
         await bot.respond(body["response_url"], text)
     elif channel:
