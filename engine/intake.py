@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-import redis
 from redis.exceptions import ResponseError
 
 from engine.api import Engine, new_run_id
 from engine.errors import SwitchboardError
 from engine.model import Actor
+from engine.outage import REDIS_DOWN, Outage
 from engine.store import Keys, text
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class Intake:
                 request.idempotency_key,
                 run_id=request.run_id,
             )
-        except (redis.ConnectionError, redis.TimeoutError):
+        except REDIS_DOWN:
             raise  # left pending: started once Redis answers again
         except SwitchboardError as exc:
             # Inputs were validated on acceptance, so this is rare (the workflow changed
@@ -315,13 +315,17 @@ class Starter(threading.Thread):
         self.join(timeout=5)
 
     def run(self) -> None:
+        # While Redis is away: back off, one warning per retry, and never end the thread.
+        outage = Outage(f"intake starter {self.starter}")
         warned = False
         while not self._stopping.is_set():
             try:
                 if self.standby_after <= 0:
                     self.intake.start_next(self.starter)
+                    outage.recovered()
                     continue
                 waited = self.intake.waiting_for()
+                outage.recovered()
                 if waited < self.standby_after:
                     warned = False
                     self._stopping.wait(min(1.0, self.standby_after))
@@ -334,9 +338,8 @@ class Starter(threading.Thread):
                     warned = True
                 while self.intake.start_next(self.starter, block_ms=0) and not self._stopping.is_set():
                     pass
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("intake unavailable", extra={"error": str(exc)})
-                self._stopping.wait(1.0)
+            except REDIS_DOWN as exc:
+                self._stopping.wait(outage.failed(exc))
             except Exception:
                 log.exception("starting accepted runs failed")
                 self._stopping.wait(1.0)

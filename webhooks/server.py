@@ -28,7 +28,7 @@ from webhooks.auth import Tokens, forbidden
 from webhooks.context import CONTEXT, WebContext, context_of
 from webhooks.metrics import DeliveryCounts, StepDurations, exposition
 from webhooks.openapi import build_openapi
-from webhooks.problems import Handler, Problem, problem_middleware
+from webhooks.problems import RETRY_AFTER_SECONDS, Handler, Problem, problem_middleware
 from webhooks.routing import endpoint, endpoint_of
 from webhooks.settings import WebSettings, get_web_settings
 from webhooks.sources import Source, load_sources
@@ -87,7 +87,9 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     try:
         await asyncio.wait_for(ctx.aredis.ping(), HEALTH_TIMEOUT)
     except (aioredis.RedisError, OSError, TimeoutError) as exc:
-        raise Problem(503, f"Redis is not reachable: {exc or type(exc).__name__}.", "unhealthy") from None
+        unhealthy = Problem(503, f"Redis is not reachable: {exc or type(exc).__name__}.", "unhealthy")
+        unhealthy.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)  # as every other route says then
+        raise unhealthy from None
     return web.json_response({"status": "ok", "redis": "ok"})
 
 

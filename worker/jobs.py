@@ -16,8 +16,10 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any, ParamSpec, TypeVar
 
 import rq
 from rq.timeouts import JobTimeoutException
@@ -25,16 +27,21 @@ from rq.timeouts import JobTimeoutException
 from engine.api import Engine, StartedStep
 from engine.errors import CommandRefused, NotFound
 from engine.factory import build_engine
-from engine.model import FailureCode, StepError
+from engine.model import FailureCode, StepError, StepStatus
+from engine.outage import Outage
 from engine.settings import Settings, get_settings
 from engine.workflow import Step, StepType
 from worker.action_step import run_action
 from worker.failure import StepFailure
 from worker.http_step import perform_request
+from worker.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
 
 ORPHAN_CHECK_SECONDS = 0.5
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _engine: Engine | None = None
 
@@ -56,14 +63,29 @@ def current_engine() -> Engine:
 
 
 def execute_step(run_id: str, step_id: str, attempt: int, dispatch: int) -> dict[str, Any]:
-    """Run one attempt of a step and report it; the return value is only for RQ's records."""
+    """Run one attempt of a step and report it; the return value is only for RQ's records.
+
+    Both the start and the report wait out a Redis outage (:func:`patiently`): a step
+    that ran must not lose its result because Redis restarted meanwhile.
+    """
     engine = current_engine()
     where = {"run_id": run_id, "step_id": step_id, "attempt": attempt, "dispatch": dispatch}
     try:
-        started = engine.step_started(run_id, step_id, attempt, dispatch, worker=worker_name())
+        started = patiently(
+            f"start of step {step_id} of run {run_id}",
+            engine.step_started,
+            run_id,
+            step_id,
+            attempt,
+            dispatch,
+            worker=worker_name(),
+        )
     except (CommandRefused, NotFound) as exc:
         log.info("step not started", extra={**where, "reason": str(exc)})
         return {"outcome": "refused", "reason": str(exc)}
+    if not started.proceed and started_by(started, attempt, dispatch, worker_name()):
+        # Our own start landed, but Redis went away before its reply came back.
+        started = replace(started, proceed=True)
     if not started.proceed:
         log.info("step held", extra={**where, "reason": started.message})
         return {"outcome": "held", "reason": started.message}
@@ -72,13 +94,49 @@ def execute_step(run_id: str, step_id: str, attempt: int, dispatch: int) -> dict
     # The attempt is over: the job's alarm must not cut the report short.
     signal.alarm(0)
     try:
-        engine.step_finished(run_id, step_id, attempt, result=result, error=error)
+        patiently(
+            f"report of step {step_id} of run {run_id}",
+            engine.step_finished,
+            run_id,
+            step_id,
+            attempt,
+            result=result,
+            error=error,
+        )
     except (CommandRefused, NotFound) as exc:
         log.info("step report refused", extra={**where, "reason": str(exc)})
         return {"outcome": "report refused", "reason": str(exc)}
     outcome = "failed" if error else "succeeded"
     log.info("step %s", outcome, extra={**where, "error": error.message if error else None})
     return {"outcome": outcome}
+
+
+def started_by(started: StartedStep, attempt: int, dispatch: int, worker: str) -> bool:
+    """Whether the step already runs under this very job and worker (a retried start that had landed).
+
+    A worker has one work horse at a time, so the step running on it under this attempt
+    and dispatch is this horse's.
+    """
+    step = started.step
+    return (
+        step.status is StepStatus.RUNNING
+        and step.attempt == attempt
+        and step.dispatch == dispatch
+        and step.worker == worker
+    )
+
+
+def patiently(what: str, command: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """An engine command of this work horse, tried again while Redis is unreachable.
+
+    The horse has nothing else to do, so it waits, with backoff, for up to the worker's
+    ``report_patience``; past that it gives up and its worker reports the step lost once
+    Redis is back. Repeating the command is safe: the engine checks the step's attempt
+    and status in its transaction, so a start or report that did land the first time
+    (its reply lost with the connection) is refused or recorded as a late duplicate.
+    """
+    deadline = time.monotonic() + get_worker_settings().report_patience
+    return Outage(what).call_until(deadline, command, *args, **kwargs)
 
 
 def perform(started: StartedStep) -> tuple[Any, StepError | None]:

@@ -8,29 +8,46 @@ engine; a starter thread starts the runs that webhooks accepted (:mod:`engine.in
 a heartbeat thread keeps the worker's liveness key alive (:func:`worker.reaper.alive_key`).
 More worker processes on more machines scale it out; any one of them keeps the
 timers, the reaper and the starts going.
+
+None of them exits when Redis goes away: each loop waits it out with a capped backoff
+(:mod:`engine.outage`), a work horse holds on to its step's result until Redis takes it,
+and a worker whose records Redis lost (restarted empty) registers again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from resource import struct_rusage
+from typing import Any, ParamSpec, TypeVar
 
-from rq.job import Job
+from redis.client import Pipeline, PubSub, PubSubWorkerThread
+from rq import worker_registration
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.utils import now, utcformat
 from rq.worker import Worker
 
 from engine.api import STEP_JOB, Engine
 from engine.errors import CommandRefused, NotFound
 from engine.intake import Intake, Starter
+from engine.outage import LONGEST_RETRY_SECONDS, REDIS_DOWN, Outage
 from engine.settings import Settings
 from worker import jobs
 from worker.housekeeping import housekeep
-from worker.reaper import alive_key, reap
+from worker.reaper import alive_key, reap, redis_uptime
 from worker.settings import WorkerSettings, get_worker_settings
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def run_worker(
@@ -43,8 +60,8 @@ def run_worker(
     """Work on ``settings.queue`` until stopped (SIGTERM: finish the current step first).
 
     ``burst`` quits once the queue is empty; ``name`` must be unique among live workers
-    (RQ picks one if not given); ``with_maintenance`` also fires timers, reaps lost steps
-    and starts accepted runs.
+    (RQ picks one if not given; a dead worker's name may be taken over); ``with_maintenance``
+    also fires timers, reaps lost steps and starts accepted runs.
     """
     options = get_worker_settings()
     engine = jobs.configure(settings)
@@ -59,7 +76,10 @@ def run_worker(
         worker_ttl=options.worker_ttl,
         job_monitoring_interval=options.heartbeat_interval,
         work_horse_killed_handler=horse_killed,
+        report_patience=options.report_patience,
     )
+    if name is not None:
+        worker.take_over_name(engine)  # before the heartbeat makes the name look alive
     helpers: list[Heartbeat | Maintenance | Starter] = [Heartbeat(engine, options, worker.name)]
     if with_maintenance:
         helpers += [Maintenance(engine, options, worker.name), Starter(Intake(engine), worker.name)]
@@ -73,7 +93,15 @@ def run_worker(
 
 
 class SwitchboardWorker(Worker):
-    """RQ's forking worker, with a guard on killing the work horse.
+    """RQ's forking worker, made to ride out Redis outages, and guarded on killing its horse.
+
+    RQ's work loop quits on any error it does not expect, and a Redis restart raises
+    them everywhere: while it sends heartbeats for a running job, sets its state, prepares
+    the next job. Here every Redis call of the loop goes through an :class:`Outage`: it is
+    tried again after a backoff (0.5 s doubling to 10 s, one warning line per retry) until
+    Redis answers, so the process never exits for it. In a work horse the same retries
+    are bounded by ``report_patience``: RQ's bookkeeping before the step, and the step's
+    own start and report (:mod:`worker.jobs`), wait for Redis that long.
 
     RQ clears ``horse_pid`` to 0 when a horse ends, a moment before it forgets the job.
     A stop command for that job arriving in between (an immediate stop racing the step's
@@ -81,11 +109,174 @@ class SwitchboardWorker(Worker):
     it everything started in that group (``switchboard up``, the test runner).
     """
 
+    # RQ's own backoff, for the one case its dequeue loop catches itself (a blocking
+    # dequeue cut off by the outage); the next heartbeat then waits in ours.
+    max_connection_wait_time = LONGEST_RETRY_SECONDS
+
+    def __init__(self, *args: Any, report_patience: float = 300.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.report_patience = report_patience
+        self.outage = Outage(f"worker {self.name}")
+        self.pubsub_outage = Outage(f"stop commands of worker {self.name}")
+        self._horse_exit: tuple[int | None, int | None, struct_rusage | None] = (None, None, None)
+
+    def _through_outage(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn`` tried until Redis answers; in a work horse for ``report_patience`` at most."""
+        if self.is_horse:
+            deadline = time.monotonic() + self.report_patience
+            return self.outage.call_until(deadline, fn, *args, **kwargs)
+        return self.outage.call(fn, *args, **kwargs)
+
+    # -- the work loop's Redis calls ---------------------------------------------------------
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        if pipeline is not None:  # only queued on the caller's pipeline: nothing to retry here
+            super().heartbeat(timeout, pipeline)
+            return
+        self._through_outage(self._beat, timeout)
+
+    def _beat(self, timeout: int | None) -> None:
+        with self.connection.pipeline() as pipe:
+            super().heartbeat(timeout, pipeline=pipe)
+            recreated = pipe.execute()[0] == 1  # HSET made a new hash: Redis had lost ours
+        if recreated:
+            self.rejoin()
+
+    def rejoin(self) -> None:
+        """Write this worker's records again, as at its birth, after Redis lost them.
+
+        A Redis restarted without its data, or an outage longer than the records' expiry,
+        leaves a live worker unknown to RQ (``rq info``, the registry of workers).
+        """
+        log.warning("Redis lost this worker's records: registering it again", extra={"worker": self.name})
+        with self.connection.pipeline() as pipe:
+            pipe.hset(self.key, mapping=self.serialize())
+            pipe.hset(self.key, "state", self.get_state())
+            worker_registration.register(self, pipe)
+            pipe.expire(self.key, self.worker_ttl + 60)
+            pipe.execute()
+
+    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
+        if pipeline is not None:
+            super().set_state(state, pipeline)
+            return
+        self._through_outage(super().set_state, state)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        self._through_outage(super().check_for_suspension, burst)
+
+    def run_maintenance_tasks(self) -> None:
+        self._through_outage(super().run_maintenance_tasks)
+
+    def prepare_execution(self, job: Job) -> Execution:
+        return self._through_outage(super().prepare_execution, job)
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        # In the work horse, before the step: wait (bounded) rather than fail the job.
+        self._through_outage(super().prepare_job_execution, job, remove_from_intermediate_queue)
+
+    def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
+        # Between polls of a running horse: a missed beat is retried at the next poll, and
+        # the horse goes on with its step meanwhile.
+        try:
+            super().maintain_heartbeats(job, execution)
+        except REDIS_DOWN as exc:
+            log.warning(
+                "heartbeat of a running job missed: Redis unavailable (%s)",
+                exc,
+                extra={"worker": self.name, "job_id": job.id},
+            )
+
+    def wait_for_horse(self) -> tuple[int | None, int | None, struct_rusage | None]:
+        self._horse_exit = super().wait_for_horse()
+        return self._horse_exit
+
+    def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
+        try:
+            super().monitor_work_horse(job, queue, execution)
+        except REDIS_DOWN as exc:
+            # Redis errors while the horse runs are absorbed above, so the horse has ended
+            # abnormally and RQ could not record it. Record it once Redis answers: a step
+            # its horse never reported on must not stay running for good.
+            log.warning(
+                "work horse ended while Redis was unavailable (%s): recording it once Redis answers",
+                exc,
+                extra={"worker": self.name, "job_id": job.id},
+            )
+            self._through_outage(self._record_horse_end, job, queue, execution)
+
+    def _record_horse_end(self, job: Job, queue: Queue, execution: Execution) -> None:
+        """What RQ's monitor does after a horse ended abnormally, for when Redis was away then."""
+        status = job.get_status()
+        if self._stopped_job_id == job.id:
+            self._handle_stopped_job(job, queue, execution)
+        elif status not in (JobStatus.FINISHED, JobStatus.FAILED):
+            retpid, ret_val, rusage = self._horse_exit
+            self.handle_work_horse_killed(job, retpid, ret_val, rusage)
+            why = "Work horse ended while Redis was unavailable"
+            self.handle_job_failure(job, queue=queue, exc_string=why, execution=execution)
+
+    def _pubsub_exception_handler(
+        self, exc: Exception, pubsub: PubSub, pubsub_thread: PubSubWorkerThread
+    ) -> None:
+        # RQ's thread for stop commands: on a lost connection RQ logs an error every 2 s.
+        # Wait for Redis here instead (redis-py subscribes again on the next read).
+        if not isinstance(exc, REDIS_DOWN):
+            super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+            return
+        self.pubsub_outage.call(self.connection.ping)
+
+    def register_death(self) -> None:
+        # Shutting down during an outage: nothing to wait for. The liveness key expires
+        # and the reaper hands back whatever this worker held.
+        try:
+            super().register_death()
+        except REDIS_DOWN as exc:
+            log.warning("could not record this worker's shutdown: Redis unavailable (%s)", exc)
+
+    # -- names ---------------------------------------------------------------------------
+
+    def take_over_name(self, engine: Engine) -> None:
+        """Take this worker's name over from a dead worker that had it (a supervisor restart).
+
+        RQ refuses a name whose record has no death date, which a worker killed outright,
+        or one that could not record its shutdown while Redis was away, never gets. A live
+        worker's name is still refused; a dead one's steps are handed back to the engine
+        first, since the reaper would take them for this worker's from now on.
+        """
+        record = self.connection.hmget(self.key, ["death", "hostname", "pid"])
+        death, hostname, pid = (_text(value) for value in record)
+        if record == [None, None, None] or death:
+            return
+        same_process_slot = hostname == self.hostname and pid is not None and not _process_alive(int(pid))
+        if not same_process_slot and self.connection.exists(alive_key(engine, self.name)):
+            raise ValueError(f"There exists an active worker named {self.name!r} already")
+        log.warning("taking over the name of a dead worker", extra={"worker": self.name, "pid": pid})
+        reap(engine, dead_workers={self.name})
+        self.connection.hset(self.key, "death", utcformat(now()))
+
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         if self.horse_pid <= 0:
             log.info("no work horse to kill", extra={"worker": self.name})
             return
         super().kill_horse(sig)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process other than this one (a restarted worker may get its old pid)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def report_killed_horse(engine: Engine, job: Job, worker_name: str) -> None:
@@ -105,6 +296,8 @@ class Heartbeat(threading.Thread):
     The key expires ``worker_lost_after`` seconds after the last beat, by Redis's own
     clock: if this process dies, the reaper finds the key gone, and no machine's clock
     is compared with another's. Its own thread, so a long reaper pass cannot delay it.
+    While Redis is away it keeps trying at its own pace (a beat is one cheap command), so
+    the key is back within a beat of Redis's return.
     """
 
     def __init__(self, engine: Engine, options: WorkerSettings, worker_name: str) -> None:
@@ -113,6 +306,7 @@ class Heartbeat(threading.Thread):
         self.key = alive_key(engine, worker_name)
         self.interval = options.heartbeat_interval
         self.lifetime_ms = int(options.worker_lost_after * 1000)
+        self.outage = Outage(f"heartbeat of worker {worker_name}", first=self.interval, longest=self.interval)
         self._stopping = threading.Event()
         self.beat()  # alive before the first job can be taken
 
@@ -122,18 +316,31 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
         self.join(timeout=5)
-        self.redis.delete(self.key)
+        with contextlib.suppress(*REDIS_DOWN):  # it expires by itself
+            self.redis.delete(self.key)
 
     def run(self) -> None:
-        while not self._stopping.wait(self.interval):
+        pause: float = self.interval
+        while not self._stopping.wait(pause):
+            pause = self.interval
             try:
                 self.beat()
+            except REDIS_DOWN as exc:
+                pause = self.outage.failed(exc)
+                continue
             except Exception:
-                log.exception("heartbeat failed")  # Redis restarting: the next beat may land
+                log.exception("heartbeat failed")
+                continue
+            self.outage.recovered()
 
 
 class Maintenance(threading.Thread):
-    """Fires due timers often and reaps lost steps now and then, until stopped."""
+    """Fires due timers often and reaps lost steps now and then, until stopped.
+
+    While Redis is away it backs off (up to a reaper interval between tries: each try is
+    one cheap call), and for ``settle_after_outage`` seconds after Redis is back it lets
+    the reaper judge only facts, not silence (see :func:`worker.reaper.reap`).
+    """
 
     def __init__(self, engine: Engine, options: WorkerSettings, worker_name: str) -> None:
         super().__init__(name="switchboard-maintenance", daemon=True)
@@ -141,6 +348,11 @@ class Maintenance(threading.Thread):
         self.options = options
         self.worker_name = worker_name
         self.lock_key = f"{engine.keys.prefix}worker:reaper-lock"
+        self.outage = Outage(
+            f"maintenance of worker {worker_name}",
+            longest=min(LONGEST_RETRY_SECONDS, max(options.reaper_interval, options.maintenance_interval)),
+        )
+        self.redis_back_at: float | None = None  # monotonic time this thread saw Redis answer again
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -149,15 +361,30 @@ class Maintenance(threading.Thread):
 
     def run(self) -> None:
         next_reap = time.monotonic() + self.options.reaper_interval
-        while not self._stopping.wait(self.options.maintenance_interval):
+        pause = self.options.maintenance_interval
+        while not self._stopping.wait(pause):
+            pause = self.options.maintenance_interval
             try:
                 self.fire_timers()
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + self.options.reaper_interval
                     self.reap_if_first()
+            except REDIS_DOWN as exc:
+                pause = self.outage.failed(exc)
+                continue
             except Exception:
-                # Redis restarting, a bad run document: log it and try again next pass.
+                # A bad run document, a bug: log it and try again next pass.
                 log.exception("maintenance pass failed")
+                continue
+            if self.outage.recovered():
+                self.redis_back_at = time.monotonic()
+
+    def settling(self) -> bool:
+        """Whether Redis came back (restarted, failed over, reachable again) too recently to judge silence."""
+        settle = self.options.settle_after_outage
+        if self.redis_back_at is not None and time.monotonic() - self.redis_back_at < settle:
+            return True
+        return redis_uptime(self.engine) < settle
 
     def fire_timers(self) -> None:
         limit = 100
@@ -168,5 +395,5 @@ class Maintenance(threading.Thread):
         """Reap unless another worker already did in this interval (the commands are idempotent anyway)."""
         lease_ms = max(int(self.options.reaper_interval * 900), 1)
         if self.engine.redis.set(self.lock_key, self.worker_name, nx=True, px=lease_ms):
-            reap(self.engine)
+            reap(self.engine, settling=self.settling(), hand_off_grace=self.options.hand_off_grace)
             housekeep(self.engine, self.worker_name, self.options.retention_interval)

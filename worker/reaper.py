@@ -6,24 +6,35 @@ reaper looks at the steps the engine believes are running or queued (through the
 of active runs, never a scan of all runs) and checks each against RQ's records:
 
 - a running step whose worker has shut down, or whose liveness key has expired (no
-  heartbeat for ``worker_lost_after`` seconds), or whose job ended without a report, is
-  lost: ``engine.step_lost`` retries it (idempotent steps) or fails it with ``WORKER_LOST``;
+  heartbeat for ``worker_lost_after`` seconds), or whose job ended without a report and
+  is no longer executing anywhere, is lost: ``engine.step_lost`` retries it (idempotent
+  steps) or fails it with ``WORKER_LOST``;
 - a queued step whose job vanished (Redis eviction), or was taken by a worker that died
   before the step started, is enqueued again under the same job id;
+- a queued step whose job sits in no queue (left in RQ's intermediate list by a worker
+  whose Redis went away between taking the job and starting it, or missing from a short
+  queue) is enqueued again too, once two passes at least ``hand_off_grace`` seconds apart
+  have seen it so: a step that never started is always safe to enqueue again, and the
+  grace keeps the normal hand-off (``BLMOVE`` to the intermediate list, then start) from
+  being mistaken for a loss;
 - a queued step whose job failed before the step started is reported as a failed
   attempt, which the step's retry policy may repeat.
 
 Liveness is a key each worker's heartbeat thread keeps alive with a Redis expiry, so it
 is judged on the Redis server's clock alone: workers on machines whose clocks disagree
-are never declared dead for it. Every decision is re-checked by the engine inside its
-transaction, so a stale view here (a step that finished in the meantime) does nothing.
+are never declared dead for it. Right after Redis comes back from an outage (``settling``)
+liveness keys may have expired while nobody could renew them, and workers are still
+working through their backoff: then the reaper judges neither silence nor stuck hand-offs,
+only facts (a job gone, a worker that shut down). Every decision is re-checked by the
+engine inside its transaction, so a stale view here (a step that finished in the
+meantime) does nothing.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
 from redis.client import Pipeline
@@ -41,6 +52,8 @@ RUNS_WITH_STEPS_IN_FLIGHT = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.DRAI
 JOB_ENDED = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FINISHED}
 JOB_DIED = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 BATCH = 100
+# A queue longer than this is not read whole: a job missing from it is found once it is shorter.
+QUEUE_SNAPSHOT_LIMIT = 1000
 
 
 @dataclass
@@ -66,22 +79,74 @@ class _InFlight:
         return self.step.job_id
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """What one pass knows besides the runs: how to judge, and where RQ's jobs wait."""
+
+    settling: bool
+    dead_workers: Collection[str]
+    intermediate: set[str]  # job ids a worker has taken off the queue but not started yet
+    queued: set[str]  # job ids in the queue, when it is short enough to read
+    queue_known: bool  # False: the queue was too long to read, so absence from it says nothing
+    handed_off: dict[str, str] = field(default_factory=dict)  # job id in no queue -> "run_id step_id"
+
+
 def alive_key(engine: Engine, worker_name: str) -> str:
     """Exists while the worker named ``worker_name`` sends heartbeats (see ``worker.process``)."""
     return f"{engine.keys.prefix}worker:alive:{worker_name}"
 
 
-def reap(engine: Engine) -> Reaped:
-    """One pass over every run with steps in flight."""
+def stuck_key(engine: Engine) -> str:
+    """Hash: job id of a queued step seen in no queue -> when a pass first saw it (Redis's clock)."""
+    return f"{engine.keys.prefix}worker:stuck-jobs"
+
+
+def reap(
+    engine: Engine,
+    *,
+    settling: bool = False,
+    dead_workers: Collection[str] = (),
+    hand_off_grace: float = 4.0,
+) -> Reaped:
+    """One pass over every run with steps in flight.
+
+    ``settling``: Redis has just come back; judge no worker by its silence and no job by
+    its absence from the queues. ``dead_workers``: names known dead although their
+    liveness key may still exist (a worker restarted under the same name).
+    """
     done = Reaped()
+    state = _snapshot(engine, settling, dead_workers)
     for batch in _batches(_steps_in_flight(engine)):
-        _reap_batch(engine, batch, done)
+        _reap_batch(engine, batch, state, done)
+    _requeue_stuck(engine, state, hand_off_grace, done)
     if done:
         log.warning(
             "reaper acted",
             extra={"lost": done.lost, "requeued": done.requeued, "failed": done.failed},
         )
     return done
+
+
+def redis_uptime(engine: Engine) -> float:
+    """Seconds since the Redis server started: a restart shows as a small number."""
+    info = engine.redis.info("server")
+    return float(info["uptime_in_seconds"])
+
+
+def _snapshot(engine: Engine, settling: bool, dead_workers: Collection[str]) -> _Pass:
+    queue = engine.queue
+    with engine.redis.pipeline(transaction=False) as pipe:
+        pipe.lrange(queue.intermediate_queue_key, 0, -1)
+        pipe.llen(queue.key)
+        pipe.lrange(queue.key, 0, QUEUE_SNAPSHOT_LIMIT - 1)
+        intermediate, length, queued = pipe.execute()
+    return _Pass(
+        settling,
+        dead_workers,
+        intermediate={_text(job_id) or "" for job_id in intermediate},
+        queued={_text(job_id) or "" for job_id in queued},
+        queue_known=length <= QUEUE_SNAPSHOT_LIMIT,
+    )
 
 
 def _steps_in_flight(engine: Engine) -> Iterator[_InFlight]:
@@ -101,7 +166,7 @@ def _batches(items: Iterator[_InFlight]) -> Iterator[list[_InFlight]]:
         yield batch
 
 
-def _reap_batch(engine: Engine, batch: list[_InFlight], done: Reaped) -> None:
+def _reap_batch(engine: Engine, batch: list[_InFlight], state: _Pass, done: Reaped) -> None:
     with engine.redis.pipeline(transaction=False) as pipe:
         for item in batch:
             pipe.hmget(Job.key_for(item.job_id), ["status", "worker_name"])
@@ -112,16 +177,24 @@ def _reap_batch(engine: Engine, batch: list[_InFlight], done: Reaped) -> None:
         # The worker a step is bound to: the one running it, or the one that took its job.
         bound = {item.job_id: item.step.worker or jobs[item.job_id][1] for item in batch}
         workers = sorted({name for name in bound.values() if name})
-        health = _worker_health(engine, pipe, workers)
+        health = _worker_health(engine, pipe, workers, state)
+    executing: set[str] | None = None  # read only when needed, after the job statuses
     for item in batch:
         status, _ = jobs[item.job_id]
         worker = bound[item.job_id]
         dead = health.get(worker) if worker else None
         try:
-            if item.step.status is StepStatus.RUNNING:
-                _check_running(engine, item, status, dead, done)
-            else:
-                _check_queued(engine, item, status, dead, done)
+            if item.step.status is StepStatus.QUEUED:
+                _check_queued(engine, item, status, dead, state, done)
+                continue
+            if dead is None and status in JOB_ENDED:
+                # Ended, yet the step still runs: lost, unless another execution of the same
+                # job (enqueued twice) is the one running it and will report.
+                if executing is None:
+                    executing = set(engine.queue.started_job_registry.get_job_ids(cleanup=False))
+                if item.job_id in executing:
+                    continue
+            _check_running(engine, item, status, dead, done)
         except (CommandRefused, NotFound) as exc:
             log.info("reaper decision overtaken", extra={"job_id": item.job_id, "reason": str(exc)})
 
@@ -140,7 +213,12 @@ def _check_running(
 
 
 def _check_queued(
-    engine: Engine, item: _InFlight, job_status: str | None, dead: str | None, done: Reaped
+    engine: Engine,
+    item: _InFlight,
+    job_status: str | None,
+    dead: str | None,
+    state: _Pass,
+    done: Reaped,
 ) -> None:
     st = item.step
     run_id = item.run.run_id
@@ -157,19 +235,68 @@ def _check_queued(
         )
         engine.step_finished(run_id, st.step_id, st.attempt, error=error)
         done.failed.append(item.job_id)
+    elif job_status == JobStatus.QUEUED and _in_no_queue(item.job_id, state):
+        state.handed_off[item.job_id] = f"{run_id} {st.step_id}"
 
 
-def _worker_health(engine: Engine, pipe: Pipeline, names: list[str]) -> dict[str, str | None]:
-    """For each worker name: None if alive, else why it counts as dead."""
+def _in_no_queue(job_id: str, state: _Pass) -> bool:
+    """Taken off the queue but not started, or (as far as a short queue shows) never on it."""
+    return job_id in state.intermediate or (state.queue_known and job_id not in state.queued)
+
+
+def _requeue_stuck(engine: Engine, state: _Pass, grace: float, done: Reaped) -> None:
+    """Enqueue again the queued steps whose job has sat in no queue for two passes ``grace`` apart.
+
+    Each pass notes, on Redis's clock, when it first saw such a job; the note goes when
+    the job moves on. While Redis settles after an outage nothing is judged and the
+    notes are dropped, so the grace starts over once workers have caught up.
+    """
+    key = stuck_key(engine)
+    if state.settling:
+        engine.redis.delete(key)
+        return
+    seen: dict[bytes, bytes] = engine.redis.hgetall(key)  # type: ignore[assignment]
+    first_seen = {_text(job_id) or "": float(at) for job_id, at in seen.items()}
+    seconds, micros = engine.redis.time()
+    now = seconds + micros / 1e6
+    gone = [job_id for job_id in first_seen if job_id not in state.handed_off]
+    with engine.redis.pipeline(transaction=False) as pipe:
+        if gone:
+            pipe.hdel(key, *gone)
+        for job_id in state.handed_off:
+            pipe.hsetnx(key, job_id, now)
+        pipe.execute()
+    intermediate = engine.queue.intermediate_queue
+    for job_id, where in state.handed_off.items():
+        if job_id not in first_seen or now - first_seen[job_id] < grace:
+            continue
+        run_id, step_id = where.split(" ", 1)
+        # Out of RQ's intermediate list first, or RQ's own cleanup would later mark the job
+        # (running again by then) failed as "stuck in intermediate queue".
+        intermediate.remove(job_id)
+        engine.redis.delete(intermediate.get_first_seen_key(job_id))
+        try:
+            if engine.requeue_step(run_id, step_id):
+                log.warning("job in no queue enqueued again", extra={"run_id": run_id, "job_id": job_id})
+                done.requeued.append(job_id)
+        except NotFound:
+            pass
+        engine.redis.hdel(key, job_id)
+
+
+def _worker_health(engine: Engine, pipe: Pipeline, names: list[str], state: _Pass) -> dict[str, str | None]:
+    """For each worker name: None if alive (or not judged while Redis settles), else why it is dead."""
     for name in names:
         pipe.hget(Worker.redis_worker_namespace_prefix + name, "death")
         pipe.exists(alive_key(engine, name))
     replies = pipe.execute()
     health: dict[str, str | None] = {}
     for name, death, alive in zip(names, replies[::2], replies[1::2], strict=True):
-        if death:
+        if name in state.dead_workers:
+            health[name] = "was restarted under the same name"
+        elif death:
             health[name] = "has shut down"
-        elif not alive:
+        elif not alive and not state.settling:
             health[name] = "stopped sending heartbeats"
         else:
             health[name] = None

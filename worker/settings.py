@@ -4,7 +4,9 @@ The defaults bound how fast a dead worker is noticed: its liveness key expires a
 ``worker_lost_after`` seconds after it dies (each heartbeat, every
 ``heartbeat_interval``, renews it), and the next reaper pass (every ``reaper_interval``)
 reports it, so a step of a SIGKILLed worker is retried or failed within 15 + 5 = 20
-seconds.
+seconds. After a Redis outage the reaper first lets ``settle_after_outage`` seconds pass
+(10 + 3), then a job left in no queue is enqueued again within two passes: 13 + 2 x 5 = 23
+seconds after Redis is back.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from functools import lru_cache
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.outage import LONGEST_RETRY_SECONDS
 
 
 class WorkerSettings(BaseSettings):
@@ -40,6 +44,19 @@ class WorkerSettings(BaseSettings):
     worker_ttl: int = Field(
         default=30, ge=16, description="RQ worker_ttl; an idle worker beats every worker_ttl - 15 seconds."
     )
+    hand_off_grace: float = Field(
+        default=4.0,
+        gt=0,
+        description="A queued step's job seen in no queue this long (two reaper passes) is enqueued again.",
+    )
+    report_patience: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "Seconds a work horse keeps trying to start or report its step while Redis is unreachable;"
+            " past it the horse gives up and its worker reports the step lost once Redis is back."
+        ),
+    )
 
     @model_validator(mode="after")
     def _lost_after_outlasts_heartbeats(self) -> WorkerSettings:
@@ -50,6 +67,17 @@ class WorkerSettings(BaseSettings):
                 f" heartbeat_interval ({self.heartbeat_interval}s)"
             )
         return self
+
+    @property
+    def settle_after_outage(self) -> float:
+        """Seconds after Redis comes back during which the reaper judges no worker by its silence
+        and no job by its absence from the queues.
+
+        Liveness keys may have expired while nobody could renew them (live workers renew
+        theirs within a heartbeat), and every loop is still waiting out its backoff (at most
+        ``LONGEST_RETRY_SECONDS``) before it takes up the job it held.
+        """
+        return LONGEST_RETRY_SECONDS + self.heartbeat_interval
 
 
 @lru_cache(maxsize=1)
