@@ -1,16 +1,24 @@
 """HTTP mode: Slack's commands, interactivity and events on one URL of the aiohttp server.
 
-bolt verifies each request's signature (a forged or stale one gets 401). Before bolt
-sees the body, :func:`to_bolt_request` works around bolt's form parser: it treats any
-form body that merely *contains* the text "payload" as an interactivity payload and
-returns ``{}`` when there is no ``payload`` field, so ``/run start payload-sync``
-(or a user or channel named so) would be dropped as an unhandled request (404).
+Every request is checked here before bolt sees it, in the order Slack's own advice
+gives: the body is read as bytes (:mod:`edge.inbound`: Content-Encoding, size), the
+signature and timestamp are verified over those bytes (401 when they do not match, so
+an unsigned request learns nothing more), and only then is the body decoded and parsed
+(400 when it is not UTF-8, not a form or JSON object, or not of the shape bolt and the
+listeners read: :mod:`bot.envelope`). bolt's own parser is not used: it raises on a
+``payload`` that is not an object, on a non-numeric timestamp, on deep JSON, and it
+treats any form body that merely *contains* the text "payload" as an interactivity
+payload, so ``/run start payload-sync`` would be dropped as an unhandled request.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -19,18 +27,30 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.request.async_internals import build_async_context
 from slack_bolt.request.async_request import AsyncBoltRequest
-from slack_sdk.signature import SignatureVerifier
 
 from bot.app import build_app
+from bot.envelope import check_envelope
 from bot.runtime import Bot, build_bot
 from bot.service import running
 from bot.settings import SlackSettings, get_slack_settings
+from edge.inbound import (
+    Malformed,
+    check_charset,
+    check_headers,
+    expect_handler,
+    parse_json,
+    quiet_malformed_http,
+    read_body,
+    utf8_text,
+)
 from engine.api import Engine
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
 SLACK_BOT = web.AppKey("slack_bot", Bot)
+BODY_LIMIT = 1024 * 1024  # Slack's largest payloads (a modal's state) are far below this
+TOLERANCE = 300  # seconds a request's timestamp may be off, as bolt and Slack's docs say
 
 
 def attach(app: web.Application, engine: Engine, settings: SlackSettings | None = None) -> None:
@@ -40,7 +60,9 @@ def attach(app: web.Application, engine: Engine, settings: SlackSettings | None 
         raise ValueError("Slack over HTTP needs SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET.")
     bot = build_bot(engine, settings)
     app[SLACK_BOT] = bot
-    app.router.add_post(EVENTS_PATH, events_handler(build_app(bot), settings.signing_secret or ""))
+    quiet_malformed_http()
+    handler = events_handler(build_app(bot), settings.signing_secret or "")
+    app.router.add_post(EVENTS_PATH, handler, expect_handler=expect_handler)
 
     async def background(_app: web.Application) -> AsyncIterator[None]:
         async with running(bot):
@@ -50,34 +72,57 @@ def attach(app: web.Application, engine: Engine, settings: SlackSettings | None 
 
 
 def events_handler(bolt: AsyncApp, signing_secret: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-    verifier = SignatureVerifier(signing_secret)
-
     async def handle(request: web.Request) -> web.Response:
-        raw = await request.text()
         try:
-            bolt_request = to_bolt_request(raw, request)
-        except ValueError as exc:
-            # bolt parses before it verifies; only a signed request deserves to hear why.
-            if not verifier.is_valid_request(raw, dict(request.headers)):
-                return web.json_response({"error": "invalid request signature"}, status=401)
-            return web.json_response({"error": f"malformed body: {exc}"}, status=400)
-        bolt_response = await bolt.async_dispatch(bolt_request)
+            check_headers(request.headers)
+            raw = await read_body(request, BODY_LIMIT)
+            if not signed_by(signing_secret, raw, request.headers, time.time()):
+                return _refusal(401, "invalid request signature")
+            check_charset(request)
+            text = utf8_text(raw)
+            body = parse_body(text, request.content_type)
+        except Malformed as exc:
+            log.warning("malformed slack request refused", extra={"status": exc.status, "detail": exc.detail})
+            return _refusal(exc.status, f"malformed body: {exc.detail}")
+        bolt_response = await bolt.async_dispatch(to_bolt_request(text, body, request))
         return await to_aiohttp_response(bolt_response)
 
     return handle
 
 
-def to_bolt_request(raw: str, request: web.Request) -> AsyncBoltRequest:
-    bolt_request = AsyncBoltRequest(body=raw, query=request.query_string, headers=dict(request.headers))
-    if _is_form(raw, bolt_request.content_type) and "payload" in raw:
-        fields = dict(parse_qsl(raw, keep_blank_values=True))
-        if "payload" not in fields:
-            bolt_request.body = fields
-            bolt_request.context = build_async_context(AsyncBoltContext({}), fields)
-        elif not bolt_request.body:
-            raise ValueError("the payload field is empty")
+def signed_by(secret: str, raw: bytes, headers: Mapping[str, str], now: float) -> bool:
+    """Slack's v0 signature: HMAC-SHA256 of ``v0:<timestamp>:<body>``, the timestamp within 5 minutes."""
+    stamp = headers.get("X-Slack-Request-Timestamp", "")
+    given = headers.get("X-Slack-Signature", "")
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12) or abs(now - int(stamp)) > TOLERANCE:
+        return False
+    mac = hmac.new(secret.encode(), b"v0:" + stamp.encode() + b":" + raw, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(f"v0={mac}".encode(), given.encode())
+
+
+def parse_body(text: str, content_type: str) -> dict[str, Any]:
+    """The request as bolt would read it (a form, its ``payload`` field, or JSON), checked to be usable."""
+    if content_type == "application/json" or text.startswith("{"):
+        body = parse_json(text)
+    else:
+        fields = dict(parse_qsl(text, keep_blank_values=True))
+        body = parse_json(fields["payload"]) if "payload" in fields else fields
+    if not isinstance(body, dict):
+        raise Malformed(400, f"the body is a JSON {type(body).__name__}, not an object", "malformed-body")
+    try:
+        check_envelope(body)
+    except ValueError as exc:
+        raise Malformed(400, str(exc), "malformed-body") from None
+    return body
+
+
+def to_bolt_request(text: str, body: dict[str, Any], request: web.Request) -> AsyncBoltRequest:
+    """A bolt request with the body parsed here (bolt still verifies the raw text's signature)."""
+    bolt_request = AsyncBoltRequest(body=text, query=request.query_string, headers=dict(request.headers))
+    bolt_request.body = body
+    bolt_request.context = build_async_context(AsyncBoltContext({}), body)
     return bolt_request
 
 
-def _is_form(raw: str, content_type: str | None) -> bool:
-    return content_type != "application/json" and not raw.startswith("{")
+def _refusal(status: int, error: str) -> web.Response:
+    return web.json_response({"error": error}, status=status)

@@ -24,13 +24,14 @@ Slack app (``bot``) use it without depending on each other.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from collections.abc import Mapping
 from itertools import accumulate
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError
 
@@ -60,6 +61,22 @@ class Malformed(ValueError):
         self.detail = detail
         self.slug = slug
         self.extra = extra
+
+
+async def expect_handler(request: web.BaseRequest) -> None:
+    """``Expect: 100-continue`` answered as aiohttp does; any other expectation is ignored.
+
+    aiohttp's own handler runs before any middleware and fails with a 500 on an
+    ``Expect`` value that is not UTF-8 (it cannot encode its refusal). RFC 9110 lets a
+    server ignore an expectation it does not meet, so the request goes on to the
+    header checks every other header gets. Routes are added with ``expect_handler=``.
+    """
+    if (
+        request.version >= HttpVersion11
+        and request.headers.get("Expect", "").strip().lower() == "100-continue"
+    ):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer itself has not started
 
 
 def check_headers(headers: Mapping[str, str]) -> None:
@@ -165,6 +182,34 @@ def json_depth(text: str) -> int:
 
 def _no_constant(name: str) -> Any:
     raise Malformed(400, f"The JSON has {name}, which JSON does not allow.", "malformed-json")
+
+
+class QuietMalformedHttp(logging.Filter):
+    """aiohttp logs each request its HTTP parser refuses (answered 400) with a traceback.
+
+    That is a client's malformed message (a bad header line, a Content-Encoding that is
+    not what it says, broken chunking), not our error: one warning line says enough.
+    aiohttp also logs, as "Unhandled exception", the same payload error once more when
+    it drains the unread rest of such a body after the answer.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, BadHttpMessage | web.RequestPayloadError):
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+            record.msg, record.args = "malformed HTTP request refused: %s", (" ".join(str(error).split()),)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_QUIET = QuietMalformedHttp()
+
+
+def quiet_malformed_http() -> None:
+    """Install :class:`QuietMalformedHttp` on aiohttp's server log (once, whoever asks first)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _QUIET not in server_log.filters:
+        server_log.addFilter(_QUIET)
 
 
 def _one_line(error: BaseException) -> str:

@@ -16,9 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage
 
-from edge.inbound import check_headers
+from edge.inbound import check_headers, expect_handler, quiet_malformed_http
 from engine.api import Engine
 from engine.connection import async_client
 from engine.intake import Intake, Starter
@@ -37,28 +36,6 @@ from webhooks.stream import stream_run
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0
-_AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
-
-
-class QuietMalformedHttp(logging.Filter):
-    """aiohttp logs each request its HTTP parser refuses (answered 400) with a traceback.
-
-    That is a client's malformed message (a bad header line, a Content-Encoding that is
-    not what it says, broken chunking), not our error: one warning line says enough.
-    aiohttp also logs, as "Unhandled exception", the same payload error once more when
-    it drains the unread rest of such a body after the answer.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, BadHttpMessage | web.RequestPayloadError):
-            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
-            record.msg, record.args = "malformed HTTP request refused: %s", (" ".join(str(error).split()),)
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-QUIET_MALFORMED_HTTP = QuietMalformedHttp()
 
 
 @web.middleware
@@ -124,8 +101,7 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
     app = web.Application(
         middlewares=[problem_middleware, header_middleware, auth_middleware], client_max_size=largest_body
     )
-    if QUIET_MALFORMED_HTTP not in _AIOHTTP_SERVER_LOG.filters:
-        _AIOHTTP_SERVER_LOG.addFilter(QUIET_MALFORMED_HTTP)
+    quiet_malformed_http()
     aredis = async_client(engine.redis)
     ctx = WebContext(
         engine,
@@ -139,12 +115,18 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
         DeliveryCounts(),
     )
     app[CONTEXT] = ctx
-    app.router.add_post("/webhooks/{source}", deliveries.receive_delivery)
-    app.router.add_routes(rest.routes)
-    app.router.add_get("/v1/runs/{run_id}/stream", stream_run)
-    app.router.add_get("/v1/openapi.json", openapi)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    routes = [
+        web.post("/webhooks/{source}", deliveries.receive_delivery),
+        *rest.routes,
+        web.get("/v1/runs/{run_id}/stream", stream_run),
+        web.get("/v1/openapi.json", openapi),
+        web.get("/healthz", healthz),
+        web.get("/metrics", metrics),
+    ]
+    for route in routes:  # each with an Expect handler that cannot fail (see edge.inbound)
+        assert isinstance(route, web.RouteDef)
+        kwargs = {**route.kwargs, "expect_handler": expect_handler}
+        web.RouteDef(route.method, route.path, route.handler, kwargs).register(app.router)
     app.cleanup_ctx.append(_background)
     log.info("web app ready", extra={"sources": sorted(sources), "tokens": len(tokens)})
     return app
