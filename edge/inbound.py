@@ -15,7 +15,10 @@ inside a parser turning into a 500. What each function guards against:
   says otherwise, is refused rather than guessed at;
 - JSON: Python's parser recurses once per nesting level (10,000 ``[`` exhaust the
   stack) and refuses integers of more than 4,300 digits with a plain ``ValueError``;
-  both, and ``NaN``/``Infinity`` (not JSON), are refused with a sentence.
+  both, and ``NaN``/``Infinity`` (not JSON), are refused with a sentence;
+- aiohttp itself: its ``Expect`` handler (run before any middleware) fails on a value
+  that is not UTF-8, and it logs every message its HTTP parser refuses with a
+  traceback: :func:`expect_handler` and :func:`quiet_malformed_http` replace both.
 
 This package depends on aiohttp only, so both the web server (``webhooks``) and the
 Slack app (``bot``) use it without depending on each other.
