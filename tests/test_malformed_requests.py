@@ -281,3 +281,12 @@ def test_an_invalid_standard_secret_refuses_to_start_naming_the_source(
     message = str(raised.value)
     assert "releases" in message and "TEST_STANDARD_SECRET_NEW" in message
     assert "not*base64" not in message  # the secret itself is never shown
+
+
+async def test_an_expect_header_that_is_not_utf8_is_400_not_a_crash_before_the_middleware(
+    client: TestClient,
+) -> None:
+    status, answer = await raw_request(
+        client, b"POST /v1/workflows/release/runs HTTP/1.1\r\nHost: x\r\nExpect: \xff\r\n", b"{}"
+    )
+    assert status == 400 and b"Expect" in answer
