@@ -332,3 +332,19 @@ def wait_until(condition: Callable[[], bool], what: str, logs: Callable[[], str]
         if time.monotonic() > deadline:
             pytest.fail(f"never {what}\n{logs()}")
         time.sleep(0.1)
+
+
+def test_a_worker_told_to_stop_while_redis_is_down_stops_cleanly(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    workers = Workers(tmp_path, own_redis)
+    workers.start(1)
+    client = own_redis.client()
+    wait_until(lambda: client.exists("rq:worker:outage-w0") == 1, "registered", workers.logs)
+    own_redis.stop()
+    wait_until(lambda: "Redis unavailable" in workers.logs(), "noticed the outage", workers.logs)
+
+    workers.processes[0].terminate()
+
+    assert workers.processes[0].wait(timeout=15) == 0, workers.logs()
+    assert "Traceback" not in workers.logs(tail=10**7), workers.logs()

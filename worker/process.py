@@ -234,6 +234,17 @@ class SwitchboardWorker(Worker):
         except REDIS_DOWN as exc:
             log.warning("could not record this worker's shutdown: Redis unavailable (%s)", exc)
 
+    def unsubscribe(self) -> None:
+        try:
+            super().unsubscribe()
+        except REDIS_DOWN:
+            # Leaving during an outage: the subscription ends with its connection.
+            if self.pubsub_thread is not None:
+                self.pubsub_thread.stop()
+                self.pubsub_thread.join(timeout=1)
+            if self.pubsub is not None:
+                self.pubsub.close()
+
     # -- names ---------------------------------------------------------------------------
 
     def take_over_name(self, engine: Engine) -> None:
