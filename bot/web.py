@@ -1,7 +1,7 @@
 """HTTP mode: Slack's commands, interactivity and events on one URL of the aiohttp server.
 
 Every request is checked here before bolt sees it, in the order Slack's own advice
-gives: the body is read as bytes (:mod:`edge.inbound`: Content-Encoding, size), the
+gives: the body is read as bytes (:mod:`webhooks.inbound`: Content-Encoding, size), the
 signature and timestamp are verified over those bytes (401 when they do not match, so
 an unsigned request learns nothing more), and only then is the body decoded and parsed
 (400 when it is not UTF-8, not a form or JSON object, or not of the shape bolt and the
@@ -33,7 +33,8 @@ from bot.envelope import check_envelope
 from bot.runtime import Bot, build_bot
 from bot.service import running
 from bot.settings import SlackSettings, get_slack_settings
-from edge.inbound import (
+from engine.api import Engine
+from webhooks.inbound import (
     Malformed,
     check_charset,
     check_headers,
@@ -43,7 +44,6 @@ from edge.inbound import (
     read_body,
     utf8_text,
 )
-from engine.api import Engine
 
 log = logging.getLogger(__name__)
 

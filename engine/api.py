@@ -56,7 +56,6 @@ _CLAIMED = "claimed:"
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

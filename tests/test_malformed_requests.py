@@ -2,7 +2,7 @@
 
 Every case here was seen failing: most need no secret or token at all. Each edge
 (``/slack/events``, ``/webhooks/{source}``, ``/v1``) reads bodies through
-:mod:`edge.inbound`, so the same malformed input gets the same answer everywhere.
+:mod:`webhooks.inbound`, so the same malformed input gets the same answer everywhere.
 """
 
 from __future__ import annotations

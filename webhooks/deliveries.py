@@ -19,7 +19,6 @@ from typing import Any
 
 from aiohttp import web
 
-from edge.inbound import Malformed, parse_json, read_body
 from engine.api import EventDelivery
 from engine.errors import DeliveryInProgress
 from engine.intake import StartRequest
@@ -27,6 +26,7 @@ from engine.model import Actor, ActorKind
 from engine.templating import RenderError, render, truthy
 from engine.workflow import InputError, validate_inputs
 from webhooks.context import WebContext, context_of
+from webhooks.inbound import Malformed, parse_json, read_body
 from webhooks.metrics import UNKNOWN_SOURCE
 from webhooks.problems import RETRY_AFTER_SECONDS, Problem, invalid_fields
 from webhooks.routing import endpoint
@@ -34,6 +34,7 @@ from webhooks.signatures import Scheme, SignatureError, StaleTimestamp, verify
 from webhooks.sources import Source
 
 log = logging.getLogger(__name__)
+
 
 @endpoint(None, status=202, tag="webhooks")
 async def receive_delivery(request: web.Request) -> web.StreamResponse:

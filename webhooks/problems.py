@@ -19,7 +19,6 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from edge.inbound import Malformed
 from engine.errors import (
     AlreadyDecided,
     AmbiguousRunId,
@@ -29,6 +28,7 @@ from engine.errors import (
     NotFound,
     SwitchboardError,
 )
+from webhooks.inbound import Malformed
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def from_engine_error(exc: SwitchboardError) -> Problem:
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every refusal as a problem document; anything unforeseen is a 500, logged once.
 
-    A request :mod:`edge.inbound` could not read (its encoding, size, text or JSON) is
+    A request :mod:`webhooks.inbound` could not read (its encoding, size, text or JSON) is
     the client's doing: a 4xx and one warning line. Only what no input should reach (a
     bug) gets the 500 and the traceback.
     """

@@ -15,7 +15,7 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from edge import inbound
+from webhooks import inbound
 from webhooks.auth import Role
 from webhooks.context import context_of
 from webhooks.problems import from_validation_error
@@ -69,7 +69,7 @@ def endpoint_of(request: web.Request) -> Endpoint | None:
 async def read_body(request: web.Request, model: type[M]) -> M:
     """The request body validated by ``model``; an empty body counts as ``{}``.
 
-    The body is read by :mod:`edge.inbound` (Content-Encoding, size, UTF-8, JSON guards):
+    The body is read by :mod:`webhooks.inbound` (Content-Encoding, size, UTF-8, JSON guards):
     what it refuses is answered as a problem by :mod:`webhooks.problems`.
     """
     inbound.check_charset(request)

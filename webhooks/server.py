@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from edge.inbound import check_headers, expect_handler, quiet_malformed_http
 from engine.api import Engine
 from engine.connection import async_client
 from engine.intake import Intake, Starter
@@ -25,6 +24,7 @@ from webhooks import deliveries, rest
 from webhooks.acceptor import Acceptor
 from webhooks.auth import Tokens, forbidden
 from webhooks.context import CONTEXT, WebContext, context_of
+from webhooks.inbound import check_headers, expect_handler, quiet_malformed_http
 from webhooks.metrics import DeliveryCounts, StepDurations, exposition
 from webhooks.openapi import build_openapi
 from webhooks.problems import RETRY_AFTER_SECONDS, Handler, Problem, problem_middleware
@@ -123,7 +123,7 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
         web.get("/healthz", healthz),
         web.get("/metrics", metrics),
     ]
-    for route in routes:  # each with an Expect handler that cannot fail (see edge.inbound)
+    for route in routes:  # each with an Expect handler that cannot fail (see webhooks.inbound)
         assert isinstance(route, web.RouteDef)
         kwargs = {**route.kwargs, "expect_handler": expect_handler}
         web.RouteDef(route.method, route.path, route.handler, kwargs).register(app.router)

@@ -1,1 +1,0 @@
-"""What every HTTP edge (REST API, webhooks, Slack) shares: reading untrusted requests safely."""
