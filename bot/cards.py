@@ -33,7 +33,7 @@ from bot.blocks import (
     when,
     who,
 )
-from engine.model import FAILURE_MEANINGS, Event, FailureCode, Run, StepState, StepStatus, Task
+from engine.model import FAILURE_MEANINGS, Event, EventType, FailureCode, Run, StepState, StepStatus, Task
 
 Message = dict[str, Any]  # chat.postMessage / chat.update arguments: text and blocks
 
@@ -278,21 +278,22 @@ def progress_line(event: Event, run: Run) -> str | None:
     """One thread reply for a run status change, or None for events that are not progress."""
     by = who(event.actor)
     match event.type:
-        case "run_started":
+        case EventType.RUN_STARTED:
             return f"▶️ Started (`{run.workflow_id}` v{run.workflow_version})"
-        case "run_paused":
+        case EventType.RUN_PAUSED:
             return f"⏸️ Paused by {by}"
-        case "run_resumed":
+        case EventType.RUN_RESUMED:
             return f"▶️ Resumed by {by}"
-        case "run_draining":
+        case EventType.RUN_DRAINING:
             deadline = run.stop.drain_deadline if run.stop else None
             return f"🛑 Stopping gracefully (asked by {by}); in-flight steps finish until {when(deadline)}"
-        case "run_completed":
+        case EventType.RUN_COMPLETED:
             return "✅ Completed"
-        case "run_failed" | "run_stopped":
-            verdict = "🔴 Failed" if event.type == "run_failed" else "⏹️ Stopped"
+        case EventType.RUN_FAILED | EventType.RUN_STOPPED:
+            verdict = "🔴 Failed" if event.type is EventType.RUN_FAILED else "⏹️ Stopped"
             failure = run.failure
             if failure is None:
                 return verdict
             return f"{verdict}: `{failure.code.value}` {escape(truncate(failure.message, 2500))}"
-    return None
+        case _:
+            return None

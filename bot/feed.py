@@ -35,7 +35,6 @@ from bot import cards
 from bot.home import home_view
 from bot.outbox import Outbound
 from bot.runtime import Bot
-from engine.core import RUN_END_EVENTS
 from engine.errors import NotFound
 from engine.model import Event, FailureCode, Run, StepType
 from engine.store import event_from_entry
@@ -162,7 +161,7 @@ class FeedFollower:
             )
             events = [event_from_entry(event_id, event_fields) for event_id, event_fields in entries]
             messages = await self.messages_for(run_id, events)
-            ended = any(event.type in RUN_END_EVENTS for event in events)
+            ended = any(event.type.ends_run for event in events)
             lifetime = await self.cursor_lifetime(run_id) if ended else None
             caught_up = len(entries) < READ_COUNT
             pipe.multi()

@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 from engine.errors import AlreadyDecided, CommandRefused, InvalidInput, NotAllowed, NotFound
 from engine.model import (
-    TERMINAL_RUN_STATUSES,
     Actor,
     ActorKind,
     Event,
+    EventType,
     Failure,
     FailureCode,
     Run,
@@ -176,10 +176,8 @@ class Outcome:
     @property
     def ended(self) -> bool:
         """Whether this change finished the run (every ending records one of these events)."""
-        return any(event.type in RUN_END_EVENTS for event in self.events)
+        return any(event.type.ends_run for event in self.events)
 
-
-RUN_END_EVENTS = frozenset(f"run_{status.value}" for status in TERMINAL_RUN_STATUSES)
 
 RUN_ACTIONS: dict[RunStatus, str] = {
     RunStatus.QUEUED: "stop it",
@@ -232,7 +230,7 @@ def new_run(
         data["replay_of"] = replay_of
     if trigger:
         data["trigger"] = trigger
-    event = Event(type="run_queued", at=now, actor=actor, run_id=run_id, data=data)
+    event = Event(type=EventType.RUN_QUEUED, at=now, actor=actor, run_id=run_id, data=data)
     return Outcome(run=run, events=[event])
 
 
@@ -245,7 +243,7 @@ def apply(workflow: Workflow, run: Run, command: Command, now: datetime) -> Outc
 
 
 # What a finished run still records: a worker's report that came too late, for the audit trail.
-AUDIT_ONLY_EVENTS = frozenset({"step_result_ignored"})
+AUDIT_ONLY_EVENTS = frozenset({EventType.STEP_RESULT_IGNORED})
 _STATE_EXCLUDE = {"updated_at", "version"}
 
 
@@ -307,7 +305,9 @@ class _Transition:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _event(self, type_: str, actor: Actor | None = None, step_id: str | None = None, **data: Any) -> None:
+    def _event(
+        self, type_: EventType, actor: Actor | None = None, step_id: str | None = None, **data: Any
+    ) -> None:
         self.out.events.append(
             Event(
                 type=type_,
@@ -349,7 +349,7 @@ class _Transition:
             return  # admission is idempotent: a second admit after a race is a no-op
         self.run.status = RunStatus.RUNNING
         self.run.started_at = self.now
-        self._event("run_started", actor)
+        self._event(EventType.RUN_STARTED, actor)
         if self.workflow.settings.timeout:
             self._timer(self.workflow.settings.timeout, "run_timeout")
         self._advance()
@@ -360,7 +360,7 @@ class _Transition:
             raise self._refuse("pause", "running")
         self.run.status = RunStatus.PAUSED
         self.run.paused_by = actor
-        self._event("run_paused", actor)
+        self._event(EventType.RUN_PAUSED, actor)
 
     def _resume(self, actor: Actor) -> None:
         self._check_operator(actor, "resume")
@@ -368,7 +368,7 @@ class _Transition:
             raise self._refuse("resume", "paused")
         self.run.status = RunStatus.RUNNING
         self.run.paused_by = None
-        self._event("run_resumed", actor)
+        self._event(EventType.RUN_RESUMED, actor)
         self._advance()
 
     def _stop(self, actor: Actor, mode: Literal["immediate", "graceful"]) -> None:
@@ -397,14 +397,14 @@ class _Transition:
         deadline = self._timer(self.workflow.settings.drain_timeout, "drain_timeout")
         self.run.stop = StopRequest(mode="graceful", by=actor, at=self.now, drain_deadline=deadline)
         self.run.status = RunStatus.DRAINING
-        self._event("run_draining", actor, drain_deadline=deadline.isoformat())
+        self._event(EventType.RUN_DRAINING, actor, drain_deadline=deadline.isoformat())
         error = StepError(code=FailureCode.RUN_STOPPED, message=f"Stopped gracefully by {actor.display}.")
         for st in self.run.steps.values():
             if st.status is StepStatus.QUEUED:
                 # Not started yet: under a graceful stop nothing new starts.
                 self._undispatch(st)
                 st.detail = "held: the run is stopping gracefully"
-                self._event("step_held", actor, st.step_id, attempt=st.attempt, reason="draining")
+                self._event(EventType.STEP_HELD, actor, st.step_id, attempt=st.attempt, reason="draining")
             elif st.status is StepStatus.WAITING:
                 self._cancel(st, error, actor)
 
@@ -485,7 +485,7 @@ class _Transition:
         outcome = "approved" if approved else "rejected"
         st.detail = f"{'expired, ' if expired else ''}{outcome} by {actor.display}"
         self._event(
-            "task_expired" if expired else "task_completed",
+            EventType.TASK_EXPIRED if expired else EventType.TASK_COMPLETED,
             actor,
             st.step_id,
             approved=approved,
@@ -517,7 +517,7 @@ class _Transition:
             # Queued steps do not start while paused; resume dispatches them again.
             st.status = StepStatus.PENDING
             st.detail = "held: the run is paused"
-            self._event("step_held", step_id=st.step_id, attempt=st.attempt)
+            self._event(EventType.STEP_HELD, step_id=st.step_id, attempt=st.attempt)
             self.out.proceed = False
             self.out.message = (
                 f"Run {self.run.short_id} is paused; step {cmd.step_id!r} will start on resume."
@@ -527,7 +527,7 @@ class _Transition:
         st.worker = cmd.worker
         st.started_at = self.now
         st.detail = None
-        self._event("step_started", step_id=st.step_id, attempt=st.attempt, worker=cmd.worker)
+        self._event(EventType.STEP_STARTED, step_id=st.step_id, attempt=st.attempt, worker=cmd.worker)
         timeout = self.workflow.step(st.step_id).timeout
         if timeout:
             # A backstop: the worker enforces the timeout itself, this catches a silent worker.
@@ -538,7 +538,7 @@ class _Transition:
         if st.status not in (StepStatus.RUNNING, StepStatus.QUEUED):
             # A late report for a step already cancelled or timed out: keep it in the audit trail.
             self._event(
-                "step_result_ignored",
+                EventType.STEP_RESULT_IGNORED,
                 step_id=st.step_id,
                 attempt=cmd.attempt,
                 status=st.status.value,
@@ -581,7 +581,7 @@ class _Transition:
             st.retry_at = self._timer(delay, "retry", st.step_id, st.attempt)
             st.detail = f"retrying in {delay:g}s (attempt {st.attempt} of {policy.max_attempts})"
             self._event(
-                "step_retry_scheduled",
+                EventType.STEP_RETRY_SCHEDULED,
                 step_id=st.step_id,
                 attempt=st.attempt,
                 retry_at=st.retry_at.isoformat(),
@@ -595,7 +595,7 @@ class _Transition:
         if st is None or st.status is not StepStatus.WAITING or st.wait_event is None:
             raise CommandRefused(f"Step {cmd.step_id!r} of run {self.run.short_id} is not waiting.")
         self.out.waits_removed.append((st.wait_event, st.step_id))
-        self._event("event_received", cmd.actor, st.step_id, wait_event=st.wait_event)
+        self._event(EventType.EVENT_RECEIVED, cmd.actor, st.step_id, wait_event=st.wait_event)
         st.wait_event = None
         self._succeed(st, cmd.payload)
 
@@ -647,7 +647,7 @@ class _Transition:
                     code=FailureCode.APPROVAL_EXPIRED,
                     message=f"Nobody decided task {st.step_id!r} before it expired.",
                 )
-                self._event("task_expired", step_id=st.step_id, approved=None)
+                self._event(EventType.TASK_EXPIRED, step_id=st.step_id, approved=None)
                 self._fail(st, error)
             else:
                 self._decide(st, st.task, Actor.system("expiry"), False, {}, None, expired=True)
@@ -676,7 +676,7 @@ class _Transition:
         st.finished_at = self.now
         st.error = None
         st.retry_at = None
-        self._event("step_completed", step_id=st.step_id, attempt=st.attempt, skipped=False)
+        self._event(EventType.STEP_COMPLETED, step_id=st.step_id, attempt=st.attempt, skipped=False)
         if self.run.status is RunStatus.DRAINING:
             self._finish_drain_if_idle()
         else:
@@ -689,7 +689,7 @@ class _Transition:
         st.finished_at = self.now
         st.retry_at = None
         self._event(
-            "step_failed",
+            EventType.STEP_FAILED,
             step_id=st.step_id,
             attempt=st.attempt,
             error=error.model_dump(mode="json"),
@@ -710,7 +710,7 @@ class _Transition:
         st.detail = error.message
         st.finished_at = self.now
         self._event(
-            "step_cancelled",
+            EventType.STEP_CANCELLED,
             actor,
             st.step_id,
             attempt=st.attempt,
@@ -723,7 +723,9 @@ class _Transition:
         st.detail = detail
         st.finished_at = self.now
         st.retry_at = None
-        self._event("step_completed", actor, st.step_id, skipped=True, reason=reason.value, detail=detail)
+        self._event(
+            EventType.STEP_COMPLETED, actor, st.step_id, skipped=True, reason=reason.value, detail=detail
+        )
 
     def _undispatch(self, st: StepState) -> None:
         if st.job_id:
@@ -756,7 +758,7 @@ class _Transition:
         data: dict[str, Any] = {}
         if failure is not None:
             data["failure"] = failure.model_dump(mode="json")
-        self._event(f"run_{status.value}", actor, **data)
+        self._event(EventType.run_ended(status), actor, **data)
 
     # -- scheduling ----------------------------------------------------------------------
 
@@ -778,7 +780,7 @@ class _Transition:
         if self.run.status is RunStatus.RUNNING and all(s.status.finished for s in self.run.steps.values()):
             self.run.status = RunStatus.COMPLETED
             self.run.finished_at = self.now
-            self._event("run_completed")
+            self._event(EventType.RUN_COMPLETED)
 
     def _try_start(self, step: Step, st: StepState) -> bool:
         needs = [self.run.steps[n] for n in step.needs]
@@ -831,7 +833,9 @@ class _Transition:
                 st.started_at = self.now
                 due = self._timer(step.duration, "sleep", st.step_id, st.attempt)
                 st.detail = f"sleeping until {due.isoformat()}"
-                self._event("step_started", step_id=st.step_id, attempt=st.attempt, until=due.isoformat())
+                self._event(
+                    EventType.STEP_STARTED, step_id=st.step_id, attempt=st.attempt, until=due.isoformat()
+                )
             case StepType.WAIT_EVENT:
                 assert step.event is not None
                 key = render(step.event.key, context, f"{step.id}.event.key")
@@ -842,13 +846,15 @@ class _Transition:
                 self.out.waits_added.append((st.wait_event, st.step_id))
                 if step.event.timeout:
                     self._timer(step.event.timeout, "wait_timeout", st.step_id, st.attempt)
-                self._event("step_started", step_id=st.step_id, attempt=st.attempt, wait_event=st.wait_event)
+                self._event(
+                    EventType.STEP_STARTED, step_id=st.step_id, attempt=st.attempt, wait_event=st.wait_event
+                )
             case StepType.NOTIFY:
                 assert step.notify is not None
                 text = render(step.notify.text, context, f"{step.id}.notify.text")
                 channel = step.notify.channel or self.workflow.settings.slack_channel
                 st.started_at = self.now
-                self._event("notification", step_id=st.step_id, channel=channel, text=str(text))
+                self._event(EventType.NOTIFICATION, step_id=st.step_id, channel=channel, text=str(text))
                 self._succeed(st, {"channel": channel, "text": str(text)})
 
     def _open_task(self, step: Step, st: StepState, context: dict[str, Any]) -> None:
@@ -873,7 +879,7 @@ class _Transition:
         if spec.expires_in:
             self._timer(spec.expires_in, "task_expiry", st.step_id, st.attempt)
         self._event(
-            "task_opened",
+            EventType.TASK_OPENED,
             step_id=st.step_id,
             task_type=spec.task_type,
             title=st.task.title,
@@ -888,7 +894,7 @@ class _Transition:
         st.worker = None
         timeout = self.workflow.step(st.step_id).timeout
         self.out.enqueue.append(StepJob(st.step_id, st.job_id, st.attempt, st.dispatch, timeout))
-        self._event("step_queued", step_id=st.step_id, attempt=st.attempt, job_id=st.job_id)
+        self._event(EventType.STEP_QUEUED, step_id=st.step_id, attempt=st.attempt, job_id=st.job_id)
 
 
 STEP_TIMEOUT_GRACE = 10.0

@@ -244,10 +244,55 @@ class Run(BaseModel):
         ]
 
 
+class EventType(StrEnum):
+    """What an event records. Stored and streamed by value (``"run_started"``), like RQ's ``JobStatus``."""
+
+    RUN_QUEUED = "run_queued"
+    RUN_STARTED = "run_started"
+    RUN_PAUSED = "run_paused"
+    RUN_RESUMED = "run_resumed"
+    RUN_DRAINING = "run_draining"
+    RUN_COMPLETED = "run_completed"
+    RUN_FAILED = "run_failed"
+    RUN_STOPPED = "run_stopped"
+    RUN_REPLAYED = "run_replayed"  # on the original run: a replay of it was started
+    STEP_QUEUED = "step_queued"
+    STEP_HELD = "step_held"  # taken off the queue (paused or draining); starts on resume
+    STEP_STARTED = "step_started"
+    STEP_RETRY_SCHEDULED = "step_retry_scheduled"
+    STEP_COMPLETED = "step_completed"  # succeeded, or skipped (``data.skipped``)
+    STEP_FAILED = "step_failed"
+    STEP_CANCELLED = "step_cancelled"
+    STEP_RESULT_IGNORED = "step_result_ignored"  # a worker's late report, kept for the audit trail
+    TASK_OPENED = "task_opened"
+    TASK_COMPLETED = "task_completed"
+    TASK_EXPIRED = "task_expired"
+    EVENT_RECEIVED = "event_received"  # a wait_event step got its event
+    NOTIFICATION = "notification"  # a notify step's message
+
+    @property
+    def ends_run(self) -> bool:
+        return self in RUN_END_EVENTS
+
+    @classmethod
+    def run_ended(cls, status: RunStatus) -> EventType:
+        """The event that records a run ending in ``status`` (a terminal status)."""
+        return RUN_END_EVENT_OF[status]
+
+
+# Every ending of a run records one of these, and nothing else records them.
+RUN_END_EVENT_OF: dict[RunStatus, EventType] = {
+    RunStatus.COMPLETED: EventType.RUN_COMPLETED,
+    RunStatus.FAILED: EventType.RUN_FAILED,
+    RunStatus.STOPPED: EventType.RUN_STOPPED,
+}
+RUN_END_EVENTS = frozenset(RUN_END_EVENT_OF.values())
+
+
 class Event(BaseModel):
     """One entry of a run's audit trail."""
 
-    type: str
+    type: EventType
     at: datetime
     actor: Actor
     run_id: str

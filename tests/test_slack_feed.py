@@ -12,7 +12,7 @@ import pytest
 from bot.feed import FeedFollower
 from bot.runtime import Bot, build_bot
 from engine.api import Engine
-from engine.model import Actor, ActorKind
+from engine.model import Actor, ActorKind, EventType
 from engine.store import event_from_entry
 from tests.fake_slack import BOB, FakeSlack, slack_settings
 
@@ -72,7 +72,7 @@ async def test_a_decision_handled_by_another_process_first_still_updates_the_one
     # web-1 reads the entries up to task_opened; web-2 reads the rest, task_completed among
     # them, and handles them before web-1 gets to task_opened.
     feed: Any = await first.bot.redis.xrange(first.stream)
-    opened = [event_from_entry(*entry).type for entry in feed].index("task_opened")
+    opened = [event_from_entry(*entry).type for entry in feed].index(EventType.TASK_OPENED)
     early = await read(first, count=opened + 1)
     late = await read(second)
     assert types(early)[-1] == "task_opened" and "task_completed" in types(late)
