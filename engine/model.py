@@ -233,9 +233,6 @@ class Run(BaseModel):
         """
         return Run.model_validate_json(self.model_dump_json())
 
-    def in_flight(self) -> list[StepState]:
-        return [s for s in self.steps.values() if s.status in IN_FLIGHT_STEP_STATUSES]
-
     def open_tasks(self) -> list[StepState]:
         return [
             s

@@ -142,10 +142,6 @@ class Step(_Strict):
             raise ValueError(f"action must look like 'package.module:function', got {self.action!r}")
         return self
 
-    @property
-    def runs_on_worker(self) -> bool:
-        return self.type in (StepType.ACTION, StepType.HTTP)
-
 
 class WorkflowSettings(_Strict):
     slack_channel: str | None = None
