@@ -16,7 +16,7 @@ from bot import cards, grammar
 from bot.blocks import escape, truncate, when, who
 from bot.runtime import Bot, slack_actor
 from engine.errors import NotFound, SwitchboardError
-from engine.model import Actor, Run, RunStatus
+from engine.model import Actor, Run, RunStatus, StopMode
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ async def execute(bot: Bot, command: grammar.Command, actor: Actor, channel_id: 
         case "resume":
             return f"Resumed {_name(await bot.call(engine.resume, target, actor))}."
         case "stop":
-            mode = "graceful" if command.graceful else "immediate"
+            mode: StopMode = "graceful" if command.graceful else "immediate"
             run = await bot.call(engine.stop, target, actor, mode)
             if run.status is RunStatus.DRAINING:
                 return f"Stopping {_name(run)} gracefully: in-flight steps finish, nothing new starts."

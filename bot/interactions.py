@@ -20,7 +20,7 @@ from bot.blocks import escape
 from bot.feed import publish_home
 from bot.runtime import Bot, slack_actor
 from engine.errors import AlreadyDecided, SwitchboardError
-from engine.model import Run, RunStatus
+from engine.model import Actor, Run, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def register(app: AsyncApp, bot: Bot) -> None:
         await ack()
         bot.after_ack(approve_edits(bot, body, origin, edits))
 
-    def run_action(action_id: str, do: Callable[[str, Any], Any], said: Callable[[Run], str]) -> None:
+    def run_action(action_id: str, do: Callable[[str, Actor], Run], said: Callable[[Run], str]) -> None:
         @app.action(action_id)
         async def handle(ack: AsyncAck, body: Body) -> None:
             await ack()

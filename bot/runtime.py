@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -19,9 +18,11 @@ from bot.keys import SlackKeys
 from bot.outbox import Outbox
 from bot.settings import SlackSettings
 from engine.api import Engine
+from engine.asyncio_bridge import EngineBridge
 from engine.connection import async_client
 from engine.model import Actor, ActorKind, Run
 
+P = ParamSpec("P")
 T = TypeVar("T")
 WORK_SLOTS = 8
 CLOSE_WAIT_SECONDS = 5.0
@@ -37,12 +38,14 @@ class Bot:
     client: AsyncWebClient  # for calls that cannot wait in the outbox (views.open needs a fresh trigger_id)
     outbox: Outbox
     http: aiohttp.ClientSession | None = None
-    threads: ThreadPoolExecutor = field(init=False)
+    bridge: EngineBridge = field(init=False)
     work_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(WORK_SLOTS))
     _pending: set[asyncio.Task[None]] = field(default_factory=set)  # keeps running work referenced
 
     def __post_init__(self) -> None:
-        self.threads = ThreadPoolExecutor(self.settings.engine_threads, "slack-engine")
+        # A few threads of the bot's own: every thread that wants the GIL delays the event
+        # loop, and with it the acks Slack waits for.
+        self.bridge = EngineBridge(ThreadPoolExecutor(self.settings.engine_threads, "slack-engine"))
 
     async def open(self) -> None:
         """One HTTP session for every Slack call: a session (and TLS setup) per call costs milliseconds."""
@@ -75,14 +78,9 @@ class Bot:
         if not task.cancelled() and task.exception() is not None:
             log.error("work after an ack failed", exc_info=task.exception())
 
-    async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a (synchronous, redis-py) engine method without blocking the event loop.
-
-        On a few threads of the bot's own: every thread that wants the GIL delays the
-        event loop, and with it the acks Slack waits for.
-        """
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.threads, functools.partial(method, *args, **kwargs))
+    async def call(self, method: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a (synchronous, redis-py) engine method without blocking the event loop, types kept."""
+        return await self.bridge.call(method, *args, **kwargs)
 
     def channel_for(self, run: Run) -> str | None:
         return run.notify_channel or self.settings.default_channel
@@ -93,7 +91,7 @@ class Bot:
         if self.http is not None:
             await self.http.close()
         await self.redis.aclose()
-        self.threads.shutdown(wait=False)
+        self.bridge.close()
 
 
 def slack_actor(user: dict[str, Any] | None, user_id: str | None = None, name: str | None = None) -> Actor:

@@ -31,6 +31,7 @@ from engine.model import (
     StepError,
     StepState,
     StepStatus,
+    StopMode,
     StopRequest,
     Task,
 )
@@ -60,7 +61,7 @@ class Resume:
 @dataclass(frozen=True)
 class Stop:
     actor: Actor
-    mode: Literal["immediate", "graceful"] = "immediate"
+    mode: StopMode = "immediate"
 
 
 @dataclass(frozen=True)
@@ -371,7 +372,7 @@ class _Transition:
         self._event(EventType.RUN_RESUMED, actor)
         self._advance()
 
-    def _stop(self, actor: Actor, mode: Literal["immediate", "graceful"]) -> None:
+    def _stop(self, actor: Actor, mode: StopMode) -> None:
         self._check_operator(actor, "stop")
         status = self.run.status
         if status.terminal:

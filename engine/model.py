@@ -191,8 +191,11 @@ class StepState(BaseModel):
     wait_event: str | None = None  # "name|key" for wait_event steps
 
 
+StopMode = Literal["immediate", "graceful"]  # immediate: in-flight steps are killed; graceful: they finish
+
+
 class StopRequest(BaseModel):
-    mode: Literal["immediate", "graceful"]
+    mode: StopMode
     by: Actor
     at: datetime
     drain_deadline: datetime | None = None

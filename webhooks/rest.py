@@ -8,7 +8,6 @@ documents in :mod:`webhooks.problems`; the role each route needs is declared wit
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any, Literal
 
@@ -16,8 +15,9 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from engine.api import CommandCenter, PendingTask
+from engine.asyncio_bridge import EngineBridge
 from engine.errors import NotFound
-from engine.model import Actor, Run, RunStatus
+from engine.model import Actor, Run, RunStatus, StopMode
 from engine.workflow import Workflow
 from webhooks.auth import Principal, Role
 from webhooks.context import WebContext, context_of
@@ -25,6 +25,8 @@ from webhooks.routing import endpoint, read_body, read_query
 
 routes = web.RouteTableDef()
 PRINCIPAL = web.RequestKey("switchboard_principal", Principal)
+# Engine calls run on the loop's default executor: the web's own threads (webhooks.server).
+ENGINE = EngineBridge()
 
 
 class _Model(BaseModel):
@@ -57,7 +59,7 @@ class StartBody(_Model):
 
 
 class CommandParams(_Model):
-    mode: Literal["immediate", "graceful"] = "immediate"
+    mode: StopMode = "immediate"
     inputs: dict[str, Any] | None = None
 
 
@@ -143,14 +145,10 @@ def actor_of(request: web.Request) -> Actor:
     return request[PRINCIPAL].actor
 
 
-async def _engine(ctx: WebContext, method: str, *args: Any, **kwargs: Any) -> Any:
-    return await asyncio.to_thread(getattr(ctx.engine, method), *args, **kwargs)
-
-
 async def _run_of_workflow(ctx: WebContext, workflow_id: str, run_ref: str) -> Run:
     """The run, checked to belong to ``workflow_id`` (404 if not: the path names neither)."""
-    await _engine(ctx, "workflow", workflow_id)
-    run: Run = await _engine(ctx, "get_run", run_ref)
+    await ENGINE.call(ctx.engine.workflow, workflow_id)
+    run = await ENGINE.call(ctx.engine.get_run, run_ref)
     if run.workflow_id != workflow_id:
         raise NotFound(f"Run {run.short_id} is a run of {run.workflow_id!r}, not of {workflow_id!r}.")
     return run
@@ -183,9 +181,8 @@ async def list_runs(request: web.Request) -> web.StreamResponse:
     Filters combine; `next_cursor` (and the `next` link) continues to the next page.
     """
     q = read_query(request, RunsQuery)
-    page = await _engine(
-        context_of(request), "list_runs", q.status, q.workflow, q.prefix, q.since, q.limit, q.cursor
-    )
+    engine = context_of(request).engine
+    page = await ENGINE.call(engine.list_runs, q.status, q.workflow, q.prefix, q.since, q.limit, q.cursor)
     return _page(request, page.runs, page.next_cursor)
 
 
@@ -198,9 +195,9 @@ async def get_run(request: web.Request) -> web.StreamResponse:
     """
     ctx = context_of(request)
     try:
-        run = await _engine(ctx, "get_run", request.match_info["run_id"])
+        run = await ENGINE.call(ctx.engine.get_run, request.match_info["run_id"])
     except NotFound:
-        pending = await asyncio.to_thread(ctx.intake.request, request.match_info["run_id"].strip().lower())
+        pending = await ENGINE.call(ctx.intake.request, request.match_info["run_id"].strip().lower())
         if pending is None:
             raise
         return web.json_response({"status": "accepted", **pending}, status=202)
@@ -213,7 +210,8 @@ async def get_run(request: web.Request) -> web.StreamResponse:
 async def run_events(request: web.Request) -> web.StreamResponse:
     """The run's audit trail: every event, oldest first; `after` continues from an event id."""
     q = read_query(request, EventsQuery)
-    events = await _engine(context_of(request), "events", await _run_in_path(request), q.after, q.limit)
+    engine = context_of(request).engine
+    events = await ENGINE.call(engine.events, await _run_in_path(request), q.after, q.limit)
     return web.json_response({"events": [e.model_dump(mode="json") for e in events]})
 
 
@@ -222,7 +220,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
 @endpoint(Role.VIEWER)
 async def run_context(request: web.Request) -> web.StreamResponse:
     """What the run's templates see: inputs and each step's status, arguments and result."""
-    context = await _engine(context_of(request), "context", await _run_in_path(request))
+    context = await ENGINE.call(context_of(request).engine.context, await _run_in_path(request))
     return web.json_response(context, dumps=_dumps)
 
 
@@ -231,7 +229,7 @@ async def run_context(request: web.Request) -> web.StreamResponse:
 @endpoint(Role.VIEWER, tag="tasks")
 async def run_pending_tasks(request: web.Request) -> web.StreamResponse:
     """Human tasks of one run still waiting for a decision."""
-    tasks = await _engine(context_of(request), "pending_tasks", await _run_in_path(request))
+    tasks = await ENGINE.call(context_of(request).engine.pending_tasks, await _run_in_path(request))
     return web.json_response({"tasks": [task_json(t) for t in tasks]})
 
 
@@ -242,9 +240,8 @@ async def complete_task(request: web.Request) -> web.StreamResponse:
     """Approve or reject a human task; `result` carries the edited fields of an edit task."""
     body = await read_body(request, CompleteBody)
     ctx = context_of(request)
-    run = await _engine(
-        ctx,
-        "complete_task",
+    run = await ENGINE.call(
+        ctx.engine.complete_task,
         await _run_in_path(request),
         request.match_info["task_id"],
         actor_of(request),
@@ -261,7 +258,7 @@ async def replay_run(request: web.Request) -> web.StreamResponse:
     """Run a finished run again as a new run, inputs optionally overridden."""
     body = await read_body(request, ReplayBody)
     ctx = context_of(request)
-    run = await _engine(ctx, "replay", request.match_info["run_id"], actor_of(request), body.inputs)
+    run = await ENGINE.call(ctx.engine.replay, request.match_info["run_id"], actor_of(request), body.inputs)
     return _created(ctx, run)
 
 
@@ -272,7 +269,7 @@ async def replay_run(request: web.Request) -> web.StreamResponse:
 @endpoint(Role.VIEWER, tag="workflows")
 async def list_workflows(request: web.Request) -> web.StreamResponse:
     """List the workflows this server knows."""
-    workflows = await _engine(context_of(request), "workflows")
+    workflows = await ENGINE.call(context_of(request).engine.workflows)
     return web.json_response({"workflows": [workflow_summary(w) for w in workflows]})
 
 
@@ -280,7 +277,7 @@ async def list_workflows(request: web.Request) -> web.StreamResponse:
 @endpoint(Role.VIEWER, tag="workflows")
 async def get_workflow(request: web.Request) -> web.StreamResponse:
     """Get a workflow's full definition."""
-    workflow = await _engine(context_of(request), "workflow", request.match_info["workflow_id"])
+    workflow = await ENGINE.call(context_of(request).engine.workflow, request.match_info["workflow_id"])
     return web.json_response({**workflow.model_dump(mode="json", by_alias=True), "digest": workflow.digest})
 
 
@@ -291,8 +288,8 @@ async def list_workflow_runs(request: web.Request) -> web.StreamResponse:
     q = read_query(request, WorkflowRunsQuery)
     ctx = context_of(request)
     workflow_id = request.match_info["workflow_id"]
-    await _engine(ctx, "workflow", workflow_id)
-    page = await _engine(ctx, "list_runs", q.status, workflow_id, None, q.since, q.limit, q.cursor)
+    await ENGINE.call(ctx.engine.workflow, workflow_id)
+    page = await ENGINE.call(ctx.engine.list_runs, q.status, workflow_id, None, q.since, q.limit, q.cursor)
     return _page(request, page.runs, page.next_cursor)
 
 
@@ -302,7 +299,8 @@ async def start_run(request: web.Request) -> web.StreamResponse:
     """Start a run of the workflow with `inputs`."""
     body = await read_body(request, StartBody)
     ctx = context_of(request)
-    run = await _engine(ctx, "start", request.match_info["workflow_id"], body.inputs, actor_of(request))
+    workflow_id = request.match_info["workflow_id"]
+    run = await ENGINE.call(ctx.engine.start, workflow_id, body.inputs, actor_of(request))
     return _created(ctx, run)
 
 
@@ -319,14 +317,17 @@ async def workflow_command(request: web.Request) -> web.StreamResponse:
     workflow_id = request.match_info["workflow_id"]
     actor = actor_of(request)
     if body.command == "start":
-        run = await _engine(ctx, "start", workflow_id, body.params.inputs or {}, actor)
+        run = await ENGINE.call(ctx.engine.start, workflow_id, body.params.inputs or {}, actor)
         return _created(ctx, run)
     assert body.run_id is not None
     target = await _run_of_workflow(ctx, workflow_id, body.run_id)
-    if body.command == "stop":
-        run = await _engine(ctx, "stop", target.run_id, actor, body.params.mode)
-    else:
-        run = await _engine(ctx, body.command, target.run_id, actor)
+    match body.command:
+        case "stop":
+            run = await ENGINE.call(ctx.engine.stop, target.run_id, actor, body.params.mode)
+        case "pause":
+            run = await ENGINE.call(ctx.engine.pause, target.run_id, actor)
+        case "resume":
+            run = await ENGINE.call(ctx.engine.resume, target.run_id, actor)
     return web.json_response(run_json(run))
 
 
@@ -337,7 +338,7 @@ async def workflow_command(request: web.Request) -> web.StreamResponse:
 @endpoint(Role.VIEWER, tag="tasks")
 async def pending_tasks(request: web.Request) -> web.StreamResponse:
     """Human tasks waiting for a decision, oldest first, across all runs."""
-    tasks = await _engine(context_of(request), "pending_tasks")
+    tasks = await ENGINE.call(context_of(request).engine.pending_tasks)
     return web.json_response({"tasks": [task_json(t) for t in tasks]})
 
 
@@ -345,7 +346,7 @@ async def pending_tasks(request: web.Request) -> web.StreamResponse:
 @endpoint(Role.VIEWER, tag="inbox")
 async def command_center(request: web.Request) -> web.StreamResponse:
     """The operator inbox: awaiting approval, stopping gracefully, running now, failed recently."""
-    center = await _engine(context_of(request), "command_center")
+    center = await ENGINE.call(context_of(request).engine.command_center)
     return web.json_response(command_center_json(center))
 
 
