@@ -37,6 +37,7 @@ from bot.outbox import Outbound
 from bot.runtime import Bot
 from engine.errors import NotFound
 from engine.model import Event, FailureCode, Run, StepType
+from engine.redis_idioms import texts
 from engine.store import event_from_entry
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ class HomeRefresher:
         since = time.time() - self.bot.settings.home_active_seconds
         await self.bot.redis.zremrangebyscore(self.bot.keys.home_viewers, "-inf", since)
         users: list[Any] = await self.bot.redis.zrange(self.bot.keys.home_viewers, 0, -1)
-        return [u.decode() if isinstance(u, bytes) else str(u) for u in users]
+        return texts(users)
 
 
 async def publish_home(bot: Bot, user: str, notice: str | None = None) -> None:

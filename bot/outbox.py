@@ -33,6 +33,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.keys import SlackKeys
 from bot.settings import SlackSettings
+from engine.redis_idioms import CLAIM_DUE_SCRIPT, text
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,6 @@ DEAD_LETTERS_KEPT = 1000
 RETRYABLE_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
-
-# Claim the first due ordering key by pushing its score a lease into the future.
-_CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
-if #due == 0 then return false end
-redis.call('ZADD', KEYS[1], ARGV[2], due[1])
-return due[1]
-"""
 
 # Pop the message just handled (if it is still the head) and make the key due again
 # when more wait behind it; atomic, so a message appended meanwhile is never stranded.
@@ -101,7 +94,7 @@ class Outbox:
         self.client = client
         self.settings = settings
         self.clock = clock
-        self._claim = connection.register_script(_CLAIM)
+        self._claim = connection.register_script(CLAIM_DUE_SCRIPT)  # the first due key, for a lease
         self._done = connection.register_script(_DONE)
         self._wake = asyncio.Event()
         self._stopping = False
@@ -161,10 +154,10 @@ class Outbox:
     async def dispatch_one(self) -> bool:
         """Send the head message of one due key; False when nothing is due."""
         now = self.clock()
-        claimed = await self._claim(keys=[self.keys.outbox_due], args=[now, now + LEASE_SECONDS])
+        claimed = await self._claim(keys=[self.keys.outbox_due], args=[now, now + LEASE_SECONDS, 1])
         if not claimed:
             return False
-        key = claimed.decode() if isinstance(claimed, bytes) else str(claimed)
+        key = text(claimed[0])
         try:
             await self._dispatch_head(key)
         except asyncio.CancelledError:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 from bot.feed import BLOCK_MS, FeedFollower, HomeRefresher
 from bot.runtime import Bot
-
-log = logging.getLogger(__name__)
+from engine.background import start_task
 
 STOP_SECONDS = BLOCK_MS / 1000 + 2
 
@@ -22,9 +19,9 @@ async def running(bot: Bot) -> AsyncIterator[None]:
     await bot.open()
     follower = FeedFollower(bot)
     await follower.ensure_group()  # before serving: events from now on are all seen
-    feed = _task(follower.run(), "slack feed")
-    outbox = _task(bot.outbox.run(), "slack outbox")
-    tasks = [feed, outbox, _task(HomeRefresher(bot).run(), "slack home refresh")]
+    feed = start_task(follower.run(), "slack feed")
+    outbox = start_task(bot.outbox.run(), "slack outbox")
+    tasks = [feed, outbox, start_task(HomeRefresher(bot).run(), "slack home refresh")]
     try:
         yield
     finally:
@@ -37,14 +34,3 @@ async def running(bot: Bot) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await bot.close()
-
-
-def _task(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-    task = asyncio.create_task(work, name=name)
-    task.add_done_callback(_report_crash)
-    return task
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task died", extra={"task": task.get_name()}, exc_info=task.exception())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,10 +27,12 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from engine.api import Engine, new_run_id
+from engine.background import LoopThread
 from engine.errors import SwitchboardError
 from engine.model import Actor
 from engine.outage import REDIS_DOWN, Outage
-from engine.store import Keys, text
+from engine.redis_idioms import ensure_group, text
+from engine.store import Keys
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +184,7 @@ class Intake:
         return json.loads(raw) if raw else None
 
     def ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(self.keys.intake, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        ensure_group(self.redis, self.keys.intake, GROUP, start="0")
 
     def start_next(self, starter: str, block_ms: int = BLOCK_MS) -> int:
         """Start the runs of one batch of requests; wait up to ``block_ms`` for some. Returns how many.
@@ -296,7 +293,7 @@ class Intake:
         return max(waited_ms, 0) / 1000
 
 
-class Starter(threading.Thread):
+class Starter(LoopThread):
     """Starts accepted runs until stopped.
 
     With ``standby_after`` > 0 it only steps in once a request has waited that many
@@ -304,21 +301,16 @@ class Starter(threading.Thread):
     """
 
     def __init__(self, intake: Intake, name: str, standby_after: float = 0.0) -> None:
-        super().__init__(name=f"switchboard-starter-{name}", daemon=True)
+        super().__init__(name=f"switchboard-starter-{name}")
         self.intake = intake
         self.starter = name
         self.standby_after = standby_after
-        self._stopping = threading.Event()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join(timeout=5)
 
     def run(self) -> None:
         # While Redis is away: back off, one warning per retry, and never end the thread.
         outage = Outage(f"intake starter {self.starter}")
         warned = False
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             try:
                 if self.standby_after <= 0:
                     self.intake.start_next(self.starter)
@@ -328,7 +320,7 @@ class Starter(threading.Thread):
                 outage.recovered()
                 if waited < self.standby_after:
                     warned = False
-                    self._stopping.wait(min(1.0, self.standby_after))
+                    self.stopping.wait(min(1.0, self.standby_after))
                     continue
                 if not warned:
                     log.warning(
@@ -336,10 +328,10 @@ class Starter(threading.Thread):
                         extra={"waited_seconds": round(waited, 1)},
                     )
                     warned = True
-                while self.intake.start_next(self.starter, block_ms=0) and not self._stopping.is_set():
+                while self.intake.start_next(self.starter, block_ms=0) and not self.stopping.is_set():
                     pass
             except REDIS_DOWN as exc:
-                self._stopping.wait(outage.failed(exc))
+                self.stopping.wait(outage.failed(exc))
             except Exception:
                 log.exception("starting accepted runs failed")
-                self._stopping.wait(1.0)
+                self.stopping.wait(1.0)

@@ -30,6 +30,7 @@ from engine.model import (
     Run,
     RunStatus,
 )
+from engine.redis_idioms import CLAIM_DUE_SCRIPT, text, texts
 from engine.workflow import Workflow
 
 EVENTS_MAXLEN = 100_000  # the global feed the bot and metrics follow; runs keep their own
@@ -144,15 +145,6 @@ def step_member(run_id: str, step_id: str) -> str:
 task_member = step_member
 
 
-# Claim due timers atomically: each claimed timer is pushed a lease into the future, so a
-# process that dies before applying it leaves it to fire again, not lost.
-_CLAIM_TIMERS = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], member) end
-return due
-"""
-
-
 class RunStore:
     """Reads and writes runs; used by :class:`engine.api.Engine`, never by the edges directly."""
 
@@ -169,7 +161,8 @@ class RunStore:
         self.queue = queue
         self.step_job = step_job
         self.default_job_timeout = default_job_timeout
-        self._claim_timers = connection.register_script(_CLAIM_TIMERS)
+        # Due timers are claimed for a lease: one whose process died fires again, not lost.
+        self._claim_timers = connection.register_script(CLAIM_DUE_SCRIPT)
         # RQ's records of a job that name it by id, beside its hash and result stream.
         self._job_registries = [
             queue.finished_job_registry.key,
@@ -477,16 +470,6 @@ class RunStore:
         members = self.redis.smembers(self.keys.waits(wait_key))
         pairs = [text(m).split(":", 1) for m in members]
         return [(run_id, step_id) for run_id, step_id in pairs]
-
-
-def text(value: Any) -> str:
-    """A Redis reply as text (clients may be set to return bytes or str)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def texts(values: Any) -> list[str]:
-    """Decode a list of Redis replies (redis-py returns bytes without decode_responses)."""
-    return [text(v) for v in values or ()]
 
 
 def event_from_entry(entry_id: Any, fields: Any) -> Event:

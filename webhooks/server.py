@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine.api import Engine
+from engine.background import start_task
 from engine.connection import async_client
 from engine.intake import Intake, Starter
 from webhooks import deliveries, rest
@@ -140,13 +141,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     loop.set_default_executor(executor)
     stop = asyncio.Event()
     tasks = [
-        asyncio.create_task(ctx.durations.follow(ctx.aredis, ctx.engine.keys, stop), name="metrics-feed"),
-        asyncio.create_task(
-            ctx.deliveries.flush_every(ctx.aredis, ctx.engine.keys, stop), name="delivery-counts"
-        ),
+        start_task(ctx.durations.follow(ctx.aredis, ctx.engine.keys, stop), "metrics-feed"),
+        start_task(ctx.deliveries.flush_every(ctx.aredis, ctx.engine.keys, stop), "delivery-counts"),
     ]
-    for task in tasks:
-        task.add_done_callback(_log_crash)
     starter = Starter(ctx.intake, f"web-{socket.gethostname()}-{os.getpid()}", ctx.settings.starts_after)
     starter.start()
     yield
@@ -173,11 +170,6 @@ def _startable(sources: dict[str, Source], engine: Engine) -> dict[str, Source]:
             continue
         usable[name] = source
     return usable
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task died", extra={"task": task.get_name()}, exc_info=task.exception())
 
 
 def run_web(host: str, port: int, engine: Engine, settings: WebSettings | None = None) -> None:

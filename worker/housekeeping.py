@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from engine.api import Engine
 from engine.intake import Intake
+from worker.keys import WorkerKeys
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,10 @@ class Housekept:
     starters: int
 
 
-def lease_key(engine: Engine) -> str:
-    return f"{engine.keys.prefix}worker:housekeeping-lease"
-
-
 def housekeep(engine: Engine, worker_name: str, interval: float) -> Housekept | None:
     """Run a pass unless another worker ran one less than ``interval`` seconds ago (then None)."""
-    if not engine.redis.set(lease_key(engine), worker_name, nx=True, px=max(int(interval * 1000), 1)):
+    lease = WorkerKeys(engine.keys.prefix).housekeeping_lease
+    if not engine.redis.set(lease, worker_name, nx=True, px=max(int(interval * 1000), 1)):
         return None
     done = Housekept(
         runs=engine.purge_finished(),

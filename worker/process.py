@@ -5,7 +5,7 @@ mid-flight (``send_stop_job_command``). Beside it a maintenance thread fires the
 engine's due timers (retries, sleeps, expiries, drain timeouts) every half second and,
 under a lock shared by all workers, runs the reaper that hands lost steps back to the
 engine; a starter thread starts the runs that webhooks accepted (:mod:`engine.intake`);
-a heartbeat thread keeps the worker's liveness key alive (:func:`worker.reaper.alive_key`).
+a heartbeat thread keeps the worker's liveness key alive (:meth:`worker.keys.WorkerKeys.alive`).
 More worker processes on more machines scale it out; any one of them keeps the
 timers, the reaper and the starts going.
 
@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from resource import struct_rusage
@@ -35,13 +34,16 @@ from rq.utils import now, utcformat
 from rq.worker import Worker
 
 from engine.api import STEP_JOB, Engine
+from engine.background import LoopThread
 from engine.errors import CommandRefused, NotFound
 from engine.intake import Intake, Starter
 from engine.outage import LONGEST_RETRY_SECONDS, REDIS_DOWN, Outage
+from engine.redis_idioms import text
 from engine.settings import Settings
 from worker import jobs
 from worker.housekeeping import housekeep
-from worker.reaper import alive_key, reap, redis_uptime
+from worker.keys import WorkerKeys
+from worker.reaper import reap, redis_uptime
 from worker.settings import WorkerSettings, get_worker_settings
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ def run_worker(
     )
     if name is not None:
         worker.take_over_name(engine)  # before the heartbeat makes the name look alive
-    helpers: list[Heartbeat | Maintenance | Starter] = [Heartbeat(engine, options, worker.name)]
+    helpers: list[LoopThread] = [Heartbeat(engine, options, worker.name)]
     if with_maintenance:
         helpers += [Maintenance(engine, options, worker.name), Starter(Intake(engine), worker.name)]
     for helper in helpers:
@@ -256,11 +258,11 @@ class SwitchboardWorker(Worker):
         first, since the reaper would take them for this worker's from now on.
         """
         record = self.connection.hmget(self.key, ["death", "hostname", "pid"])
-        death, hostname, pid = (_text(value) for value in record)
+        death, hostname, pid = (text(value) for value in record)
         if record == [None, None, None] or death:
             return
         same_process_slot = hostname == self.hostname and pid is not None and not _process_alive(int(pid))
-        if not same_process_slot and self.connection.exists(alive_key(engine, self.name)):
+        if not same_process_slot and self.connection.exists(WorkerKeys(engine.keys.prefix).alive(self.name)):
             raise ValueError(f"There exists an active worker named {self.name!r} already")
         log.warning("taking over the name of a dead worker", extra={"worker": self.name, "pid": pid})
         reap(engine, dead_workers={self.name})
@@ -286,10 +288,6 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def report_killed_horse(engine: Engine, job: Job, worker_name: str) -> None:
     """A horse died without reporting (OOM kill, segfault): tell the engine now, not at the next reap."""
     if job.func_name != STEP_JOB:
@@ -301,7 +299,7 @@ def report_killed_horse(engine: Engine, job: Job, worker_name: str) -> None:
         log.info("killed horse's step already moved on", extra={"job_id": job.id, "reason": str(exc)})
 
 
-class Heartbeat(threading.Thread):
+class Heartbeat(LoopThread):
     """Keeps this worker's liveness key alive, beat by beat, until stopped.
 
     The key expires ``worker_lost_after`` seconds after the last beat, by Redis's own
@@ -312,27 +310,25 @@ class Heartbeat(threading.Thread):
     """
 
     def __init__(self, engine: Engine, options: WorkerSettings, worker_name: str) -> None:
-        super().__init__(name="switchboard-heartbeat", daemon=True)
+        super().__init__(name="switchboard-heartbeat")
         self.redis = engine.redis
-        self.key = alive_key(engine, worker_name)
+        self.key = WorkerKeys(engine.keys.prefix).alive(worker_name)
         self.interval = options.heartbeat_interval
         self.lifetime_ms = int(options.worker_lost_after * 1000)
         self.outage = Outage(f"heartbeat of worker {worker_name}", first=self.interval, longest=self.interval)
-        self._stopping = threading.Event()
         self.beat()  # alive before the first job can be taken
 
     def beat(self) -> None:
         self.redis.set(self.key, "1", px=self.lifetime_ms)
 
     def stop(self) -> None:
-        self._stopping.set()
-        self.join(timeout=5)
+        super().stop()
         with contextlib.suppress(*REDIS_DOWN):  # it expires by itself
             self.redis.delete(self.key)
 
     def run(self) -> None:
         pause: float = self.interval
-        while not self._stopping.wait(pause):
+        while not self.stopping.wait(pause):
             pause = self.interval
             try:
                 self.beat()
@@ -345,7 +341,7 @@ class Heartbeat(threading.Thread):
             self.outage.recovered()
 
 
-class Maintenance(threading.Thread):
+class Maintenance(LoopThread):
     """Fires due timers often and reaps lost steps now and then, until stopped.
 
     While Redis is away it backs off (up to a reaper interval between tries: each try is
@@ -354,26 +350,21 @@ class Maintenance(threading.Thread):
     """
 
     def __init__(self, engine: Engine, options: WorkerSettings, worker_name: str) -> None:
-        super().__init__(name="switchboard-maintenance", daemon=True)
+        super().__init__(name="switchboard-maintenance")
         self.engine = engine
         self.options = options
         self.worker_name = worker_name
-        self.lock_key = f"{engine.keys.prefix}worker:reaper-lock"
+        self.lock_key = WorkerKeys(engine.keys.prefix).reaper_lock
         self.outage = Outage(
             f"maintenance of worker {worker_name}",
             longest=min(LONGEST_RETRY_SECONDS, max(options.reaper_interval, options.maintenance_interval)),
         )
         self.redis_back_at: float | None = None  # monotonic time this thread saw Redis answer again
-        self._stopping = threading.Event()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join(timeout=5)
 
     def run(self) -> None:
         next_reap = time.monotonic() + self.options.reaper_interval
         pause = self.options.maintenance_interval
-        while not self._stopping.wait(pause):
+        while not self.stopping.wait(pause):
             pause = self.options.maintenance_interval
             try:
                 self.fire_timers()

@@ -44,6 +44,8 @@ from rq.worker import Worker
 from engine.api import Engine
 from engine.errors import CommandRefused, NotFound
 from engine.model import FailureCode, Run, RunStatus, StepError, StepState, StepStatus
+from engine.redis_idioms import text, texts
+from worker.keys import WorkerKeys
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +93,6 @@ class _Pass:
     handed_off: dict[str, str] = field(default_factory=dict)  # job id in no queue -> "run_id step_id"
 
 
-def alive_key(engine: Engine, worker_name: str) -> str:
-    """Exists while the worker named ``worker_name`` sends heartbeats (see ``worker.process``)."""
-    return f"{engine.keys.prefix}worker:alive:{worker_name}"
-
-
-def stuck_key(engine: Engine) -> str:
-    """Hash: job id of a queued step seen in no queue -> when a pass first saw it (Redis's clock)."""
-    return f"{engine.keys.prefix}worker:stuck-jobs"
-
-
 def reap(
     engine: Engine,
     *,
@@ -143,8 +135,8 @@ def _snapshot(engine: Engine, settling: bool, dead_workers: Collection[str]) -> 
     return _Pass(
         settling,
         dead_workers,
-        intermediate={_text(job_id) or "" for job_id in intermediate},
-        queued={_text(job_id) or "" for job_id in queued},
+        intermediate=set(texts(intermediate)),
+        queued=set(texts(queued)),
         queue_known=length <= QUEUE_SNAPSHOT_LIMIT,
     )
 
@@ -171,7 +163,7 @@ def _reap_batch(engine: Engine, batch: list[_InFlight], state: _Pass, done: Reap
         for item in batch:
             pipe.hmget(Job.key_for(item.job_id), ["status", "worker_name"])
         jobs = {
-            item.job_id: (_text(status), _text(name))
+            item.job_id: (text(status), text(name))
             for item, (status, name) in zip(batch, pipe.execute(), strict=True)
         }
         # The worker a step is bound to: the one running it, or the one that took its job.
@@ -251,12 +243,12 @@ def _requeue_stuck(engine: Engine, state: _Pass, grace: float, done: Reaped) -> 
     the job moves on. While Redis settles after an outage nothing is judged and the
     notes are dropped, so the grace starts over once workers have caught up.
     """
-    key = stuck_key(engine)
+    key = WorkerKeys(engine.keys.prefix).stuck_jobs
     if state.settling:
         engine.redis.delete(key)
         return
     seen: dict[bytes, bytes] = engine.redis.hgetall(key)  # type: ignore[assignment]
-    first_seen = {_text(job_id) or "": float(at) for job_id, at in seen.items()}
+    first_seen = {text(job_id): float(at) for job_id, at in seen.items()}
     seconds, micros = engine.redis.time()
     now = seconds + micros / 1e6
     gone = [job_id for job_id in first_seen if job_id not in state.handed_off]
@@ -286,9 +278,10 @@ def _requeue_stuck(engine: Engine, state: _Pass, grace: float, done: Reaped) -> 
 
 def _worker_health(engine: Engine, pipe: Pipeline, names: list[str], state: _Pass) -> dict[str, str | None]:
     """For each worker name: None if alive (or not judged while Redis settles), else why it is dead."""
+    keys = WorkerKeys(engine.keys.prefix)
     for name in names:
         pipe.hget(Worker.redis_worker_namespace_prefix + name, "death")
-        pipe.exists(alive_key(engine, name))
+        pipe.exists(keys.alive(name))
     replies = pipe.execute()
     health: dict[str, str | None] = {}
     for name, death, alive in zip(names, replies[::2], replies[1::2], strict=True):
@@ -301,7 +294,3 @@ def _worker_health(engine: Engine, pipe: Pipeline, names: list[str], state: _Pas
         else:
             health[name] = None
     return health
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
