@@ -75,7 +75,7 @@ async def execute(bot: Bot, command: grammar.Command, actor: Actor, channel_id: 
         case "list":
             status = RunStatus(command.target) if command.target else None
             page = await bot.call(engine.list_runs, status=status, limit=LIST_ROWS)
-            return list_text(page.runs, status, more=page.next_cursor is not None)
+            return list_text(page.runs, status, more=page.next_offset is not None)
         case "tasks":
             pending = await bot.call(engine.pending_tasks, limit=LIST_ROWS)
             if not pending:

@@ -37,8 +37,8 @@ from bot.outbox import Outbound
 from bot.runtime import Bot
 from engine.errors import NotFound
 from engine.model import Event, FailureCode, Run, StepType
-from engine.redis_idioms import texts
-from engine.store import event_from_entry
+from engine.queries import FeedEntry
+from engine.redis_idioms import text, texts
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def consumer_name() -> str:
 class FeedFollower:
     def __init__(self, bot: Bot, consumer: str | None = None) -> None:
         self.bot = bot
-        self.stream = bot.engine.keys.events
+        self.feed = bot.engine.live_queries(bot.redis)  # the global feed and each run's events
         self.group = bot.settings.consumer_group
         self.consumer = consumer or consumer_name()
         self._stopping = False
@@ -93,13 +93,8 @@ class FeedFollower:
         Where the feed ended is kept too: a run without a cursor is read from there, so
         the runs already under way when the bot first started do not replay their past.
         """
-        last: Any = await self.bot.redis.xrevrange(self.stream, count=1)
-        await self.bot.redis.set(self.bot.keys.feed_since, last[0][0] if last else "0-0", nx=True)
-        try:
-            await self.bot.redis.xgroup_create(self.stream, self.group, id="$", mkstream=True)
-        except aioredis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        last = await self.bot.call(self.bot.engine.queries.follow_feed, self.group)
+        await self.bot.redis.set(self.bot.keys.feed_since, last, nx=True)
 
     async def run(self) -> None:
         await self.ensure_group()
@@ -109,12 +104,8 @@ class FeedFollower:
                 if time.monotonic() - last_claim > CLAIM_EVERY_SECONDS:
                     last_claim = time.monotonic()
                     await self._claim_abandoned()
-                entries: Any = await self.bot.redis.xreadgroup(
-                    self.group, self.consumer, {self.stream: ">"}, count=READ_COUNT, block=BLOCK_MS
-                )
-                for _stream, batch in entries or []:
-                    for entry_id, fields in batch:
-                        await self.handle(entry_id, fields)
+                for entry in await self.feed.read_feed(self.group, self.consumer, READ_COUNT, BLOCK_MS):
+                    await self.handle(entry)
             except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
                 log.warning("feed cannot reach redis", extra={"error": str(exc)})
                 await asyncio.sleep(1)
@@ -124,57 +115,50 @@ class FeedFollower:
                 await self.ensure_group()  # the stream was deleted under us (e.g. a test's cleanup)
 
     async def _claim_abandoned(self) -> None:
-        reply: list[Any] = await self.bot.redis.xautoclaim(
-            self.stream, self.group, self.consumer, CLAIM_IDLE_MS, "0-0", count=READ_COUNT
-        )
-        for entry_id, fields in reply[1]:
-            if fields:
-                await self.handle(entry_id, fields)
+        for entry in await self.feed.claim_feed(self.group, self.consumer, CLAIM_IDLE_MS, READ_COUNT):
+            await self.handle(entry)
 
-    async def handle(self, entry_id: bytes | str, fields: dict[Any, Any]) -> None:
+    async def handle(self, entry: FeedEntry) -> None:
         try:
-            event = event_from_entry(entry_id, fields)
+            event = entry.event()
         except Exception:
-            log.exception("feed entry not understood", extra={"entry": str(entry_id)})
-            await self.bot.redis.xack(self.stream, self.group, entry_id)
+            log.exception("feed entry not understood", extra={"entry": entry.entry_id})
+            await self.feed.ack_feed(self.group, entry.entry_id)
             return
         dirty = event.type.startswith(("run_", "task_")) or event.type == "step_cancelled"
         try:
-            while not await self._catch_up(event.run_id, entry_id, dirty):
+            while not await self._catch_up(event.run_id, entry.entry_id, dirty):
                 pass
         except (aioredis.ConnectionError, aioredis.TimeoutError):
             raise  # left pending: handled again once Redis is back
         except Exception:
             # A bug must not wedge the feed: log it and move on (the run's next event tries again).
-            log.exception("feed entry not handled", extra={"entry": str(entry_id)})
-            await self.bot.redis.xack(self.stream, self.group, entry_id)
+            log.exception("feed entry not handled", extra={"entry": entry.entry_id})
+            await self.feed.ack_feed(self.group, entry.entry_id)
             return
         self.bot.outbox.wake()
 
-    async def _catch_up(self, run_id: str, entry_id: bytes | str, dirty: bool) -> bool:
+    async def _catch_up(self, run_id: str, entry_id: str, dirty: bool) -> bool:
         """Turn the run's next events into messages; True once the run is caught up and the entry acked."""
         cursor = self.bot.keys.feed_cursor(run_id)
         async with self.bot.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(cursor)
-            after: Any = await pipe.get(cursor) or await pipe.get(self.bot.keys.feed_since) or b"0-0"
-            entries: Any = await pipe.xrange(
-                self.bot.engine.keys.run_events(run_id), min=b"(" + after, count=READ_COUNT
-            )
-            events = [event_from_entry(event_id, event_fields) for event_id, event_fields in entries]
+            after: Any = await pipe.get(cursor) or await pipe.get(self.bot.keys.feed_since) or "0-0"
+            events = await self.feed.run_events(run_id, text(after), count=READ_COUNT)
             messages = await self.messages_for(run_id, events)
             ended = any(event.type.ends_run for event in events)
             lifetime = await self.cursor_lifetime(run_id) if ended else None
-            caught_up = len(entries) < READ_COUNT
+            caught_up = len(events) < READ_COUNT
             pipe.multi()
-            if entries:
-                pipe.set(cursor, entries[-1][0], keepttl=True)
+            if events:
+                pipe.set(cursor, events[-1].id or "", keepttl=True)
             if lifetime is not None:
                 pipe.expire(cursor, lifetime)
             self.bot.outbox.add_to(pipe, run_key(run_id), messages)
             if caught_up:
                 if dirty:
                     pipe.set(self.bot.keys.home_dirty, 1)
-                pipe.xack(self.stream, self.group, entry_id)
+                self.feed.ack_feed_in(pipe, self.group, entry_id)
             try:
                 await pipe.execute()
             except WatchError:

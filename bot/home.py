@@ -27,8 +27,8 @@ from bot.blocks import (
     when,
     who,
 )
-from engine.api import CommandCenter, PendingTask
 from engine.model import Run, RunStatus
+from engine.queries import CommandCenter, PendingTask
 
 APPROVAL_ROWS = 8
 DRAINING_ROWS = 5

@@ -9,17 +9,16 @@ after the change. A command that does not fit raises a
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from rq import Queue
 from rq.command import send_stop_job_command
@@ -29,7 +28,8 @@ from engine import core
 from engine import retention as retention_rules
 from engine.catalog import Catalog
 from engine.core import Outcome
-from engine.errors import AmbiguousRunId, CommandRefused, DeliveryInProgress, InvalidInput, NotFound
+from engine.errors import CommandRefused, DeliveryInProgress, InvalidInput, NotFound
+from engine.intake import AcceptedRun
 from engine.model import (
     Actor,
     Event,
@@ -38,30 +38,21 @@ from engine.model import (
     StepError,
     StepState,
     StepStatus,
-    Task,
 )
-from engine.store import Keys, RunStore, parse_timer_member, text, texts, ts
+from engine.queries import CommandCenter, LiveQueries, PendingTask, Queries, RunPage
+from engine.store import Keys, RunStore, new_run_id, parse_timer_member
 from engine.workflow import InputError, Workflow, validate_inputs
 
 log = logging.getLogger(__name__)
 
-MIN_PREFIX = 8
 STEP_JOB = "worker.jobs.execute_step"
-FAILED_RECENTLY = timedelta(hours=24)
 EVENT_DELIVERY_TTL_SECONDS = 7 * 86400  # how long a delivered event's id is remembered against replays
 EVENT_DELIVERY_LEASE_SECONDS = 30  # how long a delivery under way holds its id (one that died lets go)
 EVENT_DELIVERY_WAIT_SECONDS = 5.0  # how long a second delivery of an id waits for the first's answer
-_CLAIMED = "claimed:"
-# Let go of a delivery id, unless the claim expired and another delivery holds it now.
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def new_run_id() -> str:
-    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
@@ -83,41 +74,6 @@ class EventDelivery:
     duplicate: bool = False
 
 
-@dataclass(frozen=True)
-class PendingTask:
-    run: Run
-    task: Task
-
-    @property
-    def step(self) -> StepState:
-        return self.run.steps[self.task.task_id]
-
-
-@dataclass(frozen=True)
-class RunPage:
-    runs: list[Run]
-    next_cursor: str | None
-
-
-@dataclass
-class CommandCenter:
-    """The operator inbox: four sections, each with its total count and first rows."""
-
-    awaiting_approval: list[PendingTask] = field(default_factory=list)
-    stopping_gracefully: list[Run] = field(default_factory=list)
-    running_now: list[Run] = field(default_factory=list)
-    failed_recently: list[Run] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def awaiting_by_workflow(self) -> dict[str, dict[str, list[PendingTask]]]:
-        """Pending tasks grouped by workflow, then by run, in the order they opened."""
-        groups: dict[str, dict[str, list[PendingTask]]] = {}
-        for pending in self.awaiting_approval:
-            runs = groups.setdefault(pending.run.workflow_id, {})
-            runs.setdefault(pending.run.run_id, []).append(pending)
-        return groups
-
-
 class Engine:
     def __init__(
         self,
@@ -137,6 +93,7 @@ class Engine:
         self.queue = Queue(queue_name, connection=connection)
         self.clock = clock
         self.store = RunStore(connection, self.keys, self.queue, step_job, default_job_timeout)
+        self.queries = Queries(self.store, clock)  # the read side; the methods below delegate to it
         self._saved_digests: set[str] = set()  # snapshots this process has stored in Redis
         self._workflows_by_digest: dict[str, Workflow] = {w.digest: w for w in catalog.workflows.values()}
 
@@ -293,13 +250,12 @@ class Engine:
         second delivery of the id meanwhile waits for the first one's answer, or takes over
         if it let go; past ``EVENT_DELIVERY_WAIT_SECONDS`` it is refused, to be retried.
         """
-        seen = self.keys.event_delivery(delivery)
-        claim = f"{_CLAIMED}{secrets.token_hex(8)}"
+        claim = secrets.token_hex(8)
         deadline = time.monotonic() + EVENT_DELIVERY_WAIT_SECONDS
-        while not self.redis.set(seen, claim, nx=True, ex=EVENT_DELIVERY_LEASE_SECONDS):
-            earlier = self.redis.get(seen)
-            if earlier is not None and not text(earlier).startswith(_CLAIMED):
-                return EventDelivery(json.loads(earlier)["run_ids"], duplicate=True)
+        while not self.store.claim_event_delivery(delivery, claim, EVENT_DELIVERY_LEASE_SECONDS):
+            earlier = self.store.event_delivered(delivery)
+            if earlier is not None:
+                return EventDelivery(earlier, duplicate=True)
             if time.monotonic() > deadline:
                 raise DeliveryInProgress(
                     f"Delivery {delivery!r} is being handled by another request; try again shortly."
@@ -309,9 +265,9 @@ class Engine:
             woken = self.deliver_event(name, key, payload, actor)
         except BaseException:
             with contextlib.suppress(redis.RedisError):
-                self.redis.eval(_RELEASE, 1, seen, claim)
+                self.store.release_event_delivery(delivery, claim)
             raise
-        self.redis.set(seen, json.dumps({"run_ids": woken}), ex=EVENT_DELIVERY_TTL_SECONDS)
+        self.store.record_event_delivery(delivery, woken, EVENT_DELIVERY_TTL_SECONDS)
         return EventDelivery(woken)
 
     # -- worker reports ------------------------------------------------------------------
@@ -398,40 +354,25 @@ class Engine:
         """Drop global feed entries older than the retention; runs keep their own events."""
         return retention_rules.trim_feed(self.store, self.retention)
 
-    # -- queries -------------------------------------------------------------------------
+    # -- queries (the read side, engine.queries) ------------------------------------------
 
     def resolve(self, run_ref: str) -> str:
         """A full run id from an id or a unique prefix of at least 8 characters."""
-        ref = run_ref.strip().lower()
-        if self.redis.exists(self.keys.run(ref)):
-            return ref
-        if len(ref) < MIN_PREFIX:
-            raise NotFound(
-                f"No run {run_ref!r}. Name a run by its id or by at least {MIN_PREFIX} characters of it."
-            )
-        matches = self.store.ids_with_prefix(ref, limit=6)
-        if not matches:
-            raise NotFound(f"No run {run_ref!r}.")
-        if len(matches) > 1:
-            raise AmbiguousRunId(run_ref, matches)
-        return matches[0]
+        return self.queries.resolve(run_ref)
 
     def get_run(self, run_ref: str) -> Run:
-        run = self.store.load(self.resolve(run_ref))
-        if run is None:
-            raise NotFound(f"No run {run_ref!r}.")
-        return run
+        return self.queries.get_run(run_ref)
+
+    def run_or_accepted(self, run_ref: str) -> Run | AcceptedRun:
+        """The run, or what a webhook start accepted and not started yet will be (:mod:`engine.intake`)."""
+        return self.queries.run_or_accepted(run_ref)
 
     def events(self, run_ref: str, after: str | None = None, limit: int = 1000) -> list[Event]:
-        return self.store.events(self.resolve(run_ref), after, limit)
+        return self.queries.events(run_ref, after, limit)
 
     def context(self, run_ref: str) -> dict[str, Any]:
         """What templates of the run see, plus each step's arguments: the run's data view."""
-        run = self.get_run(run_ref)
-        ctx = core.template_context(run)
-        for step_id, step in run.steps.items():
-            ctx["steps"][step_id]["args"] = step.args
-        return ctx
+        return self.queries.context(run_ref)
 
     def list_runs(
         self,
@@ -440,101 +381,20 @@ class Engine:
         prefix: str | None = None,
         since: datetime | None = None,
         limit: int = 50,
-        cursor: str | None = None,
+        offset: int = 0,
     ) -> RunPage:
-        """Runs newest first, filtered; ``cursor`` continues where the last page ended.
-
-        The narrowest index is read in batches and the other filters applied to each
-        batch, so a page costs a few round trips however many runs are stored.
-        """
-        limit = max(1, min(limit, 500))
-        ids: Iterator[str]
-        if prefix:
-            ids = iter(self.store.ids_with_prefix(prefix.lower(), limit=100_000))
-        elif status is not None:
-            ids = self.store.scan_index(self.keys.by_status(status))
-        elif workflow_id:
-            ids = self.store.scan_index(self.keys.by_workflow(workflow_id))
-        else:
-            ids = self.store.scan_index(self.keys.runs, min_score=ts(since) if since else None)
-
-        def keep(run: Run | None) -> bool:
-            return run is not None and (
-                (status is None or run.status is status)
-                and (workflow_id is None or run.workflow_id == workflow_id)
-                and (since is None or run.created_at >= since)
-            )
-
-        offset = int(cursor or 0)
-        page: list[tuple[int, Run]] = []
-        positions = itertools.count(offset)
-        rest = itertools.islice(ids, offset, None)
-        while len(page) <= limit and (batch := list(itertools.islice(rest, 100))):
-            runs = self.store.load_aligned(batch)
-            page.extend((pos, run) for pos, run in zip(positions, runs, strict=False) if keep(run))  # type: ignore[misc]
-        if len(page) <= limit:
-            return RunPage([run for _, run in page], None)
-        return RunPage([run for _, run in page[:limit]], str(page[limit][0]))
+        """Runs newest first, filtered; ``offset`` (a page's ``next_offset``) continues after a page."""
+        return self.queries.list_runs(status, workflow_id, prefix, since, limit, offset)
 
     def pending_tasks(self, run_ref: str | None = None, limit: int = 200) -> list[PendingTask]:
-        if run_ref is not None:
-            one = self.get_run(run_ref)
-            return [PendingTask(one, s.task) for s in one.open_tasks() if s.task]
-        members = self.redis.zrange(self.keys.pending_tasks, 0, limit - 1)
-        pairs = [m.split(":", 1) for m in texts(members)]
-        runs = {r.run_id: r for r in self.store.load_many(sorted({p[0] for p in pairs}))}
-        tasks: list[PendingTask] = []
-        for run_id, task_id in pairs:
-            run = runs.get(run_id)
-            step = run.steps.get(task_id) if run else None
-            if run and step and step.task:
-                tasks.append(PendingTask(run, step.task))
-        return tasks
+        return self.queries.pending_tasks(run_ref, limit)
 
     def command_center(self, rows: int = 25) -> CommandCenter:
-        """The four inbox sections with their counts, from indexes (never a scan of all runs)."""
-        now = self.clock()
-        keys = self.keys
-        recent = ts(now - FAILED_RECENTLY)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zcard(keys.pending_tasks)
-        for status in (RunStatus.DRAINING, RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.QUEUED):
-            pipe.zcard(keys.by_status(status))
-        for status in (RunStatus.FAILED, RunStatus.STOPPED):
-            pipe.zcount(keys.by_status(status), recent, "+inf")
-        pending, draining, running, paused, queued, failed, stopped = pipe.execute()
-        center = CommandCenter(
-            counts={
-                "pending": pending,
-                "draining": draining,
-                "running": running + paused + queued,
-                "failed": failed + stopped,
-            }
-        )
-        center.awaiting_approval = self.pending_tasks(limit=rows)
-        center.stopping_gracefully = self._runs_in(keys.by_status(RunStatus.DRAINING), rows)
-        active = [RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.QUEUED]
-        center.running_now = sorted(
-            (r for s in active for r in self._runs_in(keys.by_status(s), rows)),
-            key=lambda r: r.created_at,
-            reverse=True,
-        )[:rows]
-        failed_runs = [
-            r
-            for s in (RunStatus.FAILED, RunStatus.STOPPED)
-            for r in self._runs_in(keys.by_status(s), rows, min_score=recent)
-        ]
-        center.failed_recently = sorted(
-            failed_runs, key=lambda r: r.finished_at or r.updated_at, reverse=True
-        )[:rows]
-        return center
+        return self.queries.command_center(rows)
 
-    def _runs_in(self, key: str, rows: int, min_score: float | None = None) -> list[Run]:
-        if min_score is None:
-            ids = self.redis.zrevrange(key, 0, rows - 1)
-        else:
-            ids = self.redis.zrevrangebyscore(key, "+inf", min_score, start=0, num=rows)
-        return self.store.load_many(texts(ids))
+    def live_queries(self, aredis: AsyncRedis) -> LiveQueries:
+        """The read side on an asyncio client (event streams, the global feed, gauges)."""
+        return LiveQueries(aredis, self.keys)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -565,23 +425,17 @@ class Engine:
     def _admit_waiting(self, workflow: Workflow) -> None:
         """Start queued runs of ``workflow`` while it has room under its concurrency limit."""
         limit = workflow.settings.concurrency
-        active_key = self.keys.active(workflow.id)
-        admission_key = self.keys.admission(workflow.id)
-        while True:
-            oldest = self.redis.zrange(admission_key, 0, 0)
-            if not oldest:
-                return
-            run_id = texts(oldest)[0]
 
-            def admit(pipe: Pipeline, run: Run) -> Outcome | None:
-                if run.status is not RunStatus.QUEUED:
-                    return None
-                if limit is not None and pipe.zcard(active_key) >= limit:
-                    return None
-                return core.apply(workflow, run, core.Admit(Actor.system("admission")), self.clock())
+        def admit(pipe: Pipeline, run: Run) -> Outcome | None:
+            if run.status is not RunStatus.QUEUED:
+                return None
+            if limit is not None and self.store.admitted_count(pipe, workflow.id) >= limit:
+                return None
+            return core.apply(workflow, run, core.Admit(Actor.system("admission")), self.clock())
 
-            run, outcome = self.store.transact(run_id, admit, watch=[active_key])
+        while (run_id := self.store.oldest_waiting(workflow.id)) is not None:
+            run, outcome = self.store.transact(run_id, admit, watch=[self.keys.admitted(workflow.id)])
             if outcome is None:
                 if run.status is RunStatus.QUEUED:
                     return  # full: the next run to finish admits it
-                self.redis.zrem(admission_key, run_id)  # stale entry
+                self.store.stop_waiting(workflow.id, run_id)  # stale entry

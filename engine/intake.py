@@ -8,7 +8,12 @@ promised run id, append it to the intake stream) and answered at once with that 
 id. Workers read the intake through a consumer group and start the runs with the ids
 promised (a :class:`Starter` thread in every worker process); the web process keeps a
 standby starter that steps in only when requests wait too long, so a deployment
-without workers still starts its runs.
+without workers still starts its runs. In the web process, concurrent deliveries are
+accepted together, many per Lua call (:class:`Acceptor`, a group commit on asyncio).
+
+Until its run exists, an accepted request answers for it: every edge asked about the
+run id gets an :class:`AcceptedRun` (through :meth:`engine.api.Engine.run_or_accepted`),
+saying what will start and since when, or why it could not.
 
 Nothing is lost in between: an entry leaves the stream only after its run exists (or
 has been refused for good), entries left pending by a dead starter are claimed again,
@@ -17,22 +22,28 @@ and a request started twice makes one run (the engine's idempotency key).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import redis
+import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from engine.api import Engine, new_run_id
 from engine.background import LoopThread
 from engine.errors import SwitchboardError
 from engine.model import Actor
 from engine.outage import REDIS_DOWN, Outage
 from engine.redis_idioms import ensure_group, text
-from engine.store import Keys
+from engine.store import Keys, new_run_id
+
+if TYPE_CHECKING:
+    from engine.api import Engine
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,8 @@ BLOCK_MS = 250  # a starter's wait for new requests; short, so stopping it is qu
 DELIVERY_TTL_SECONDS = 7 * 86400  # how long a delivery id is remembered against replays
 REQUEST_TTL_SECONDS = 86400  # how long an accepted request stays readable by its run id
 CONSUMER_IDLE_MS = 3_600_000  # a starter silent this long, holding nothing, is forgotten
+MAX_BATCH = 256  # requests per accepting Lua call of the web process at most
+MAX_BATCH_BYTES = 1024 * 1024  # one Lua call blocks Redis while it runs: keep each one small
 
 # Forget the consumers of a group that hold no entries and have not read for ARGV[2] ms
 # (starters of workers long gone: every worker name ever seen would stay otherwise). Atomic,
@@ -97,6 +110,7 @@ class StartRequest:
     trigger: dict[str, Any] = field(default_factory=dict)
     delivery: str | None = None  # e.g. "source:delivery-id": the same one twice starts one run
     run_id: str = field(default_factory=new_run_id)
+    accepted_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def idempotency_key(self) -> str:
@@ -111,6 +125,7 @@ class StartRequest:
             "actor": self.actor.model_dump(mode="json"),
             "trigger": self.trigger,
             "delivery": self.delivery,
+            "accepted_at": self.accepted_at.isoformat(),
         }
 
     @cached_property
@@ -120,7 +135,10 @@ class StartRequest:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> StartRequest:
-        data = json.loads(raw)
+        return cls.from_dict(json.loads(raw))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StartRequest:
         return cls(
             workflow_id=data["workflow_id"],
             inputs=data["inputs"],
@@ -128,13 +146,74 @@ class StartRequest:
             trigger=data["trigger"],
             delivery=data.get("delivery"),
             run_id=data["run_id"],
+            # Requests accepted before the field existed: the epoch says "unknown".
+            accepted_at=datetime.fromisoformat(data.get("accepted_at") or "1970-01-01T00:00:00+00:00"),
         )
 
 
 @dataclass(frozen=True)
-class Accepted:
+class Acceptance:
+    """The answer to accepting a request: the run id to give out."""
+
     run_id: str
     duplicate: bool  # a delivery seen before: this is the run it started then
+
+
+@dataclass(frozen=True)
+class AcceptedRun:
+    """A run accepted from a webhook and not started yet: what will start, and since when.
+
+    Or, with ``error``, a request that could not start (the workflow changed since it was
+    accepted, a bug): kept under its run id for a day so whoever asks is told why.
+    """
+
+    request: StartRequest
+    error: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.request.run_id
+
+    @property
+    def workflow_id(self) -> str:
+        return self.request.workflow_id
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self.request.inputs
+
+    @property
+    def accepted_at(self) -> datetime:
+        return self.request.accepted_at
+
+    @property
+    def status(self) -> Literal["accepted", "failed_to_start"]:
+        return "failed_to_start" if self.error is not None else "accepted"
+
+    @property
+    def sentence(self) -> str:
+        """What every edge says about it, in plain text (each escapes it for its medium)."""
+        when = f"{self.accepted_at:%Y-%m-%d %H:%M:%S} UTC"
+        what = f"Run {self.run_id[:8]} of {self.workflow_id} was accepted at {when}"
+        if self.error is not None:
+            return f"{what} but could not start: {self.error}"
+        return f"{what} and has not started yet."
+
+    def as_dict(self) -> dict[str, Any]:
+        """The request with its status (and error), as REST answers it."""
+        answer = {"status": self.status, **self.request.as_dict()}
+        if self.error is not None:
+            answer["error"] = self.error
+        return answer
+
+
+def read_accepted(client: redis.Redis, keys: Keys, run_id: str) -> AcceptedRun | None:
+    """The accepted request kept under ``run_id``, if its run has not started (or could not)."""
+    raw = client.get(keys.intake_request(run_id))
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return AcceptedRun(StartRequest.from_dict(data), data.get("error"))
 
 
 def accept_arguments(keys: Keys, requests: Sequence[StartRequest]) -> tuple[list[str], list[str | int]]:
@@ -150,14 +229,11 @@ def accept_arguments(keys: Keys, requests: Sequence[StartRequest]) -> tuple[list
     return script_keys, args
 
 
-def read_answers(requests: Sequence[StartRequest], answers: Sequence[Any]) -> list[Accepted]:
-    accepted = []
-    for request, earlier in zip(requests, answers, strict=True):
-        if earlier:
-            accepted.append(Accepted(text(earlier), True))
-        else:
-            accepted.append(Accepted(request.run_id, False))
-    return accepted
+def read_answers(requests: Sequence[StartRequest], answers: Sequence[Any]) -> list[Acceptance]:
+    return [
+        Acceptance(text(earlier), True) if earlier else Acceptance(request.run_id, False)
+        for request, earlier in zip(requests, answers, strict=True)
+    ]
 
 
 class Intake:
@@ -171,17 +247,16 @@ class Intake:
         self._accept = self.redis.register_script(ACCEPT_SCRIPT)
         self._drop_idle = self.redis.register_script(DROP_IDLE_CONSUMERS_SCRIPT)
 
-    def accept(self, requests: Sequence[StartRequest]) -> list[Accepted]:
+    def accept(self, requests: Sequence[StartRequest]) -> list[Acceptance]:
         """Queue the starts of ``requests``; a delivery seen before gets its earlier run id instead."""
         if not requests:
             return []
         script_keys, args = accept_arguments(self.keys, requests)
         return read_answers(requests, self._accept(keys=script_keys, args=args))
 
-    def request(self, run_id: str) -> dict[str, Any] | None:
+    def request(self, run_id: str) -> AcceptedRun | None:
         """What an accepted run not started yet will be, or why it could not start."""
-        raw = self.redis.get(self.keys.intake_request(run_id))
-        return json.loads(raw) if raw else None
+        return read_accepted(self.redis, self.keys, run_id)
 
     def ensure_group(self) -> None:
         ensure_group(self.redis, self.keys.intake, GROUP, start="0")
@@ -247,7 +322,7 @@ class Intake:
                 if error is None:
                     pipe.delete(key)
                 else:
-                    failure = {**request.as_dict(), "status": "failed_to_start", "error": error}
+                    failure = AcceptedRun(request, error).as_dict()
                     pipe.set(key, json.dumps(failure), ex=REQUEST_TTL_SECONDS)
             pipe.xack(self.keys.intake, GROUP, entry_id)
             pipe.xdel(self.keys.intake, entry_id)
@@ -335,3 +410,64 @@ class Starter(LoopThread):
             except Exception:
                 log.exception("starting accepted runs failed")
                 self.stopping.wait(1.0)
+
+
+Waiting = tuple[StartRequest, "asyncio.Future[Acceptance]"]  # a request and its handler's answer
+
+
+class Acceptor:
+    """Accepts starts from asyncio code (the web process), many deliveries per Redis round trip.
+
+    Each delivery handler awaits :meth:`accept`. The first one sends its request at once;
+    those that arrive while that call is in flight wait for it and go together in the
+    next call (group commit). Alone, a delivery costs one round trip as before; under
+    load, the per-call cost of the Redis client is shared by a whole batch, which is most
+    of what a delivery costs the web process.
+    """
+
+    def __init__(self, aredis: aioredis.Redis, keys: Keys) -> None:
+        self.keys = keys
+        self._script = aredis.register_script(ACCEPT_SCRIPT)
+        self._waiting: list[Waiting] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def accept(self, request: StartRequest) -> Acceptance:
+        """Accept ``request`` (durably, when this returns); a delivery seen before gets its earlier run."""
+        answer: asyncio.Future[Acceptance] = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, answer))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_all(), name="intake-accept")
+        return await answer
+
+    async def _send_all(self) -> None:
+        batch: list[Waiting] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = _next_batch(self._waiting)
+                requests = [request for request, _ in batch]
+                try:
+                    script_keys, args = accept_arguments(self.keys, requests)
+                    answers = read_answers(requests, await self._script(keys=script_keys, args=args))
+                except Exception as exc:  # each waiting handler reports it as its own
+                    for _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                    continue
+                for (_, answer), accepted in zip(batch, answers, strict=True):
+                    if not answer.done():  # its handler may have been cancelled meanwhile
+                        answer.set_result(accepted)
+        finally:
+            self._sender = None
+            for _, answer in batch + self._waiting:  # only when cancelled (shutting down)
+                answer.cancel()
+
+
+def _next_batch(waiting: list[Waiting]) -> tuple[list[Waiting], list[Waiting]]:
+    """The first requests up to MAX_BATCH of them and MAX_BATCH_BYTES of JSON (always one), and the rest."""
+    size, count = 0, 0
+    for request, _ in waiting[:MAX_BATCH]:
+        size += len(request.json)
+        if count and size > MAX_BATCH_BYTES:
+            break
+        count += 1
+    return waiting[:count], waiting[count:]

@@ -10,7 +10,9 @@ A finished run leaves the same way, in one transaction (:meth:`RunStore.purge`).
 
 from __future__ import annotations
 
+import json
 import math
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,10 +42,19 @@ TIMER_LEASE_SECONDS = 30.0
 # worker holds would stay forever, so it gets an expiry too: a day, as RQ keeps failed jobs.
 CANCELLED_JOB_TTL_SECONDS = 86400
 RUN_TIMER_KINDS = ("run_timeout", "drain_timeout")  # timers of the run itself (no step, token 0)
+_CLAIMED = "claimed:"  # an event delivery's id while a delivery holds it, before its run ids
+# Let go of a delivery id, unless the claim expired and another delivery holds it now.
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def ts(moment: datetime) -> float:
     return moment.timestamp()
+
+
+def new_run_id() -> str:
+    """16 random lowercase hex characters: the prefix index (``runs:ids``, read by ZRANGEBYLEX)
+    and the lower-casing of a person's run reference rely on that alphabet."""
+    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
@@ -76,10 +87,13 @@ class Keys:
     def by_workflow(self, workflow_id: str) -> str:
         return f"{self.prefix}runs:workflow:{workflow_id}"
 
-    def active(self, workflow_id: str) -> str:
+    def admitted(self, workflow_id: str) -> str:
+        """Runs of a workflow admitted past its concurrency limit and not finished (queued ones are
+        not: they wait in :meth:`admission`). The key keeps its first name, so existing data counts."""
         return f"{self.prefix}runs:active:{workflow_id}"
 
     def admission(self, workflow_id: str) -> str:
+        """Queued runs of a workflow waiting for a free slot, oldest first."""
         return f"{self.prefix}runs:admission:{workflow_id}"
 
     @property
@@ -145,6 +159,11 @@ def step_member(run_id: str, step_id: str) -> str:
 task_member = step_member
 
 
+def parse_step_member(member: str) -> tuple[str, str]:
+    run_id, step_id = member.split(":", 1)
+    return run_id, step_id
+
+
 class RunStore:
     """Reads and writes runs; used by :class:`engine.api.Engine`, never by the edges directly."""
 
@@ -191,6 +210,9 @@ class RunStore:
         raws = self.redis.mget([self.keys.run(r) for r in run_ids])
         return [Run.model_validate_json(raw) if raw else None for raw in raws]
 
+    def exists(self, run_id: str) -> bool:
+        return bool(self.redis.exists(self.keys.run(run_id)))
+
     def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
         found = self.redis.zrangebylex(self.keys.run_ids, f"[{prefix}", f"[{prefix}\xff", start=0, num=limit)
         return [text(r) for r in found]
@@ -199,6 +221,39 @@ class RunStore:
         start = f"({after}" if after else "-"
         entries: Any = self.redis.xrange(self.keys.run_events(run_id), min=start, count=limit)
         return [event_from_entry(entry_id, fields) for entry_id, fields in entries]
+
+    def latest_with_status(self, status: RunStatus, count: int, since: float | None = None) -> list[Run]:
+        """The ``count`` runs that entered ``status`` last (at ``since`` or later), newest first."""
+        key = self.keys.by_status(status)
+        if since is None:
+            ids = self.redis.zrevrange(key, 0, count - 1)
+        else:
+            ids = self.redis.zrevrangebyscore(key, "+inf", since, start=0, num=count)
+        return self.load_many(texts(ids))
+
+    def status_counts(self, since: dict[RunStatus, float]) -> dict[RunStatus, int]:
+        """How many runs are in each status; for those in ``since``, how many entered it since then."""
+        statuses = list(RunStatus)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for status in statuses:
+                if status in since:
+                    pipe.zcount(self.keys.by_status(status), since[status], "+inf")
+                else:
+                    pipe.zcard(self.keys.by_status(status))
+            return dict(zip(statuses, pipe.execute(), strict=True))
+
+    def pending_task_members(self, limit: int) -> list[tuple[str, str]]:
+        """(run id, task id) of the tasks waiting for a decision, oldest first."""
+        members = self.redis.zrange(self.keys.pending_tasks, 0, limit - 1)
+        return [parse_step_member(m) for m in texts(members)]
+
+    def pending_task_count(self) -> int:
+        return int(self.redis.zcard(self.keys.pending_tasks))
+
+    def feed_end(self) -> str:
+        """The id of the global feed's last entry (``0-0`` when it is empty)."""
+        last: Any = self.redis.xrevrange(self.keys.events, count=1)
+        return text(last[0][0]) if last else "0-0"
 
     def save_workflow(self, workflow: Workflow) -> None:
         self.redis.set(self.keys.workflow_snapshot(workflow.digest), workflow.model_dump_json(by_alias=True))
@@ -319,9 +374,9 @@ class RunStore:
             if run.status is not RunStatus.QUEUED:
                 pipe.zrem(keys.admission(run.workflow_id), run.run_id)
             if run.status in ACTIVE_RUN_STATUSES and run.status is not RunStatus.QUEUED:
-                pipe.zadd(keys.active(run.workflow_id), {run.run_id: ts(run.created_at)})
+                pipe.zadd(keys.admitted(run.workflow_id), {run.run_id: ts(run.created_at)})
             else:
-                pipe.zrem(keys.active(run.workflow_id), run.run_id)
+                pipe.zrem(keys.admitted(run.workflow_id), run.run_id)
         open_before = {s.step_id for s in before.open_tasks()} if before else set()
         open_now = {s.step_id: s for s in run.open_tasks()}
         for task_id in open_before - set(open_now):
@@ -330,6 +385,22 @@ class RunStore:
             task = open_now[task_id].task
             opened = ts(task.opened_at) if task else moment
             pipe.zadd(keys.pending_tasks, {task_member(run.run_id, task_id): opened})
+
+    # -- admission -----------------------------------------------------------------------
+
+    def oldest_waiting(self, workflow_id: str) -> str | None:
+        """The queued run of ``workflow_id`` that has waited longest for a slot."""
+        oldest = self.redis.zrange(self.keys.admission(workflow_id), 0, 0)
+        return texts(oldest)[0] if oldest else None
+
+    def admitted_count(self, pipe: Pipeline, workflow_id: str) -> int:
+        """How many runs of ``workflow_id`` hold a slot, read in a transaction watching
+        :meth:`Keys.admitted` (the pipeline is in immediate mode after WATCH)."""
+        return int(pipe.zcard(self.keys.admitted(workflow_id)))
+
+    def stop_waiting(self, workflow_id: str, run_id: str) -> None:
+        """Drop a stale admission entry (a run no longer queued)."""
+        self.redis.zrem(self.keys.admission(workflow_id), run_id)
 
     def enqueue(self, run: Run, job: StepJob) -> None:
         """Enqueue a step job outside a run transaction (a re-enqueue of a job RQ lost)."""
@@ -364,7 +435,7 @@ class RunStore:
         """Remove a finished run and everything that names it, in one transaction.
 
         That is: its document and event stream, its entries in every index (all runs, ids,
-        status, workflow, active, admission, pending tasks, timers, waits), the keys that
+        status, workflow, admitted, admission, pending tasks, timers, waits), the keys that
         still point at it (its start's idempotency key, the intake's delivery key and
         request) and RQ's records of its step jobs (hash, result stream, registries, queue),
         whose ids are read off the run's ``step_queued`` events. Shared keys stay: the
@@ -434,7 +505,7 @@ class RunStore:
             pipe.zrem(keys.by_status(status), run_id)
         if run is not None:
             pipe.zrem(keys.by_workflow(run.workflow_id), run_id)
-            pipe.zrem(keys.active(run.workflow_id), run_id)
+            pipe.zrem(keys.admitted(run.workflow_id), run_id)
             pipe.zrem(keys.admission(run.workflow_id), run_id)
             pipe.zrem(keys.pending_tasks, *(step_member(run_id, step_id) for step_id in run.steps))
             pipe.zrem(keys.timers, *run_timer_members(run))
@@ -456,6 +527,28 @@ class RunStore:
         oldest_ms = max(int(seconds * 1000 + micros // 1000 - max_age_seconds * 1000), 0)
         return int(self.redis.xtrim(self.keys.events, minid=f"{oldest_ms}-0", approximate=False))
 
+    # -- event deliveries ----------------------------------------------------------------
+
+    def claim_event_delivery(self, delivery: str, claim: str, lease_seconds: int) -> bool:
+        """Hold delivery id ``delivery`` under ``claim`` for a lease; False if it is held or done."""
+        value = f"{_CLAIMED}{claim}"
+        return bool(self.redis.set(self.keys.event_delivery(delivery), value, nx=True, ex=lease_seconds))
+
+    def event_delivered(self, delivery: str) -> list[str] | None:
+        """The runs a delivery woke once it took effect; None while it is claimed or unknown."""
+        raw = self.redis.get(self.keys.event_delivery(delivery))
+        if raw is None or text(raw).startswith(_CLAIMED):
+            return None
+        return list(json.loads(raw)["run_ids"])
+
+    def release_event_delivery(self, delivery: str, claim: str) -> None:
+        """Let go of a claim, unless it expired and another delivery holds the id now."""
+        self.redis.eval(_RELEASE, 1, self.keys.event_delivery(delivery), f"{_CLAIMED}{claim}")
+
+    def record_event_delivery(self, delivery: str, run_ids: list[str], ttl_seconds: int) -> None:
+        """Remember that a delivery took effect, and the runs it woke, for ``ttl_seconds``."""
+        self.redis.set(self.keys.event_delivery(delivery), json.dumps({"run_ids": run_ids}), ex=ttl_seconds)
+
     # -- timers and waits ----------------------------------------------------------------
 
     def claim_due_timers(self, now: datetime, limit: int = 100) -> list[str]:
@@ -467,9 +560,7 @@ class RunStore:
         self.redis.zrem(self.keys.timers, member)
 
     def waiting_steps(self, wait_key: str) -> list[tuple[str, str]]:
-        members = self.redis.smembers(self.keys.waits(wait_key))
-        pairs = [text(m).split(":", 1) for m in members]
-        return [(run_id, step_id) for run_id, step_id in pairs]
+        return [parse_step_member(m) for m in texts(self.redis.smembers(self.keys.waits(wait_key)))]
 
 
 def event_from_entry(entry_id: Any, fields: Any) -> Event:

@@ -146,7 +146,7 @@ def check_invariants(engine: Engine, run: Run) -> None:
     for status in RunStatus:
         member = engine.redis.zscore(keys.by_status(status), run.run_id) is not None
         assert member == (status is run.status), status
-    active = engine.redis.zscore(keys.active(run.workflow_id), run.run_id) is not None
+    active = engine.redis.zscore(keys.admitted(run.workflow_id), run.run_id) is not None
     assert active == (run.status in ACTIVE_RUN_STATUSES and run.status is not RunStatus.QUEUED)
     open_tasks = {s.step_id for s in run.open_tasks()}
     indexed = engine.redis.zscore(keys.pending_tasks, task_member(run.run_id, "gate")) is not None

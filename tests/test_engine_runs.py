@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import redis
 
+from bot.home import home_view
 from engine.errors import AlreadyDecided, AmbiguousRunId, CommandRefused, InvalidInput, NotAllowed, NotFound
 from engine.model import FailureCode, RunStatus, SkipReason, StepError, StepStatus
 from tests.engine_helpers import (
@@ -389,8 +390,8 @@ def test_list_runs_filters_and_pages(redis_conn: redis.Redis, namespace: str) ->
     page = engine.list_runs(limit=3)
     assert [r.run_id for r in page.runs] == newest_first[:3]
     seen = [r.run_id for r in page.runs]
-    while page.next_cursor:
-        page = engine.list_runs(limit=3, cursor=page.next_cursor)
+    while page.next_offset is not None:
+        page = engine.list_runs(limit=3, offset=page.next_offset)
         seen.extend(r.run_id for r in page.runs)
     assert seen == newest_first
     gated = engine.list_runs(workflow_id="gated")
@@ -422,8 +423,9 @@ def test_command_center_sections_and_counts(redis_conn: redis.Redis, namespace: 
     center = engine.command_center()
     assert center.counts == {"pending": 1, "draining": 1, "running": 2, "failed": 1}
     assert [(t.run.run_id, t.task.task_id) for t in center.awaiting_approval] == [(waiting.run_id, "approve")]
-    grouped = center.awaiting_by_workflow()
-    assert list(grouped) == ["gated"] and list(grouped["gated"]) == [waiting.run_id]
+    # App Home shows the waiting tasks grouped by workflow, then by run.
+    contexts = [b["elements"][0]["text"] for b in home_view(center)["blocks"] if b["type"] == "context"]
+    assert [text for text in contexts if "· run `" in text] == [f"*Gated* · run `{waiting.run_id[:8]}`"]
     assert [r.run_id for r in center.stopping_gracefully] == [draining.run_id]
     assert {r.run_id for r in center.running_now} == {waiting.run_id, paused.run_id}
     assert [r.run_id for r in center.failed_recently] == [failed_again.run_id]

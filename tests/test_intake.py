@@ -150,7 +150,7 @@ def test_a_request_that_breaks_the_starter_fails_alone_and_the_others_start(
     assert intake.start_next("starter", block_ms=0) == 3
     assert [r.run_id for r in web_engine.list_runs().runs] == [fine.run_id]
     failed = intake.request(doomed.run_id)
-    assert failed is not None and failed["status"] == "failed_to_start" and "logs" in failed["error"]
+    assert failed is not None and failed.status == "failed_to_start" and "logs" in (failed.error or "")
     assert web_engine.redis.xlen(web_engine.keys.intake) == 0 and intake.waiting_for() == 0
 
 

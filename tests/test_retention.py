@@ -325,10 +325,8 @@ async def test_the_bots_cursor_of_a_run_expires_after_the_run_does(
         cursor = bot.keys.feed_cursor
 
         async def follow() -> None:
-            reply: Any = await bot.redis.xreadgroup(follower.group, follower.consumer, {follower.stream: ">"})
-            for _stream, batch in reply:
-                for entry_id, fields in batch:
-                    await follower.handle(entry_id, fields)
+            for entry in await follower.feed.read_feed(follower.group, follower.consumer):
+                await follower.handle(entry)
 
         run = slack_engine.start("approve-deploy", {}, Actor(kind=ActorKind.CLI, id="alice"))
         await follow()

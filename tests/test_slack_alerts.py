@@ -8,8 +8,8 @@ from bot import cards, ids
 from bot.home import home_view
 from bot.outbox import Outbound
 from bot.runtime import slack_actor
-from engine.api import CommandCenter
 from engine.model import FailureCode, Run, RunStatus, StepState, StepStatus, Task
+from engine.queries import CommandCenter
 from engine.workflow import StepType
 from tests.fake_slack import (
     ALICE,

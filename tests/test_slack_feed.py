@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -13,7 +12,7 @@ from bot.feed import FeedFollower
 from bot.runtime import Bot, build_bot
 from engine.api import Engine
 from engine.model import Actor, ActorKind, EventType
-from engine.store import event_from_entry
+from engine.queries import FeedEntry
 from tests.fake_slack import BOB, FakeSlack, slack_settings
 
 ALICE_CLI = Actor(kind=ActorKind.CLI, id="alice", name="alice")
@@ -31,16 +30,13 @@ async def two_bots(fake_slack: FakeSlack, slack_engine: Engine) -> AsyncIterator
         await bot.close()
 
 
-async def read(follower: FeedFollower, count: int | None = None) -> list[tuple[Any, Any]]:
-    """Deliver feed entries to ``follower``'s consumer, as its own XREADGROUP would."""
-    reply: Any = await follower.bot.redis.xreadgroup(
-        follower.group, follower.consumer, {follower.stream: ">"}, count=count
-    )
-    return [entry for _stream, batch in reply for entry in batch]
+async def read(follower: FeedFollower, count: int | None = None) -> list[FeedEntry]:
+    """Deliver feed entries to ``follower``'s consumer, as its own read would."""
+    return await follower.feed.read_feed(follower.group, follower.consumer, count)
 
 
-def types(entries: list[tuple[Any, Any]]) -> list[str]:
-    return [event_from_entry(entry_id, fields).type for entry_id, fields in entries]
+def types(entries: list[FeedEntry]) -> list[str]:
+    return [entry.event().type for entry in entries]
 
 
 async def dispatch_all(bots: list[Bot], fake: FakeSlack) -> None:
@@ -71,15 +67,15 @@ async def test_a_decision_handled_by_another_process_first_still_updates_the_one
 
     # web-1 reads the entries up to task_opened; web-2 reads the rest, task_completed among
     # them, and handles them before web-1 gets to task_opened.
-    feed: Any = await first.bot.redis.xrange(first.stream)
-    opened = [event_from_entry(*entry).type for entry in feed].index(EventType.TASK_OPENED)
+    feed = await first.feed.feed_events(after="0-0", count=10_000)
+    opened = [event.type for event in feed].index(EventType.TASK_OPENED)
     early = await read(first, count=opened + 1)
     late = await read(second)
     assert types(early)[-1] == "task_opened" and "task_completed" in types(late)
-    for entry_id, fields in late:
-        await second.handle(entry_id, fields)
-    for entry_id, fields in early:
-        await first.handle(entry_id, fields)
+    for entry in late:
+        await second.handle(entry)
+    for entry in early:
+        await first.handle(entry)
     await dispatch_all(two_bots, fake_slack)
 
     cards = [c for c in fake_slack.ok_calls("chat.postMessage") if "Deploy billing?" in c.args["text"]]
@@ -90,7 +86,7 @@ async def test_a_decision_handled_by_another_process_first_still_updates_the_one
     assert "*Approved* by" in fake_slack.messages[(channel, ts)]["text"]
     posted = [c.args["text"] for c in fake_slack.ok_calls("chat.postMessage") if "thread_ts" not in c.args]
     assert posted[-1] == "Deployed billing."  # the run's messages in the order they happened
-    assert await first.bot.redis.xpending(first.stream, first.group) == {
+    assert await first.bot.redis.xpending(slack_engine.keys.events, first.group) == {
         "pending": 0,
         "min": None,
         "max": None,
@@ -105,8 +101,8 @@ async def test_a_run_under_way_before_the_bot_started_does_not_replay_its_past(
     follower = FeedFollower(two_bots[0], "web-1")
     await follower.ensure_group()
     slack_engine.complete_task(run.run_id, "approve", BOB_SLACK, approved=True)
-    for entry_id, fields in await read(follower):
-        await follower.handle(entry_id, fields)
+    for entry in await read(follower):
+        await follower.handle(entry)
     await dispatch_all(two_bots, fake_slack)
 
     posted = [c.args["text"] for c in fake_slack.ok_calls("chat.postMessage") if "thread_ts" not in c.args]

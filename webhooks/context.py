@@ -1,4 +1,4 @@
-"""What every handler shares: the engine, settings, sources, tokens and an async Redis."""
+"""What every handler shares: the engine, settings, sources, tokens and asyncio reads of Redis."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine.api import Engine
-from engine.intake import Intake
-from webhooks.acceptor import Acceptor
+from engine.intake import Acceptor, Intake
+from engine.queries import LiveQueries
 from webhooks.auth import Tokens
 from webhooks.metrics import DeliveryCounts, StepDurations
 from webhooks.settings import WebSettings
@@ -22,7 +22,8 @@ class WebContext:
     settings: WebSettings
     sources: dict[str, Source]
     tokens: Tokens
-    aredis: aioredis.Redis  # for what must not hold a thread: SSE, health, counters
+    aredis: aioredis.Redis  # for what must not hold a thread: health, counters
+    live: LiveQueries  # the engine's reads that wait without a thread: SSE, the metrics feed, gauges
     durations: StepDurations
     intake: Intake
     acceptor: Acceptor

@@ -114,6 +114,7 @@ async def _start(
         _actor(source),
         trigger={"kind": "webhook", "source": source.name, "delivery_id": delivery_id},
         delivery=f"{source.name}:{delivery_id}" if delivery_id else None,
+        accepted_at=ctx.engine.clock(),
     )
     accepted = await ctx.acceptor.accept(request)
     status_url = ctx.url(f"/v1/runs/{accepted.run_id}")

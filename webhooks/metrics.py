@@ -28,19 +28,16 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from engine.model import Run, RunStatus, StepStatus
-from engine.store import Keys
-from webhooks.feeds import read_events
+from engine.model import Run, StepStatus
+from engine.queries import LiveQueries
+from engine.redis_idioms import text
+from webhooks.keys import WebKeys
 
 log = logging.getLogger(__name__)
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0)
 FINISHED_EVENTS = {"step_completed", "step_failed"}
 UNKNOWN_SOURCE = "_unknown"
-
-
-def deliveries_key(keys: Keys) -> str:
-    return f"{keys.prefix}web:deliveries"
 
 
 @dataclass
@@ -51,34 +48,39 @@ class DeliveryCounts:
     flush each second (and before every scrape, and at shutdown) keeps the total exact.
     """
 
+    aredis: aioredis.Redis
+    keys: WebKeys
     pending: Counter[str] = field(default_factory=Counter)
 
     def count(self, source: str, outcome: str) -> None:
         self.pending[f"{source}|{outcome}"] += 1
 
-    async def flush(self, aredis: aioredis.Redis, keys: Keys) -> None:
+    async def flush(self) -> None:
         batch, self.pending = self.pending, Counter()
         if not batch:
             return
-        pipe = aredis.pipeline(transaction=False)
+        pipe = self.aredis.pipeline(transaction=False)
         for field_name, n in batch.items():
-            pipe.hincrby(deliveries_key(keys), field_name, n)
+            pipe.hincrby(self.keys.deliveries, field_name, n)
         try:
             await pipe.execute()
         except aioredis.RedisError:
             self.pending.update(batch)  # keep them for the next flush
             raise
 
-    async def flush_every(
-        self, aredis: aioredis.Redis, keys: Keys, stop: asyncio.Event, seconds: float = 1.0
-    ) -> None:
+    async def flush_every(self, stop: asyncio.Event, seconds: float = 1.0) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), seconds)
             try:
-                await self.flush(aredis, keys)
+                await self.flush()
             except aioredis.RedisError as exc:
                 log.warning("delivery counts not flushed", extra={"error": str(exc)})
+
+    async def totals(self) -> dict[str, int]:
+        """Deliveries counted by every web process, by ``source|outcome`` (flushed ones)."""
+        counted: dict[bytes | str, bytes | str] = await self.aredis.hgetall(self.keys.deliveries)
+        return {text(name): int(value) for name, value in counted.items()}
 
 
 @dataclass
@@ -115,14 +117,12 @@ class StepDurations:
             seconds = (step.finished_at - step.started_at).total_seconds()
             self.series[(run.workflow_id, step.type.value, step.status.value)].observe(max(seconds, 0.0))
 
-    async def follow(
-        self, aredis: aioredis.Redis, keys: Keys, stop: asyncio.Event, block_ms: int = 1000
-    ) -> None:
+    async def follow(self, live: LiveQueries, stop: asyncio.Event, block_ms: int = 1000) -> None:
         """Tail the global feed from now on, until ``stop`` is set."""
         last = "$"
         while not stop.is_set():
             try:
-                events = await read_events(aredis, keys.events, last, block_ms, 500)
+                events = await live.feed_events(last, block_ms, 500)
             except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
                 log.warning("metrics feed unavailable", extra={"error": str(exc)})
                 await asyncio.sleep(1.0)
@@ -133,40 +133,30 @@ class StepDurations:
                 if event.type in FINISHED_EVENTS and event.step_id and not event.data.get("skipped"):
                     finished.append((f"{event.run_id}|{event.step_id}", int(event.data.get("attempt", 0))))
             if finished:
-                run_ids = sorted({key.split("|", 1)[0] for key, _ in finished})
-                raws = await aredis.mget([keys.run(r) for r in run_ids])
-                runs = {r: Run.model_validate_json(raw) for r, raw in zip(run_ids, raws, strict=True) if raw}
+                runs = await live.runs(sorted({key.split("|", 1)[0] for key, _ in finished}))
                 self.observe_runs(finished, runs)
 
 
-async def exposition(
-    aredis: aioredis.Redis, keys: Keys, durations: StepDurations, deliveries: DeliveryCounts
-) -> str:
+async def exposition(live: LiveQueries, durations: StepDurations, deliveries: DeliveryCounts) -> str:
     """The whole ``/metrics`` page."""
-    await deliveries.flush(aredis, keys)
-    pipe = aredis.pipeline(transaction=False)
-    statuses = list(RunStatus)
-    for status in statuses:
-        pipe.zcard(keys.by_status(status))
-    pipe.zcard(keys.pending_tasks)
-    pipe.xlen(keys.intake)
-    pipe.hgetall(deliveries_key(keys))
-    *counts, pending, intake, delivered = await pipe.execute()
+    await deliveries.flush()
+    gauges = await live.gauges()
+    delivered = await deliveries.totals()
     lines = [
         "# HELP switchboard_runs Runs now in each status (from the status indexes).",
         "# TYPE switchboard_runs gauge",
-        *(f'switchboard_runs{{status="{s.value}"}} {n}' for s, n in zip(statuses, counts, strict=True)),
+        *(f'switchboard_runs{{status="{s.value}"}} {n}' for s, n in gauges.runs.items()),
         "# HELP switchboard_tasks_pending Human tasks waiting for a decision.",
         "# TYPE switchboard_tasks_pending gauge",
-        f"switchboard_tasks_pending {pending}",
+        f"switchboard_tasks_pending {gauges.pending_tasks}",
         "# HELP switchboard_intake_waiting Runs accepted from webhooks and not started yet.",
         "# TYPE switchboard_intake_waiting gauge",
-        f"switchboard_intake_waiting {intake}",
+        f"switchboard_intake_waiting {gauges.intake_waiting}",
         "# HELP switchboard_webhook_deliveries_total Webhook deliveries by source and outcome.",
         "# TYPE switchboard_webhook_deliveries_total counter",
     ]
     for field_name, value in sorted(delivered.items()):
-        source, _, outcome = field_name.decode().partition("|")
+        source, _, outcome = field_name.partition("|")
         lines.append(
             f'switchboard_webhook_deliveries_total{{source="{_label(source)}",outcome="{_label(outcome)}"}}'
             f" {int(value)}"

@@ -14,10 +14,11 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from engine.api import CommandCenter, PendingTask
 from engine.asyncio_bridge import EngineBridge
 from engine.errors import NotFound
+from engine.intake import AcceptedRun
 from engine.model import Actor, Run, RunStatus, StopMode
+from engine.queries import CommandCenter, PendingTask, RunPage
 from engine.workflow import Workflow
 from webhooks.auth import Principal, Role
 from webhooks.context import WebContext, context_of
@@ -39,6 +40,7 @@ class RunsQuery(_Model):
     prefix: str | None = Field(default=None, min_length=1, max_length=32)
     since: AwareDatetime | None = Field(default=None, description="ISO 8601 with a time zone")
     limit: int = Field(default=50, ge=1, le=500)
+    # "cursor" on the wire (an opaque continuation to clients); an offset into the listing inside.
     cursor: str | None = Field(default=None, pattern=r"^\d{1,9}$", description="next_cursor of the last page")
 
 
@@ -163,10 +165,16 @@ async def _run_in_path(request: web.Request) -> str:
     return (await _run_of_workflow(ctx, request.match_info["workflow_id"], run_ref)).run_id
 
 
-def _page(request: web.Request, runs: list[Run], cursor: str | None) -> web.Response:
+def _offset(cursor: str | None) -> int:
+    """The listing offset a ``cursor`` query parameter stands for (validated as digits)."""
+    return int(cursor or 0)
+
+
+def _page(request: web.Request, page: RunPage) -> web.Response:
+    cursor = str(page.next_offset) if page.next_offset is not None else None
     next_url = str(request.rel_url.update_query(cursor=cursor)) if cursor else None
     return web.json_response(
-        {"runs": [run_summary(r) for r in runs], "next_cursor": cursor, "next": next_url}
+        {"runs": [run_summary(r) for r in page.runs], "next_cursor": cursor, "next": next_url}
     )
 
 
@@ -182,8 +190,10 @@ async def list_runs(request: web.Request) -> web.StreamResponse:
     """
     q = read_query(request, RunsQuery)
     engine = context_of(request).engine
-    page = await ENGINE.call(engine.list_runs, q.status, q.workflow, q.prefix, q.since, q.limit, q.cursor)
-    return _page(request, page.runs, page.next_cursor)
+    page = await ENGINE.call(
+        engine.list_runs, q.status, q.workflow, q.prefix, q.since, q.limit, _offset(q.cursor)
+    )
+    return _page(request, page)
 
 
 @routes.get("/v1/runs/{run_id}")
@@ -194,14 +204,10 @@ async def get_run(request: web.Request) -> web.StreamResponse:
     A run accepted from a webhook but not started yet answers 202 with status `accepted`.
     """
     ctx = context_of(request)
-    try:
-        run = await ENGINE.call(ctx.engine.get_run, request.match_info["run_id"])
-    except NotFound:
-        pending = await ENGINE.call(ctx.intake.request, request.match_info["run_id"].strip().lower())
-        if pending is None:
-            raise
-        return web.json_response({"status": "accepted", **pending}, status=202)
-    return web.json_response(run_json(run))
+    found = await ENGINE.call(ctx.engine.run_or_accepted, request.match_info["run_id"])
+    if isinstance(found, AcceptedRun):
+        return web.json_response(found.as_dict(), status=202)
+    return web.json_response(run_json(found))
 
 
 @routes.get("/v1/workflows/{workflow_id}/runs/{run_id}/events")
@@ -289,8 +295,10 @@ async def list_workflow_runs(request: web.Request) -> web.StreamResponse:
     ctx = context_of(request)
     workflow_id = request.match_info["workflow_id"]
     await ENGINE.call(ctx.engine.workflow, workflow_id)
-    page = await ENGINE.call(ctx.engine.list_runs, q.status, workflow_id, None, q.since, q.limit, q.cursor)
-    return _page(request, page.runs, page.next_cursor)
+    page = await ENGINE.call(
+        ctx.engine.list_runs, q.status, workflow_id, None, q.since, q.limit, _offset(q.cursor)
+    )
+    return _page(request, page)
 
 
 @routes.post("/v1/workflows/{workflow_id}/runs")

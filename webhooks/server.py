@@ -20,12 +20,12 @@ from aiohttp import web
 from engine.api import Engine
 from engine.background import start_task
 from engine.connection import async_client
-from engine.intake import Intake, Starter
+from engine.intake import Acceptor, Intake, Starter
 from webhooks import deliveries, rest
-from webhooks.acceptor import Acceptor
 from webhooks.auth import Tokens, forbidden
 from webhooks.context import CONTEXT, WebContext, context_of
 from webhooks.inbound import check_headers, expect_handler, quiet_malformed_http
+from webhooks.keys import WebKeys
 from webhooks.metrics import DeliveryCounts, StepDurations, exposition
 from webhooks.openapi import build_openapi
 from webhooks.problems import RETRY_AFTER_SECONDS, Handler, Problem, problem_middleware
@@ -75,7 +75,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 async def metrics(request: web.Request) -> web.StreamResponse:
     """Prometheus metrics: runs by status, pending tasks, webhook deliveries, step durations."""
     ctx = context_of(request)
-    text = await exposition(ctx.aredis, ctx.engine.keys, ctx.durations, ctx.deliveries)
+    text = await exposition(ctx.live, ctx.durations, ctx.deliveries)
     return web.Response(
         text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"}
     )
@@ -110,10 +110,11 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
         sources,
         tokens,
         aredis,
+        engine.live_queries(aredis),
         StepDurations(),
         Intake(engine),
         Acceptor(aredis, engine.keys),
-        DeliveryCounts(),
+        DeliveryCounts(aredis, WebKeys(engine.keys.prefix)),
     )
     app[CONTEXT] = ctx
     routes = [
@@ -141,8 +142,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     loop.set_default_executor(executor)
     stop = asyncio.Event()
     tasks = [
-        start_task(ctx.durations.follow(ctx.aredis, ctx.engine.keys, stop), "metrics-feed"),
-        start_task(ctx.deliveries.flush_every(ctx.aredis, ctx.engine.keys, stop), "delivery-counts"),
+        start_task(ctx.durations.follow(ctx.live, stop), "metrics-feed"),
+        start_task(ctx.deliveries.flush_every(stop), "delivery-counts"),
     ]
     starter = Starter(ctx.intake, f"web-{socket.gethostname()}-{os.getpid()}", ctx.settings.starts_after)
     starter.start()

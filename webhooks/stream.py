@@ -15,7 +15,6 @@ from aiohttp import web
 from engine.model import Event
 from webhooks.auth import Role
 from webhooks.context import context_of
-from webhooks.feeds import read_events
 from webhooks.problems import Problem
 from webhooks.routing import endpoint
 
@@ -36,14 +35,13 @@ async def stream_run(request: web.Request) -> web.StreamResponse:
     if not _EVENT_ID.match(last):
         raise Problem(400, f"Last-Event-ID {last[:40]!r} is not an event id such as '1700000000000-0'.")
     run = await asyncio.to_thread(ctx.engine.get_run, request.match_info["run_id"])
-    key = ctx.engine.keys.run_events(run.run_id)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     ended = run.status.terminal
     try:
         while True:
             # Once the run is terminal, read what is left without blocking, then stop.
-            events = await read_events(ctx.aredis, key, last, None if ended else BLOCK_MS, 200)
+            events = await ctx.live.run_events(run.run_id, last, None if ended else BLOCK_MS, 200)
             if not events:
                 if ended:
                     break

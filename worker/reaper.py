@@ -143,14 +143,10 @@ def _snapshot(engine: Engine, settling: bool, dead_workers: Collection[str]) -> 
 
 def _steps_in_flight(engine: Engine) -> Iterator[_InFlight]:
     for status in RUNS_WITH_STEPS_IN_FLIGHT:
-        ids = engine.store.scan_index(engine.keys.by_status(status))
-        while chunk := list(itertools.islice(ids, BATCH)):
-            for run in engine.store.load_aligned(chunk):
-                if run is None:
-                    continue
-                for st in run.steps.values():
-                    if st.job_id and st.status in (StepStatus.RUNNING, StepStatus.QUEUED):
-                        yield _InFlight(run, st)
+        for run in engine.queries.runs_with_status(status):
+            for st in run.steps.values():
+                if st.job_id and st.status in (StepStatus.RUNNING, StepStatus.QUEUED):
+                    yield _InFlight(run, st)
 
 
 def _batches(items: Iterator[_InFlight]) -> Iterator[list[_InFlight]]:

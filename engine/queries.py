@@ -1,0 +1,319 @@
+"""The engine's read side: runs by id, prefix and filters, pending tasks, the Command Center, event feeds.
+
+Commands (:mod:`engine.api`) change runs; everything here only reads them, through the
+store's indexes, never a scan of all runs. Two halves share the rules:
+
+- :class:`Queries`, on the engine's (synchronous) Redis client: what the CLI, workers and
+  the edges' engine calls read. :class:`~engine.api.Engine` delegates its read methods here.
+- :class:`LiveQueries`, on an asyncio client: what must wait without holding a thread,
+  such as following a run's events (Server-Sent Events), tailing the global feed
+  (``/metrics``, the Slack feed through a consumer group) and reading gauges.
+
+A run id is 16 hex characters; people name a run by it or by a unique prefix of at
+least :data:`MIN_PREFIX` characters. A run accepted from a webhook and not started yet
+has no document: :meth:`Queries.run_or_accepted` answers for it with the intake's view.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline as AsyncPipeline
+
+from engine import core
+from engine.errors import AmbiguousRunId, NotFound
+from engine.intake import AcceptedRun, read_accepted
+from engine.model import Event, Run, RunStatus, Task
+from engine.redis_idioms import ensure_group, text
+from engine.store import Keys, RunStore, event_from_entry, ts
+
+MIN_PREFIX = 8
+FAILED_RECENTLY = timedelta(hours=24)
+PAGE_LIMIT = 500  # runs per page at most
+_BATCH = 100  # run documents loaded per round trip while filtering a page
+
+
+@dataclass(frozen=True)
+class PendingTask:
+    """A human task waiting for a decision, with the run it belongs to."""
+
+    run: Run
+    task: Task
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of runs; ``next_offset`` is where the next page starts (None: this was the last)."""
+
+    runs: list[Run]
+    next_offset: int | None
+
+
+@dataclass
+class CommandCenter:
+    """The operator inbox: four sections, each with its total count and first rows."""
+
+    awaiting_approval: list[PendingTask] = field(default_factory=list)
+    stopping_gracefully: list[Run] = field(default_factory=list)
+    running_now: list[Run] = field(default_factory=list)
+    failed_recently: list[Run] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class Queries:
+    """Reads of runs, tasks and the Command Center; see the module docstring."""
+
+    def __init__(self, store: RunStore, clock: Callable[[], datetime]) -> None:
+        self.store = store
+        self.clock = clock
+
+    # -- one run -------------------------------------------------------------------------
+
+    def resolve(self, run_ref: str) -> str:
+        """A full run id from an id or a unique prefix of at least 8 characters."""
+        ref = run_ref.strip().lower()
+        if self.store.exists(ref):
+            return ref
+        if len(ref) < MIN_PREFIX:
+            raise NotFound(
+                f"No run {run_ref!r}. Name a run by its id or by at least {MIN_PREFIX} characters of it."
+            )
+        matches = self.store.ids_with_prefix(ref, limit=6)
+        if not matches:
+            raise NotFound(f"No run {run_ref!r}.")
+        if len(matches) > 1:
+            raise AmbiguousRunId(run_ref, matches)
+        return matches[0]
+
+    def get_run(self, run_ref: str) -> Run:
+        run = self.store.load(self.resolve(run_ref))
+        if run is None:
+            raise NotFound(f"No run {run_ref!r}.")
+        return run
+
+    def run_or_accepted(self, run_ref: str) -> Run | AcceptedRun:
+        """The run, or, for a webhook start accepted and not started yet, what it will be.
+
+        An accepted run is named by its full id (the one its webhook was answered with).
+        A starter may start it between the two reads, so the run is looked for again.
+        """
+        try:
+            return self.get_run(run_ref)
+        except NotFound:
+            accepted = read_accepted(self.store.redis, self.store.keys, run_ref.strip().lower())
+            if accepted is not None:
+                return accepted
+            return self.get_run(run_ref)
+
+    def events(self, run_ref: str, after: str | None = None, limit: int = 1000) -> list[Event]:
+        return self.store.events(self.resolve(run_ref), after, limit)
+
+    def context(self, run_ref: str) -> dict[str, Any]:
+        """What templates of the run see, plus each step's arguments: the run's data view."""
+        run = self.get_run(run_ref)
+        ctx = core.template_context(run)
+        for step_id, step in run.steps.items():
+            ctx["steps"][step_id]["args"] = step.args
+        return ctx
+
+    # -- many runs -----------------------------------------------------------------------
+
+    def list_runs(
+        self,
+        status: RunStatus | None = None,
+        workflow_id: str | None = None,
+        prefix: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> RunPage:
+        """Runs newest first, filtered; ``offset`` (a page's ``next_offset``) continues after a page.
+
+        The narrowest index is read in batches and the other filters applied to each
+        batch, so a page costs a few round trips however many runs are stored.
+        """
+        limit = max(1, min(limit, PAGE_LIMIT))
+        keys = self.store.keys
+        ids: Iterator[str]
+        if prefix:
+            ids = iter(self.store.ids_with_prefix(prefix.lower(), limit=100_000))
+        elif status is not None:
+            ids = self.store.scan_index(keys.by_status(status))
+        elif workflow_id:
+            ids = self.store.scan_index(keys.by_workflow(workflow_id))
+        else:
+            ids = self.store.scan_index(keys.runs, min_score=ts(since) if since else None)
+
+        def keep(run: Run | None) -> bool:
+            return run is not None and (
+                (status is None or run.status is status)
+                and (workflow_id is None or run.workflow_id == workflow_id)
+                and (since is None or run.created_at >= since)
+            )
+
+        page: list[tuple[int, Run]] = []
+        positions = itertools.count(offset)
+        rest = itertools.islice(ids, offset, None)
+        while len(page) <= limit and (batch := list(itertools.islice(rest, _BATCH))):
+            runs = self.store.load_aligned(batch)
+            page.extend((pos, run) for pos, run in zip(positions, runs, strict=False) if keep(run))  # type: ignore[misc]
+        if len(page) <= limit:
+            return RunPage([run for _, run in page], None)
+        return RunPage([run for _, run in page[:limit]], page[limit][0])
+
+    def runs_with_status(self, status: RunStatus) -> Iterator[Run]:
+        """Every run now in ``status``, newest first, loaded a batch at a time."""
+        ids = self.store.scan_index(self.store.keys.by_status(status))
+        while batch := list(itertools.islice(ids, _BATCH)):
+            yield from (run for run in self.store.load_aligned(batch) if run is not None)
+
+    def pending_tasks(self, run_ref: str | None = None, limit: int = 200) -> list[PendingTask]:
+        """Tasks waiting for a decision: one run's, or all runs' (oldest first, up to ``limit``)."""
+        if run_ref is not None:
+            one = self.get_run(run_ref)
+            return [PendingTask(one, s.task) for s in one.open_tasks() if s.task]
+        pairs = self.store.pending_task_members(limit)
+        runs = {r.run_id: r for r in self.store.load_many(sorted({run_id for run_id, _ in pairs}))}
+        tasks: list[PendingTask] = []
+        for run_id, task_id in pairs:
+            run = runs.get(run_id)
+            step = run.steps.get(task_id) if run else None
+            if run and step and step.task:
+                tasks.append(PendingTask(run, step.task))
+        return tasks
+
+    def command_center(self, rows: int = 25) -> CommandCenter:
+        """The four inbox sections with their counts, from indexes (never a scan of all runs)."""
+        recent = ts(self.clock() - FAILED_RECENTLY)
+        n = self.store.status_counts(since={RunStatus.FAILED: recent, RunStatus.STOPPED: recent})
+        center = CommandCenter(
+            counts={
+                "pending": self.store.pending_task_count(),
+                "draining": n[RunStatus.DRAINING],
+                "running": n[RunStatus.RUNNING] + n[RunStatus.PAUSED] + n[RunStatus.QUEUED],
+                "failed": n[RunStatus.FAILED] + n[RunStatus.STOPPED],
+            }
+        )
+        center.awaiting_approval = self.pending_tasks(limit=rows)
+        center.stopping_gracefully = self.store.latest_with_status(RunStatus.DRAINING, rows)
+        active = [RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.QUEUED]
+        center.running_now = sorted(
+            (r for s in active for r in self.store.latest_with_status(s, rows)),
+            key=lambda r: r.created_at,
+            reverse=True,
+        )[:rows]
+        failed_runs = [
+            r
+            for s in (RunStatus.FAILED, RunStatus.STOPPED)
+            for r in self.store.latest_with_status(s, rows, since=recent)
+        ]
+        center.failed_recently = sorted(
+            failed_runs, key=lambda r: r.finished_at or r.updated_at, reverse=True
+        )[:rows]
+        return center
+
+    # -- the global feed -----------------------------------------------------------------
+
+    def follow_feed(self, group: str) -> str:
+        """Create consumer group ``group`` at the global feed's end, unless it exists.
+
+        Returns the id of the feed's last entry before that (``0-0`` when empty), so a
+        new follower can tell the runs already under way from those that start after it.
+        """
+        last = self.store.feed_end()
+        ensure_group(self.store.redis, self.store.keys.events, group, start="$")
+        return last
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    """An entry of the global feed as a consumer group hands it out.
+
+    The event is decoded on demand, so an entry that cannot be understood can still be
+    acknowledged by its ``entry_id``.
+    """
+
+    entry_id: str
+    fields: dict[Any, Any]
+
+    def event(self) -> Event:
+        return event_from_entry(self.entry_id, self.fields)
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """What ``/metrics`` reports as gauges: all from index sizes, never a scan of runs."""
+
+    runs: dict[RunStatus, int]
+    pending_tasks: int
+    intake_waiting: int  # webhook starts accepted and not started yet
+
+
+class LiveQueries:
+    """The read side on an asyncio client, for readers that wait without holding a thread."""
+
+    def __init__(self, aredis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = aredis
+        self.keys = keys
+
+    async def run_events(
+        self, run_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 200
+    ) -> list[Event]:
+        """Events of one run after event id ``after``, waiting up to ``block_ms`` for some."""
+        return await self._read(self.keys.run_events(run_id), after, block_ms, count)
+
+    async def feed_events(
+        self, after: str = "$", block_ms: int | None = None, count: int = 500
+    ) -> list[Event]:
+        """Events of all runs (the global feed) after entry id ``after`` (``$``: from now on)."""
+        return await self._read(self.keys.events, after, block_ms, count)
+
+    async def _read(self, key: str, after: str, block_ms: int | None, count: int) -> list[Event]:
+        reply: Any = await self.redis.xread({key: after}, block=block_ms, count=count)
+        if not reply:
+            return []
+        return [event_from_entry(entry_id, fields) for entry_id, fields in reply[0][1]]
+
+    async def read_feed(
+        self, group: str, consumer: str, count: int | None = None, block_ms: int | None = None
+    ) -> list[FeedEntry]:
+        """New feed entries for ``consumer`` of ``group`` (see :meth:`Queries.follow_feed`)."""
+        reply: Any = await self.redis.xreadgroup(
+            group, consumer, {self.keys.events: ">"}, count=count, block=block_ms
+        )
+        return [FeedEntry(text(i), fields) for _stream, batch in reply or [] for i, fields in batch]
+
+    async def claim_feed(self, group: str, consumer: str, idle_ms: int, count: int) -> list[FeedEntry]:
+        """Entries another consumer of ``group`` read and left unacknowledged for ``idle_ms``."""
+        stream = self.keys.events
+        reply: Any = await self.redis.xautoclaim(stream, group, consumer, idle_ms, "0-0", count=count)
+        return [FeedEntry(text(entry_id), fields) for entry_id, fields in reply[1] if fields]
+
+    async def ack_feed(self, group: str, entry_id: str) -> None:
+        await self.redis.xack(self.keys.events, group, entry_id)
+
+    def ack_feed_in(self, pipe: AsyncPipeline, group: str, entry_id: str) -> None:
+        """Queue the acknowledgement in ``pipe``, to commit with the caller's other writes."""
+        pipe.xack(self.keys.events, group, entry_id)
+
+    async def runs(self, run_ids: list[str]) -> dict[str, Run]:
+        """The runs of ``run_ids`` that exist, by id."""
+        if not run_ids:
+            return {}
+        raws = await self.redis.mget([self.keys.run(r) for r in run_ids])
+        return {r: Run.model_validate_json(raw) for r, raw in zip(run_ids, raws, strict=True) if raw}
+
+    async def gauges(self) -> Gauges:
+        pipe = self.redis.pipeline(transaction=False)
+        statuses = list(RunStatus)
+        for status in statuses:
+            pipe.zcard(self.keys.by_status(status))
+        pipe.zcard(self.keys.pending_tasks)
+        pipe.xlen(self.keys.intake)
+        *counts, pending, intake = await pipe.execute()
+        return Gauges(dict(zip(statuses, counts, strict=True)), pending, intake)
