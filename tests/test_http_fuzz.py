@@ -42,6 +42,7 @@ from bot import ids
 from bot.web import attach
 from engine.api import Engine
 from engine.model import Actor, ActorKind
+from tests.console_routes import CONSOLE_ENTRY_POINTS
 from tests.engine_helpers import Clock, engine_for
 from tests.fake_slack import ALICE, SIGNING_SECRET, TEAM, WORKFLOWS, FakeSlack, slack_settings
 from tests.web_helpers import (
@@ -81,6 +82,7 @@ ENTRY_POINTS = [
     ("GET", "/v1/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
+    *CONSOLE_ENTRY_POINTS,
 ]
 ODD_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "PROPFIND", "get", "G\x01T"]
 

@@ -1,0 +1,383 @@
+"""The web console over HTTP (aiohttp's test client): sign-in, sessions, CSRF, roles, refusals.
+
+The browser tests (tests/test_console_browser.py) drive the same pages in Chromium;
+these check what a browser cannot show: cookie flags, status codes, a forged form.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from aiohttp.test_utils import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.api import Engine
+from engine.model import Actor, ActorKind, Run, RunStatus, StepStatus
+from tests.console_routes import CONSOLE_ENTRY_POINTS
+from tests.engine_helpers import Clock, engine_for
+from tests.test_http_fuzz import FUZZ, judge, requests
+from tests.web_helpers import APPROVAL_WORKFLOW, TOKENS
+from webhooks.auth import Role
+from webhooks.console import mint_sign_in_link
+from webhooks.console.sessions import SESSION_COOKIE, SIGN_IN_COOKIE
+from webhooks.server import create_app
+from webhooks.settings import WebSettings
+
+ALICE = Actor(kind=ActorKind.SLACK, id="U0ALICE", name="alice")
+BOB = Actor(kind=ActorKind.SLACK, id="U0BOB", name="bob")
+OPS = Actor(kind=ActorKind.API, id="ops-bot")
+EVERYTHING = frozenset({Role.OPERATOR, Role.APPROVER})
+VIEWER_ONLY = frozenset({Role.VIEWER})
+# An edit task with typed fields, then a notify step: both run without a worker.
+EDIT_WORKFLOW: dict[str, Any] = {
+    "id": "deploy",
+    "name": "Deploy",
+    "inputs": {"service": {"type": "string", "required": True}},
+    "steps": [
+        {
+            "id": "review",
+            "type": "human_task",
+            "task": {
+                "task_type": "edit",
+                "title": "Deploy {{ inputs.service }}?",
+                "fields": {"version": "1.0", "replicas": 2, "service": "{{ inputs.service }}"},
+                "editable": ["version", "replicas"],
+            },
+        },
+        {"id": "announce", "type": "notify", "needs": ["review"], "notify": {"text": "deployed"}},
+    ],
+}
+
+
+@pytest.fixture
+def console_engine(redis_conn: Any, namespace: str, clock: Clock) -> Engine:
+    return engine_for(redis_conn, namespace, APPROVAL_WORKFLOW, EDIT_WORKFLOW, clock=clock)
+
+
+@pytest.fixture
+async def browser(aiohttp_client: Any, console_engine: Engine, settings: WebSettings) -> TestClient:
+    """A client of the whole web app (console, REST, webhooks) keeping cookies as a browser does."""
+    return await aiohttp_client(create_app(console_engine, settings))
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html[:2000]
+    return found.group(1)
+
+
+def nonce_of(html: str) -> str:
+    found = re.search(r'name="nonce" value="([^"]+)"', html)
+    assert found, html[:2000]
+    return found.group(1)
+
+
+async def sign_in_by_link(
+    client: TestClient, engine: Engine, actor: Actor = BOB, roles: frozenset[Role] = EVERYTHING
+) -> str:
+    """Use a freshly minted one-time link as a browser does; returns the session's CSRF token."""
+    link = mint_sign_in_link(engine, actor, roles)
+    confirm = await client.get(link)
+    assert confirm.status == 200
+    answer = await client.post(link, data={"nonce": nonce_of(await confirm.text())}, allow_redirects=False)
+    assert answer.status == 303, await answer.text()
+    home = await client.get("/")
+    assert home.status == 200
+    return csrf_of(await home.text())
+
+
+async def sign_in_by_token(client: TestClient, role: str) -> Any:
+    form = await client.get("/sign-in")
+    return await client.post(
+        "/sign-in",
+        data={"nonce": nonce_of(await form.text()), "token": TOKENS[role], "next": "/runs"},
+        allow_redirects=False,
+    )
+
+
+async def test_pages_need_a_session_and_send_the_browser_to_sign_in(client: TestClient) -> None:
+    for path in ("/", "/runs", "/approvals", "/runs/0123456789abcdef"):
+        answer = await client.get(path, allow_redirects=False)
+        assert answer.status == 303
+        assert answer.headers["Location"].startswith("/sign-in?next=")
+    refused = await client.post("/runs/0123456789abcdef/control", data={"command": "stop"})
+    assert refused.status == 401
+    assert "not signed in" in await refused.text()
+
+
+async def test_a_one_time_link_signs_in_once(client: TestClient, web_engine: Engine) -> None:
+    link = mint_sign_in_link(web_engine, ALICE)
+    confirm = await client.get(link)
+    text = await confirm.text()
+    assert confirm.status == 200 and "Sign in as alice" in text and "slack:U0ALICE" in text
+    # Only the POST uses the link: looking at it (a link preview) does not.
+    looked_again = await client.get(link)
+    assert looked_again.status == 200
+    answer = await client.post(
+        link, data={"nonce": nonce_of(await looked_again.text())}, allow_redirects=False
+    )
+    assert answer.status == 303 and answer.headers["Location"] == "/"
+    cookie = answer.cookies[SESSION_COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax" and not cookie["secure"]
+    home = await client.get("/")
+    assert "alice" in await home.text()
+    again = await client.get(link)
+    assert again.status == 410
+    assert "used or has expired" in await again.text()
+
+
+async def test_signing_in_with_a_token_acts_as_that_token(browser: TestClient) -> None:
+    form = await browser.get("/sign-in")
+    wrong = await browser.post(
+        "/sign-in", data={"nonce": nonce_of(await form.text()), "token": "nope", "next": "/runs"}
+    )
+    assert wrong.status == 401
+    assert "That API token is not valid." in await wrong.text()
+    answer = await sign_in_by_token(browser, "approver")
+    assert answer.status == 303 and answer.headers["Location"] == "/runs"
+    page = await (await browser.get("/runs")).text()
+    assert "lead" in page and "approver" in page
+
+
+async def test_cookies_are_httponly_samesite_and_secure_behind_https(browser: TestClient) -> None:
+    form = await browser.get("/sign-in", headers={"X-Forwarded-Proto": "https"})
+    nonce_cookie = form.cookies[SIGN_IN_COOKIE]
+    assert nonce_cookie["httponly"] and nonce_cookie["samesite"] == "Strict" and nonce_cookie["secure"]
+    # The jar would not send a Secure cookie over plain HTTP: hand the nonce over explicitly.
+    answer = await browser.post(
+        "/sign-in",
+        data={"nonce": nonce_of(await form.text()), "token": TOKENS["viewer"]},
+        headers={"X-Forwarded-Proto": "https", "Cookie": f"{SIGN_IN_COOKIE}={nonce_cookie.value}"},
+        allow_redirects=False,
+    )
+    assert answer.status == 303
+    session = answer.cookies[SESSION_COOKIE]
+    assert session["httponly"] and session["samesite"] == "Lax" and session["secure"]
+    assert session["path"] == "/"
+
+
+async def test_a_sign_in_form_without_its_nonce_is_refused(browser: TestClient) -> None:
+    answer = await browser.post("/sign-in", data={"token": TOKENS["admin"]}, allow_redirects=False)
+    assert answer.status == 403
+    assert SESSION_COOKIE not in answer.cookies
+
+
+async def test_a_form_without_the_session_csrf_token_changes_nothing(
+    browser: TestClient, console_engine: Engine
+) -> None:
+    run = console_engine.start("release", {"service": "api"}, OPS)
+    csrf = await sign_in_by_link(browser, console_engine)
+    target = f"/runs/{run.run_id}/tasks/approve"
+    for forged in ({"decision": "approve"}, {"decision": "approve", "csrf": "x" * len(csrf)}):
+        answer = await browser.post(target, data=forged, allow_redirects=False)
+        assert answer.status == 403
+        assert "CSRF" in await answer.text()
+    assert console_engine.get_run(run.run_id).steps["approve"].status is StepStatus.WAITING
+    done = await browser.post(target, data={"decision": "approve", "csrf": csrf}, allow_redirects=False)
+    assert done.status == 303
+    task = console_engine.get_run(run.run_id).steps["approve"].task
+    assert task is not None and task.approved and task.decided_by == BOB
+
+
+async def test_a_viewer_sees_no_buttons_and_is_refused_when_posting(
+    browser: TestClient, console_engine: Engine
+) -> None:
+    run = console_engine.start("release", {"service": "api"}, OPS)
+    csrf = await sign_in_by_link(browser, console_engine, ALICE, VIEWER_ONLY)
+    home = await (await browser.get("/")).text()
+    assert run.short_id in home and "Review" in home
+    assert 'data-decide="approve"' not in home and "data-control=" not in home
+    task_page = await (await browser.get(f"/runs/{run.run_id}/tasks/approve")).text()
+    assert "needs the approver role" in task_page and 'name="decision"' not in task_page
+    approve = await browser.post(
+        f"/runs/{run.run_id}/tasks/approve", data={"decision": "approve", "csrf": csrf}
+    )
+    assert approve.status == 403
+    assert "needs the approver role" in await approve.text()
+    stop = await browser.post(f"/runs/{run.run_id}/control", data={"command": "stop", "csrf": csrf})
+    assert stop.status == 403
+    assert "needs the operator role" in await stop.text()
+    assert console_engine.get_run(run.run_id).status is RunStatus.RUNNING
+
+
+async def test_unknown_runs_and_tasks_are_404_pages(browser: TestClient, console_engine: Engine) -> None:
+    csrf = await sign_in_by_link(browser, console_engine)
+    run = console_engine.start("release", {"service": "api"}, OPS)
+    for path in ("/runs/ffffffffffffffff", "/runs/abc", f"/runs/{run.run_id}/tasks/nope"):
+        answer = await browser.get(path)
+        assert answer.status == 404, path
+        assert answer.content_type == "text/html"
+        assert "No run" in await answer.text() or "has no task" in await answer.text()
+    answer = await browser.post("/runs/ffffffffffffffff/control", data={"command": "stop", "csrf": csrf})
+    assert answer.status == 404
+
+
+async def test_bad_filters_and_forms_are_4xx_with_a_sentence(
+    browser: TestClient, console_engine: Engine
+) -> None:
+    csrf = await sign_in_by_link(browser, console_engine)
+    for query in ("status=bogus", "offset=-1", "prefix=not-hex", "since=yesterday", "range=5y"):
+        answer = await browser.get(f"/runs?{query}")
+        assert answer.status == 400, query
+        assert "These filters are not valid" in await answer.text()
+    run = console_engine.start("release", {"service": "api"}, OPS)
+    answer = await browser.post(f"/runs/{run.run_id}/control", data={"command": "explode", "csrf": csrf})
+    assert answer.status == 400
+    assert "Unknown run command" in await answer.text()
+    answer = await browser.post(
+        f"/runs/{run.run_id}/control", data="not a form", headers={"Content-Type": "text/plain"}
+    )
+    assert answer.status == 415
+
+
+async def test_a_refused_command_comes_back_as_the_engines_sentence(
+    browser: TestClient, console_engine: Engine
+) -> None:
+    run = console_engine.start("release", {"service": "api"}, OPS)
+    csrf = await sign_in_by_link(browser, console_engine)
+    answer = await browser.post(
+        f"/runs/{run.run_id}/control", data={"command": "resume", "csrf": csrf, "next": f"/runs/{run.run_id}"}
+    )
+    assert answer.status == 200 and answer.url.path == f"/runs/{run.run_id}"
+    assert f"Cannot resume run {run.short_id}" in await answer.text()
+
+
+async def test_the_task_form_edits_typed_fields_and_refuses_the_rest(
+    browser: TestClient, console_engine: Engine
+) -> None:
+    run = console_engine.start("deploy", {"service": "api"}, OPS)
+    csrf = await sign_in_by_link(browser, console_engine)
+    target = f"/runs/{run.run_id}/tasks/review"
+    page = await (await browser.get(target)).text()
+    assert 'name="field.version" value="1.0"' in page and 'name="field.replicas" value="2"' in page
+    assert "field.service" not in page  # shown in the payload, not editable
+    form = {"csrf": csrf, "form": "task", "decision": "approve"}
+    bad_type = await browser.post(target, data={**form, "field.version": "1.1", "field.replicas": "two"})
+    assert bad_type.status == 422
+    text = await bad_type.text()
+    assert "Enter a whole number" in text and 'value="two"' in text
+    not_editable = await browser.post(target, data={**form, "field.service": "db"})
+    assert not_editable.status == 422
+    assert "does not let you edit service" in await not_editable.text()
+    assert console_engine.get_run(run.run_id).steps["review"].status is StepStatus.WAITING
+    done = await browser.post(target, data={**form, "field.version": "1.1", "field.replicas": "3"})
+    assert done.status == 200 and done.url.path == "/approvals"
+    assert "Approved “Deploy api?”" in await done.text()
+    step = console_engine.get_run(run.run_id).steps["review"]
+    assert step.result == {"version": "1.1", "replicas": 3, "approved": True}
+
+
+async def test_reject_with_a_reason(browser: TestClient, console_engine: Engine) -> None:
+    run = console_engine.start("deploy", {"service": "api"}, OPS)
+    csrf = await sign_in_by_link(browser, console_engine)
+    answer = await browser.post(
+        f"/runs/{run.run_id}/tasks/review",
+        data={"csrf": csrf, "form": "task", "decision": "reject", "comment": "not on a Friday"},
+    )
+    assert answer.status == 200
+    task = console_engine.get_run(run.run_id).steps["review"].task
+    assert task is not None and task.approved is False and task.comment == "not on a Friday"
+
+
+async def test_signing_out_ends_the_session(browser: TestClient, console_engine: Engine) -> None:
+    csrf = await sign_in_by_link(browser, console_engine)
+    answer = await browser.post("/sign-out", data={"csrf": csrf}, allow_redirects=False)
+    assert answer.status == 303 and answer.headers["Location"] == "/sign-in"
+    again = await browser.get("/", allow_redirects=False)
+    assert again.status == 303
+
+
+async def test_the_live_stream_takes_the_session_cookie(browser: TestClient, console_engine: Engine) -> None:
+    run = console_engine.start("release", {"service": "api"}, OPS)
+    assert (await browser.get(f"/runs/{run.run_id}/stream", allow_redirects=False)).status == 303
+    await sign_in_by_link(browser, console_engine)
+    answer = await browser.get(f"/runs/{run.run_id}/stream")
+    assert answer.status == 200 and answer.content_type == "text/event-stream"
+    first = await answer.content.readuntil(b"\n\n")
+    assert b"event: run_queued" in first or b"event: run_started" in first
+    answer.close()
+
+
+def run_of(engine: Engine, run: Run) -> Run:
+    return engine.get_run(run.run_id)
+
+
+# -- fuzzing, signed in: whatever a signed-in browser sends, never a 5xx or an error log ------------
+
+
+@dataclass
+class SignedInSite:
+    """What :func:`tests.test_http_fuzz.requests` needs: a client, and path values to draw from."""
+
+    client: TestClient
+    run_id: str
+    finished_id: str
+
+    def path_values(self) -> dict[str, st.SearchStrategy[str]]:
+        weird = st.text(max_size=30) | st.sampled_from(["%FF", "%00", "..", "%2F", " ", "\u00e9", "\ud800"])
+        return {
+            "run_id": st.sampled_from([self.run_id, self.run_id[:8], self.finished_id, "0" * 16]) | weird,
+            "task_id": st.sampled_from(["review", "approve", "nope"]) | weird,
+            "token": st.sampled_from(["x" * 43, "short"]) | weird,
+            "name": st.sampled_from(["console.css", "console.js", "nope.css", "..%2Fpages.py"]) | weird,
+        }
+
+
+@pytest.fixture
+async def signed_in_site(browser: TestClient, console_engine: Engine) -> tuple[SignedInSite, str]:
+    waiting = console_engine.start("deploy", {"service": "api"}, OPS)
+    finished = console_engine.start("release", {"service": "web"}, OPS)
+    console_engine.complete_task(finished.run_id, "approve", ALICE, True)
+    csrf = await sign_in_by_link(browser, console_engine)
+    return SignedInSite(browser, waiting.run_id, finished.run_id), csrf
+
+
+FORM_NAMES = ["command", "decision", "form", "comment", "next", "field.version", "field.replicas"]
+FORM_NAMES += ["field.service", "input.service", "token", "nonce", "x"]
+FORM_VALUES = st.text(max_size=20) | st.sampled_from(
+    [
+        "approve",
+        "reject",
+        "stop",
+        "stop-graceful",
+        "pause",
+        "resume",
+        "replay",
+        "task",
+        "//evil",
+        "/runs",
+        "3",
+    ]
+)
+
+
+def form_bodies(csrf: str) -> st.SearchStrategy[bytes]:
+    fields = st.dictionaries(st.sampled_from(FORM_NAMES), FORM_VALUES, max_size=4)
+    with_csrf = fields.map(lambda f: urlencode({"csrf": csrf, **f}).encode())
+    return with_csrf | fields.map(lambda f: urlencode(f).encode()) | st.binary(max_size=100)
+
+
+@pytest.mark.parametrize(("method", "template"), [e for e in CONSOLE_ENTRY_POINTS if e[1] != "/sign-out"])
+@FUZZ
+@given(data=st.data())
+async def test_console_entry_points_signed_in(
+    signed_in_site: tuple[SignedInSite, str],
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    template: str,
+    data: st.DataObject,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    site, csrf = signed_in_site
+    request = data.draw(requests(site, method, template, form_bodies(csrf)))  # type: ignore[arg-type]
+    if request.headers.get("Content-Type") == b"application/json":
+        request.headers["Content-Type"] = b"application/x-www-form-urlencoded"
+    cookies = site.client.session.cookie_jar.filter_cookies(site.client.make_url("/"))
+    request.headers["Cookie"] = f"{SESSION_COOKIE}={cookies[SESSION_COOKIE].value}".encode()
+    await judge(site, caplog, request)  # type: ignore[arg-type]

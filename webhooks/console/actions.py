@@ -1,0 +1,136 @@
+"""The console's forms (POST): run controls, replay, task decisions. Each is one engine command.
+
+The guard (:func:`~webhooks.console.access.console`) has checked the session, the CSRF
+token and the role before any of these runs; the engine then applies its own rules
+(workflow operators and approvers, no self-approval, what fits the run's status) and a
+refusal comes back as the engine's sentence: a notice on the page the form came from,
+or, for the task form, the form again with the values sent and what was wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from bot.interactions import typed_like
+from engine.errors import InvalidInput, SwitchboardError
+from engine.model import Run, StopMode
+from webhooks.auth import Role
+from webhooks.console.access import FORM, SESSION, back, console, refusal
+from webhooks.console.pages import ENGINE, task_view
+from webhooks.console.render import field_text
+from webhooks.console.sessions import Flash
+from webhooks.context import context_of
+
+COMMANDS = ("pause", "resume", "stop", "stop-graceful", "replay")
+SAID = {"pause": "Paused", "resume": "Resumed", "stop": "Stopped", "stop-graceful": "Stopping gracefully"}
+FIELD = "field."
+INPUT = "input."
+
+
+def _name(run: Run) -> str:
+    return f"{run.workflow_name} run {run.short_id}"
+
+
+@console(Role.OPERATOR)
+async def control(request: web.Request) -> web.StreamResponse:
+    """Pause, resume, stop (now or gracefully) or replay the run, as the form's ``command`` says."""
+    engine = context_of(request).engine
+    actor = request[SESSION].actor
+    run_ref = request.match_info["run_id"]
+    command = request[FORM].get("command", "")
+    if command not in COMMANDS:
+        return await refusal(
+            request, 400, f"Unknown run command {command[:40]!r}; use one of {', '.join(COMMANDS)}."
+        )
+    try:
+        if command == "replay":
+            new = await ENGINE.call(engine.replay, run_ref, actor)
+            text = f"Replaying run {run_ref[:8]} as {_name(new)}."
+            return await back(request, Flash(kind="ok", text=text), f"/runs/{new.run_id}", follow=True)
+        if command == "pause":
+            run = await ENGINE.call(engine.pause, run_ref, actor)
+        elif command == "resume":
+            run = await ENGINE.call(engine.resume, run_ref, actor)
+        else:
+            mode: StopMode = "graceful" if command == "stop-graceful" else "immediate"
+            run = await ENGINE.call(engine.stop, run_ref, actor, mode)
+    except SwitchboardError as exc:
+        return await back(request, Flash(kind="error", text=str(exc)), f"/runs/{run_ref}")
+    said = SAID[command]
+    if command == "stop-graceful" and run.status.terminal:
+        said = "Stopped"  # nothing was in flight: a graceful stop ends the run at once
+    return await back(request, Flash(kind="ok", text=f"{said} {_name(run)}."), f"/runs/{run.run_id}")
+
+
+@console(Role.OPERATOR)
+async def replay(request: web.Request) -> web.StreamResponse:
+    """Replay a finished run with the inputs the form changed (the others stay as they were)."""
+    engine = context_of(request).engine
+    original = await ENGINE.call(engine.get_run, request.match_info["run_id"])
+    here = f"/runs/{original.run_id}"
+    inputs: dict[str, Any] = {}
+    for name, text in request[FORM].items():
+        key = name.removeprefix(INPUT)
+        if key == name or (key in original.inputs and text == field_text(original.inputs[key])):
+            continue  # not an input, or unchanged: the replay keeps the original's value
+        try:
+            inputs[key] = typed_like(original.inputs.get(key), text)
+        except ValueError as exc:
+            return await back(request, Flash(kind="error", text=f"Input {key}: {exc}"), here)
+    try:
+        new = await ENGINE.call(engine.replay, original.run_id, request[SESSION].actor, inputs)
+    except SwitchboardError as exc:
+        return await back(request, Flash(kind="error", text=str(exc)), here)
+    text = f"Replaying {_name(original)} as run {new.short_id}."
+    return await back(request, Flash(kind="ok", text=text), f"/runs/{new.run_id}", follow=True)
+
+
+@console(Role.APPROVER)
+async def decide(request: web.Request) -> web.StreamResponse:
+    """Approve (with the edited fields) or reject (with a reason) a human task."""
+    engine = context_of(request).engine
+    form = request[FORM]
+    run = await ENGINE.call(engine.get_run, request.match_info["run_id"])
+    task_id = request.match_info["task_id"]
+    from_task_page = form.get("form") == "task"
+    decision = form.get("decision", "")
+    if decision not in ("approve", "reject"):
+        return await refusal(request, 400, "Choose Approve or Reject.")
+    step = run.steps.get(task_id)
+    fields = step.task.fields if step is not None and step.task is not None else {}
+    sent = {name[len(FIELD) :]: text for name, text in form.items() if name.startswith(FIELD)}
+    edits: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    if decision == "approve":
+        for name, text in sent.items():
+            try:
+                edits[name] = typed_like(fields.get(name), text)
+            except ValueError as exc:
+                errors[name] = str(exc)
+    if errors:
+        return await task_view(request, run, 422, "Some values do not fit their fields.", errors, sent)
+    comment = form.get("comment", "").strip()[:4000] or None
+    try:
+        decided = await ENGINE.call(
+            engine.complete_task,
+            run.run_id,
+            task_id,
+            request[SESSION].actor,
+            decision == "approve",
+            edits,
+            comment,
+        )
+    except SwitchboardError as exc:
+        if not from_task_page:
+            return await back(request, Flash(kind="error", text=str(exc)), f"/runs/{run.run_id}")
+        status = 422 if isinstance(exc, InvalidInput) else 409
+        per_field = {k.removeprefix("result."): v for k, v in getattr(exc, "problems", {}).items()}
+        return await task_view(request, run, status, str(exc), per_field, sent)
+    verdict = "Approved" if decision == "approve" else "Rejected"
+    decided_task = decided.steps[task_id].task
+    title = decided_task.title if decided_task else task_id
+    return await back(
+        request, Flash(kind="ok", text=f"{verdict} “{title}” ({_name(decided)})."), "/approvals"
+    )

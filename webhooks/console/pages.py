@@ -1,0 +1,250 @@
+"""The console's pages (GET): Command Center, runs, a run, its live log, approvals, a task.
+
+Each handler asks the engine for what it shows and no more (the Command Center's
+indexed sections, one page of runs, one run and its events) through the same
+:class:`~engine.asyncio_bridge.EngineBridge` the REST API uses, and renders a template.
+Forms that change things are in :mod:`webhooks.console.actions`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engine.api import PendingTask
+from engine.asyncio_bridge import EngineBridge
+from engine.errors import NotFound
+from engine.intake import AcceptedRun
+from engine.model import Event, Run, RunStatus, StepStatus
+from webhooks.console import present
+from webhooks.console.access import console, page
+from webhooks.context import context_of
+from webhooks.stream import stream_run
+
+ENGINE = EngineBridge()
+PAGE_SIZE = 50
+RUN_ID_LENGTH = 16
+LOG_EVENTS = 500  # events a run page shows at first; the live stream continues after the last
+WAITING = "waiting"  # a filter beside the run statuses: runs waiting for a human decision
+RANGES: dict[str, timedelta | None] = {
+    "": None,
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
+RANGE_LABELS = [
+    ("", "any time"),
+    ("1h", "last hour"),
+    ("24h", "last 24 h"),
+    ("7d", "last 7 days"),
+    ("30d", "last 30 days"),
+]
+
+
+# -- Command Center -------------------------------------------------------------------------------
+
+
+@console()
+async def command_center(request: web.Request) -> web.StreamResponse:
+    center = await ENGINE.call(context_of(request).engine.command_center)
+    counts = {name: center.counts.get(name, 0) for name in ("pending", "draining", "running", "failed")}
+    return await page(
+        request,
+        "command_center.html",
+        center=center,
+        counts=counts,
+        awaiting=by_run(center.awaiting_approval),
+    )
+
+
+def by_run(tasks: list[PendingTask]) -> list[tuple[Run, list[PendingTask]]]:
+    """Pending tasks grouped by run, the runs by workflow name (as the product's inbox groups them)."""
+    groups: dict[str, tuple[Run, list[PendingTask]]] = {}
+    for pending in tasks:
+        groups.setdefault(pending.run.run_id, (pending.run, []))[1].append(pending)
+    return sorted(groups.values(), key=lambda group: (group[0].workflow_name, group[0].created_at))
+
+
+# -- runs ------------------------------------------------------------------------------------------
+
+
+class RunsFilter(BaseModel):
+    """The run list's filters, as the URL carries them (empty means no filter)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prefix: str | None = Field(default=None, max_length=32, pattern=r"^[0-9a-fA-F]+$")
+    status: RunStatus | Literal["waiting"] | None = None
+    workflow: str | None = Field(default=None, max_length=200)
+    range: Literal["", "1h", "24h", "7d", "30d"] = ""
+    since: datetime | None = None
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+    @field_validator("prefix", "status", "workflow", "since", "offset", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("since")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+    @property
+    def since_text(self) -> str:
+        return self.since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M") if self.since else ""
+
+    def earliest(self, now: datetime) -> datetime | None:
+        span = RANGES[self.range]
+        bounds = [b for b in (self.since, now - span if span else None) if b is not None]
+        return max(bounds) if bounds else None
+
+
+@console()
+async def runs(request: web.Request) -> web.StreamResponse:
+    ctx = context_of(request)
+    engine = ctx.engine
+    workflows = await ENGINE.call(engine.workflows)
+    values: dict[str, Any] = {
+        "statuses": [s.value for s in RunStatus] + [WAITING],
+        "workflows": workflows,
+        "ranges": RANGE_LABELS,
+        "runs": [],
+        "next_url": None,
+        "first_url": str(request.rel_url.without_query_params("offset")),
+        "problem": None,
+        "accepted": None,
+    }
+    try:
+        query = RunsFilter.model_validate(dict(request.query))
+    except ValidationError as exc:
+        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        values.update(query=RunsFilter(), problem=f"These filters are not valid: {problem}.")
+        return await page(request, "runs.html", 400, **values)
+    since = query.earliest(engine.clock())
+    status = query.status if isinstance(query.status, RunStatus) else None
+    if query.status == WAITING:
+        shown, following = await _waiting_runs(request, query, since)
+    else:
+        found = await ENGINE.call(
+            engine.list_runs, status, query.workflow, query.prefix, since, PAGE_SIZE, query.offset
+        )
+        shown, following = found.runs, found.next_offset
+    if not shown and query.prefix and len(query.prefix) == RUN_ID_LENGTH:
+        with contextlib.suppress(NotFound):
+            values["accepted"] = await ENGINE.call(engine.run_or_accepted, query.prefix)
+    values.update(
+        query=query,
+        runs=shown,
+        next_url=str(request.rel_url.update_query(offset=following)) if following else None,
+    )
+    return await page(request, "runs.html", **values)
+
+
+async def _waiting_runs(
+    request: web.Request, query: RunsFilter, since: datetime | None
+) -> tuple[list[Run], int | None]:
+    """Runs with a task waiting for a decision, oldest task first: read from the pending-task index."""
+    offset = query.offset
+    pending = await ENGINE.call(context_of(request).engine.pending_tasks, None, offset + PAGE_SIZE + 1)
+    seen: dict[str, Run] = {}
+    for task in pending:
+        run = task.run
+        if (
+            (query.workflow in (None, run.workflow_id))
+            and (since is None or run.created_at >= since)
+            and (not query.prefix or run.run_id.startswith(query.prefix.lower()))
+        ):
+            seen.setdefault(run.run_id, run)
+    listed = list(seen.values())[offset:]
+    more = len(listed) > PAGE_SIZE
+    return listed[:PAGE_SIZE], offset + PAGE_SIZE if more else None
+
+
+# -- one run ------------------------------------------------------------------------------------------
+
+
+@console()
+async def run_detail(request: web.Request) -> web.StreamResponse:
+    engine = context_of(request).engine
+    run = await ENGINE.call(engine.run_or_accepted, request.match_info["run_id"])
+    if isinstance(run, AcceptedRun):  # a webhook start a worker has not started yet
+        return await page(request, "accepted.html", accepted=run)
+    workflow = await ENGINE.call(engine.workflow_of, run)
+    events = await ENGINE.call(engine.events, run.run_id, None, LOG_EVENTS)
+    return await page(
+        request,
+        "run.html",
+        run=run,
+        inputs=workflow.inputs,
+        failed=present.failed_step(run) if run.status is RunStatus.FAILED or run.failure else None,
+        open_tasks=[s for s in run.open_tasks()],
+        events=events,
+        last_event_id=events[-1].id if events else "0-0",
+        severities=present.SEVERITIES,
+        ending=present.RUN_ENDING_EVENTS,
+        severity=present.event_severity,
+        event_data=event_data,
+    )
+
+
+def event_data(event: Event) -> str:
+    """An event's data in one line, as the live log's script writes it (compact JSON, 200 characters)."""
+    if not event.data:
+        return ""
+    text = json.dumps(event.data, separators=(",", ":"), default=str, ensure_ascii=False)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+@console()
+async def run_stream(request: web.Request) -> web.StreamResponse:
+    """The run's live events for the signed-in browser: the REST stream, authorised by the session."""
+    return await stream_run(request)
+
+
+# -- approvals -------------------------------------------------------------------------------------------
+
+
+@console()
+async def approvals(request: web.Request) -> web.StreamResponse:
+    tasks = await ENGINE.call(context_of(request).engine.pending_tasks, None, 200)
+    return await page(request, "approvals.html", tasks=tasks)
+
+
+@console()
+async def task_page(request: web.Request) -> web.StreamResponse:
+    run = await ENGINE.call(context_of(request).engine.get_run, request.match_info["run_id"])
+    return await task_view(request, run)
+
+
+async def task_view(
+    request: web.Request,
+    run: Run,
+    status: int = 200,
+    problem: str | None = None,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+) -> web.Response:
+    """The task page; after a refused decision, with the refusal and the values as they were sent."""
+    task_id = request.match_info["task_id"]
+    step = run.steps.get(task_id)
+    if step is None or step.task is None:
+        raise NotFound(f"Run {run.short_id} has no task {task_id!r}.")
+    return await page(
+        request,
+        "task.html",
+        status,
+        run=run,
+        step=step,
+        task=step.task,
+        pending=PendingTask(run, step.task) if step.status is StepStatus.WAITING else None,
+        problem=problem,
+        errors=errors or {},
+        values=values or {},
+    )
