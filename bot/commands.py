@@ -16,6 +16,7 @@ from bot import cards, grammar
 from bot.blocks import escape, truncate, when, who
 from bot.runtime import Bot, slack_actor
 from engine.errors import NotFound, SwitchboardError
+from engine.intake import AcceptedRun
 from engine.model import Actor, Run, RunStatus, StopMode
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ async def execute(bot: Bot, command: grammar.Command, actor: Actor, channel_id: 
                 return f"Stopping {_name(run)} gracefully: in-flight steps finish, nothing new starts."
             return f"Stopped {_name(run)}."
         case "status":
-            return status_text(await bot.call(engine.get_run, target))
+            found = await bot.call(engine.run_or_accepted, target)
+            return escape(found.sentence) if isinstance(found, AcceptedRun) else status_text(found)
         case "list":
             status = RunStatus(command.target) if command.target else None
             page = await bot.call(engine.list_runs, status=status, limit=LIST_ROWS)

@@ -25,6 +25,7 @@ from typing import Any
 from engine.api import Engine
 from engine.catalog import load_folder
 from engine.errors import InvalidInput, SwitchboardError
+from engine.intake import AcceptedRun
 from engine.model import FAILURE_MEANINGS, Actor, ActorKind, Run, RunStatus
 from engine.settings import Settings, get_settings
 from engine.workflow import InputError
@@ -177,7 +178,11 @@ def cmd_run(args: argparse.Namespace, engine: Engine) -> int:
     elif action == "replay":
         run = engine.replay(args.run, actor, parse_assignments(args.inputs) or None)
     elif action == "status":
-        run = engine.get_run(args.run)
+        found = engine.run_or_accepted(args.run)
+        if isinstance(found, AcceptedRun):
+            print(found.sentence)
+            return 0
+        run = found
     elif action == "events":
         for event in engine.events(args.run):
             data = json.dumps(event.data, default=str) if event.data else ""
