@@ -4,6 +4,8 @@ Each command names a run by its id or a unique prefix of at least 8 characters,
 carries the :class:`~engine.model.Actor` who asked, and returns the run as it is
 after the change. A command that does not fit raises a
 :class:`~engine.errors.SwitchboardError` whose message says why and what is possible.
+Reads (a run, lists, pending tasks, the Command Center) are :mod:`engine.queries`'s;
+the methods here that answer them delegate to ``engine.queries``.
 """
 
 from __future__ import annotations

@@ -165,7 +165,13 @@ def parse_step_member(member: str) -> tuple[str, str]:
 
 
 class RunStore:
-    """Reads and writes runs; used by :class:`engine.api.Engine`, never by the edges directly."""
+    """Reads and writes runs, their events and indexes: the engine's Redis commands on them are here.
+
+    Used by the command API (:class:`engine.api.Engine`), the read side
+    (:class:`engine.queries.Queries`) and retention, never by the edges directly. The
+    intake's stream is :mod:`engine.intake`'s; asyncio readers use
+    :class:`engine.queries.LiveQueries` over the same :class:`Keys`.
+    """
 
     def __init__(
         self,
