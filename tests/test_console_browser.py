@@ -1,0 +1,281 @@
+"""The web console in a real browser: Debian's chromium driven by Playwright.
+
+The real web app serves on a free port (in a thread, on the test's namespace); real
+worker processes run the steps where a run must advance. Each test signs in as a
+person would (an API token, or a one-time link) and clicks. Screenshots are saved
+under /tmp/console-shots/ to be looked at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from aiohttp import web
+
+from engine.api import Engine
+from engine.catalog import load_folder
+from engine.model import Actor, ActorKind, RunStatus, StepStatus
+from tests.redis_servers import free_port
+from tests.test_worker_e2e import Harness
+from tests.web_helpers import APPROVAL_WORKFLOW, TOKENS
+from webhooks.auth import Role
+from webhooks.console import mint_sign_in_link
+from webhooks.server import create_app
+from webhooks.settings import WebSettings
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
+
+SHOTS = Path("/tmp/console-shots")
+CHROMIUM = os.environ.get("SWITCHBOARD_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+OPS = Actor(kind=ActorKind.API, id="ops-bot")
+TIMEOUT_MS = 15_000
+
+STEPS_WORKFLOW = {
+    "id": "pipeline",
+    "name": "Build pipeline",
+    "inputs": {"service": {"type": "string", "default": "api"}},
+    "steps": [
+        {"id": "checkout", "type": "action", "action": "worker.actions:sleep", "args": {"seconds": 0.6}},
+        {
+            "id": "build",
+            "type": "action",
+            "action": "worker.actions:sleep",
+            "needs": ["checkout"],
+            "args": {"seconds": 0.6},
+        },
+        {
+            "id": "publish",
+            "type": "action",
+            "action": "worker.actions:fail",
+            "needs": ["build"],
+            "args": {"message": "registry refused the image: quota exceeded", "retryable": False},
+        },
+        {"id": "announce", "type": "notify", "needs": ["publish"], "notify": {"text": "published"}},
+    ],
+}
+LONG_WORKFLOW = {
+    "id": "migrate",
+    "name": "Database migration",
+    "inputs": {},
+    "settings": {"drain_timeout": 120},
+    "steps": [{"id": "migrate", "type": "action", "action": "worker.actions:sleep", "args": {"seconds": 60}}],
+}
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(
+        f"no chromium at {CHROMIUM}: install Debian's chromium (.ci/run does) or set SWITCHBOARD_CHROMIUM",
+        allow_module_level=True,
+    )
+
+
+class WebServer:
+    """The real web app on a free port, served by its own event loop in a thread."""
+
+    def __init__(self, engine: Engine, settings: WebSettings) -> None:
+        self.app = create_app(engine, settings)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="console-web", daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        runner = web.AppRunner(self.app)
+        self.loop.run_until_complete(runner.setup())
+        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self.ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+        self.loop.close()
+
+    def __enter__(self) -> WebServer:
+        self.thread.start()
+        assert self.ready.wait(10), "the web app did not start"
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path, namespace: str, redis_conn: redis.Redis) -> Iterator[Harness]:
+    """Workers and an engine on this test's namespace, with the console's workflows added."""
+    h = Harness(tmp_path, namespace, redis_conn)
+    folder = tmp_path / "workflows"
+    for definition in (STEPS_WORKFLOW, LONG_WORKFLOW, APPROVAL_WORKFLOW):
+        (folder / f"{definition['id']}.yaml").write_text(yaml.safe_dump(definition))
+    catalog = load_folder(folder)
+    assert not catalog.errors, catalog.errors
+    h.engine = Engine(redis_conn, catalog, key_prefix=f"{namespace}:", queue_name=namespace)
+    yield h
+    h.stop_workers()
+
+
+@pytest.fixture
+def site(harness: Harness, settings: WebSettings) -> Iterator[WebServer]:
+    with WebServer(harness.engine, settings) as server:
+        yield server
+
+
+@pytest.fixture
+def page(chromium: Any, site: WebServer) -> Iterator[Any]:
+    context = chromium.new_context(base_url=site.url, viewport={"width": 1280, "height": 860})
+    context.set_default_timeout(TIMEOUT_MS)
+    tab = context.new_page()
+    tab.on("dialog", lambda dialog: dialog.accept())  # the confirmations of stop and reject
+    yield tab
+    context.close()
+
+
+def shot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def sign_in_with_token(page: Any, role: str) -> None:
+    page.goto("/")
+    assert "/sign-in" in page.url
+    shot(page, "01-sign-in")
+    page.fill("#token", TOKENS[role])
+    page.click("button:has-text('Sign in')")
+    page.wait_for_url(re.compile(r"/$"))
+
+
+def sign_in_with_link(page: Any, engine: Engine, actor: Actor, roles: frozenset[Role]) -> None:
+    page.goto(mint_sign_in_link(engine, actor, roles))
+    page.click("button:has-text('Continue to the console')")
+    page.wait_for_url(re.compile(r"/$"))
+
+
+def test_sign_in_with_a_token_and_approve_a_task(page: Any, harness: Harness) -> None:
+    run = harness.engine.start("release", {"service": "payments"}, OPS)
+    sign_in_with_token(page, "approver")
+    assert page.inner_text("#approvals-count") == "1"
+    row = page.locator(f"tr[data-task='{run.short_id}/approve']")
+    assert "Release payments?" in row.inner_text()
+    shot(page, "02-command-center-pending")
+    row.locator("button[data-decide='approve']").click()
+    page.wait_for_selector(".notice.ok")
+    assert "Approved “Release payments?”" in page.inner_text(".notice.ok")
+    assert page.inner_text("#approvals-count") == "0"
+    task = harness.engine.get_run(run.run_id).steps["approve"].task
+    assert task is not None and task.approved and task.decided_by == Actor(kind=ActorKind.API, id="lead")
+
+
+def test_a_viewer_sees_no_approve_button_and_is_refused(page: Any, harness: Harness) -> None:
+    run = harness.engine.start("release", {"service": "search"}, OPS)
+    viewer = Actor(kind=ActorKind.SLACK, id="U0VIEW", name="vera")
+    sign_in_with_link(page, harness.engine, viewer, frozenset({Role.VIEWER}))
+    row = page.locator(f"tr[data-task='{run.short_id}/approve']")
+    assert row.locator("a:has-text('Review')").count() == 1
+    assert row.locator("button[data-decide='approve']").count() == 0
+    row.locator("a:has-text('Review')").click()
+    assert "needs the approver role" in page.inner_text("#no-approver")
+    shot(page, "03-task-page-viewer")
+    # Posting the form anyway (its CSRF token is the session's own) is refused on the server.
+    answer = page.evaluate(
+        """async ([path, csrf]) => {
+            const r = await fetch(path, {method: "POST", body: new URLSearchParams({csrf, decision: "approve"})});
+            return [r.status, await r.text()];
+        }""",
+        [f"/runs/{run.run_id}/tasks/approve", page.locator("input[name=csrf]").first.get_attribute("value")],
+    )
+    assert answer[0] == 403 and "needs the approver role" in answer[1]
+    assert harness.engine.get_run(run.run_id).steps["approve"].status is StepStatus.WAITING
+
+
+def test_the_live_log_follows_a_run_to_its_failed_step(page: Any, harness: Harness) -> None:
+    sign_in_with_link(
+        page,
+        harness.engine,
+        Actor(kind=ActorKind.SLACK, id="U0OLIVE", name="olive"),
+        frozenset({Role.OPERATOR}),
+    )
+    run = harness.engine.start("pipeline", {}, OPS)
+    page.goto(f"/runs/{run.run_id}")
+    page.evaluate("window.notReloaded = true")
+    harness.start_worker()
+    # The log grows and the timeline changes while the page stays as it is (no reload).
+    page.wait_for_selector("tr[data-type='step_completed']")
+    page.wait_for_selector("tr[data-type='run_failed']")
+    page.wait_for_selector("#run-status .badge.bad")
+    assert page.evaluate("window.notReloaded") is True
+    assert page.locator("#steps .badge.ok").count() == 2
+    assert "skipped (blocked)" in page.inner_text("#step-announce")
+    page.click("#jump-to-failed")
+    failed = page.locator("#step-publish")
+    assert failed.get_attribute("open") is not None
+    text = failed.inner_text()
+    assert "STEP_FAILED" in text and "registry refused the image" in text and "retryable\nno" in text.lower()
+    shot(page, "04-run-failed-step")
+    page.locator("#replay button:has-text('Replay')").click()
+    page.wait_for_selector(".notice.ok")
+    assert f"Replaying Build pipeline run {run.short_id}" in page.inner_text(".notice.ok")
+    assert run.short_id in page.inner_text("#overview")  # the replay links back to its original
+
+
+def test_filter_the_run_list(page: Any, harness: Harness) -> None:
+    engine = harness.engine
+    runs = [engine.start("release", {"service": f"svc-{i}"}, OPS) for i in range(55)]
+    for run in runs[:3]:
+        engine.stop(run.run_id, OPS)
+    engine.start("migrate", {}, OPS)  # queued: no worker takes its step
+    sign_in_with_token(page, "viewer")
+    page.goto("/runs")
+    assert page.locator("#runs tbody tr").count() == 50
+    page.select_option("#status", "stopped")
+    page.click("button:has-text('Filter')")
+    page.wait_for_url(re.compile(r"status=stopped"))
+    assert page.locator("#runs tbody tr").count() == 3
+    assert set(page.locator("#runs tbody .badge").all_inner_texts()) == {"⏹️ stopped"}
+    shot(page, "05-runs-filtered")
+    page.goto("/runs?workflow=release")
+    page.click("a[rel=next]")
+    page.wait_for_url(re.compile(r"offset=50"))
+    assert page.locator("#runs tbody tr").count() == 5
+    page.goto("/runs")
+    page.fill("#prefix", runs[10].run_id[:10])
+    page.click("button:has-text('Filter')")
+    assert page.locator("#runs tbody tr").count() == 1
+    assert runs[10].short_id in page.inner_text("#runs")
+
+
+def test_stop_gracefully_then_escalate(page: Any, harness: Harness) -> None:
+    run = harness.engine.start("migrate", {}, OPS)
+    harness.start_worker()
+    harness.wait_until_running(run.run_id, "migrate")
+    sign_in_with_token(page, "operator")
+    row = page.locator(f"#running tr[data-run='{run.short_id}']")
+    row.locator("button[data-control='stop-graceful']").click()
+    page.wait_for_selector(f"#draining tr[data-run='{run.short_id}']")
+    assert page.inner_text("#draining [data-count]") == "1 draining"
+    assert "migrate" in page.inner_text(f"#draining tr[data-run='{run.short_id}']")
+    shot(page, "06-command-center-draining")
+    assert harness.engine.get_run(run.run_id).status is RunStatus.DRAINING
+    page.locator(f"#draining tr[data-run='{run.short_id}'] button[data-control='stop']").click()
+    page.wait_for_selector(f"#failed tr[data-run='{run.short_id}']")
+    assert "RUN_STOPPED" in page.inner_text(f"#failed tr[data-run='{run.short_id}']")
+    stopped = harness.engine.get_run(run.run_id)
+    assert stopped.status is RunStatus.STOPPED
+    assert stopped.steps["migrate"].status is StepStatus.CANCELLED
+    shot(page, "07-command-center-stopped")
