@@ -18,6 +18,9 @@ from bot.runtime import Bot, slack_actor
 from engine.errors import NotFound, SwitchboardError
 from engine.intake import AcceptedRun
 from engine.model import Actor, Run, RunStatus, StopMode
+from webhooks.console import SLACK_ROLES, mint_sign_in_link
+from webhooks.console.settings import get_console_settings
+from webhooks.settings import get_web_settings
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,8 @@ async def execute(bot: Bot, command: grammar.Command, actor: Actor, channel_id: 
         case "replay":
             replay = await bot.call(engine.replay, target, actor)
             return f"Replaying run `{target}` as {_name(replay)}: it is *{replay.status.value}*."
+        case "console":
+            return await console_link(bot, actor)
     return grammar.usage(bot.settings.command)
 
 
@@ -106,6 +111,18 @@ async def _start(
         if close is None or workflow_id in engine.catalog.workflows:
             raise
         raise NotFound(f"{exc} Did you mean `{bot.settings.command} start {close}`?") from None
+
+
+async def console_link(bot: Bot, actor: Actor) -> str:
+    """A one-time link that opens the web console as this Slack user, with what Slack lets them do."""
+    base = get_web_settings().public_url
+    link = await bot.call(mint_sign_in_link, bot.engine, actor, SLACK_ROLES, base)
+    minutes = max(1, get_console_settings().link_ttl // 60)
+    if not base:
+        where = "on the Switchboard server (set SWITCHBOARD_PUBLIC_URL for a full link)"
+        return f"Open `{link}` {where} within {minutes} min; the link works once."
+    opens = f"<{link}|Open the Switchboard console> as {who(actor)}"
+    return f"{opens}: the link works once, within {minutes} min."
 
 
 def _name(run: Run) -> str:

@@ -22,6 +22,7 @@ FORMS: dict[str, str] = {
     "list": "list [status]",
     "tasks": "tasks",
     "replay": "replay <run>",
+    "console": "console",
     "help": "help",
 }
 ONE_RUN = frozenset({"pause", "resume", "status", "replay"})

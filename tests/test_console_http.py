@@ -17,17 +17,20 @@ from aiohttp.test_utils import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bot.web import attach
 from engine.api import Engine
 from engine.model import Actor, ActorKind, Run, RunStatus, StepStatus
 from tests.console_routes import CONSOLE_ENTRY_POINTS
 from tests.engine_helpers import Clock, engine_for
+from tests.fake_slack import ALICE as SLACK_ALICE
+from tests.fake_slack import FakeSlack, Slack, slack_settings
 from tests.test_http_fuzz import FUZZ, judge, requests
 from tests.web_helpers import APPROVAL_WORKFLOW, TOKENS
 from webhooks.auth import Role
 from webhooks.console import mint_sign_in_link
 from webhooks.console.sessions import SESSION_COOKIE, SIGN_IN_COOKIE
 from webhooks.server import create_app
-from webhooks.settings import WebSettings
+from webhooks.settings import WebSettings, get_web_settings
 
 ALICE = Actor(kind=ActorKind.SLACK, id="U0ALICE", name="alice")
 BOB = Actor(kind=ActorKind.SLACK, id="U0BOB", name="bob")
@@ -381,3 +384,33 @@ async def test_console_entry_points_signed_in(
     cookies = site.client.session.cookie_jar.filter_cookies(site.client.make_url("/"))
     request.headers["Cookie"] = f"{SESSION_COOKIE}={cookies[SESSION_COOKIE].value}".encode()
     await judge(site, caplog, request)  # type: ignore[arg-type]
+
+
+async def test_run_console_in_slack_answers_with_a_link_that_signs_in_as_that_user(
+    aiohttp_client: Any,
+    console_engine: Engine,
+    settings: WebSettings,
+    fake_slack: FakeSlack,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SWITCHBOARD_PUBLIC_URL", "https://switchboard.example")
+    get_web_settings.cache_clear()
+    app = create_app(console_engine, settings)
+    attach(app, console_engine, slack_settings(fake_slack))  # Slack and the console on one server
+    slack = Slack(await aiohttp_client(app), fake_slack, console_engine)
+    try:
+        reply = await slack.command("console", user=SLACK_ALICE)
+    finally:
+        get_web_settings.cache_clear()
+    assert reply["response_type"] == "ephemeral"
+    found = re.search(
+        r"<https://switchboard\.example(/sign-in/[\w-]+)\|Open the Switchboard console>", reply["text"]
+    )
+    assert found, reply["text"]
+    confirm = await slack.client.get(found.group(1))
+    text = await confirm.text()
+    assert "slack:U0ALICE" in text and "approver, operator" in text
+    answer = await slack.client.post(found.group(1), data={"nonce": nonce_of(text)}, allow_redirects=False)
+    assert answer.status == 303
+    home = await (await slack.client.get("/")).text()
+    assert "alice" in home and "approver, operator" in home

@@ -13,6 +13,6 @@ is what ``/run console`` and ``switchboard up`` call to hand someone a way in.
 from __future__ import annotations
 
 from webhooks.console.routes import routes
-from webhooks.console.sessions import mint_sign_in_link
+from webhooks.console.sessions import SLACK_ROLES, local_operator, mint_sign_in_link
 
-__all__ = ["mint_sign_in_link", "routes"]
+__all__ = ["SLACK_ROLES", "local_operator", "mint_sign_in_link", "routes"]
