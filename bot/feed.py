@@ -36,7 +36,7 @@ from bot.home import home_view
 from bot.outbox import Outbound
 from bot.runtime import Bot
 from engine.errors import NotFound
-from engine.model import Event, FailureCode, Run, StepType
+from engine.model import Event, EventType, FailureCode, Run, StepType
 from engine.queries import FeedEntry
 from engine.redis_idioms import text, texts
 
@@ -49,15 +49,22 @@ CLAIM_EVERY_SECONDS = 30.0
 HOME_REFRESH_SECONDS = 1.0
 CURSOR_GRACE_SECONDS = 86400  # how much longer than its run a finished run's cursor is kept
 PROGRESS_EVENTS = frozenset(
-    {"run_paused", "run_resumed", "run_draining", "run_completed", "run_failed", "run_stopped"}
+    {
+        EventType.RUN_PAUSED,
+        EventType.RUN_RESUMED,
+        EventType.RUN_DRAINING,
+        EventType.RUN_COMPLETED,
+        EventType.RUN_FAILED,
+        EventType.RUN_STOPPED,
+    }
 )
 TOLD_EVENTS = PROGRESS_EVENTS | {
-    "run_started",
-    "task_opened",
-    "task_completed",
-    "task_expired",
-    "step_cancelled",
-    "notification",
+    EventType.RUN_STARTED,
+    EventType.TASK_OPENED,
+    EventType.TASK_COMPLETED,
+    EventType.TASK_EXPIRED,
+    EventType.STEP_CANCELLED,
+    EventType.NOTIFICATION,
 }
 THREAD = "thread"
 
@@ -125,7 +132,8 @@ class FeedFollower:
             log.exception("feed entry not understood", extra={"entry": entry.entry_id})
             await self.feed.ack_feed(self.group, entry.entry_id)
             return
-        dirty = event.type.startswith(("run_", "task_")) or event.type == "step_cancelled"
+        # News for App Home: a run's status, its tasks, or a task cancelled with its run.
+        dirty = event.type.startswith(("run_", "task_")) or event.type is EventType.STEP_CANCELLED
         try:
             while not await self._catch_up(event.run_id, entry.entry_id, dirty):
                 pass
@@ -192,7 +200,7 @@ class FeedFollower:
 
     def _messages_for_event(self, event: Event, run: Run | None) -> list[Outbound]:
         channel = self.bot.channel_for(run) if run is not None else None
-        if event.type == "notification":
+        if event.type is EventType.NOTIFICATION:
             channel = event.data.get("channel") or channel
             text = str(event.data.get("text") or "")
             if not channel or not text:
@@ -209,30 +217,33 @@ def messages_for_run(event: Event, run: Run, channel: str) -> list[Outbound]:
     post = "chat.postMessage"
     step = run.steps.get(event.step_id) if event.step_id else None
     task = step.task if step else None
-    if event.type == "run_started":
-        return [Outbound(method=post, args={"channel": channel, **cards.run_header(run)}, remember=THREAD)]
-    if event.type == "task_opened" and task is not None:
-        card = cards.approval_card(run, task) if task.decided_at is None else cards.decided_card(run, task)
-        return [Outbound(method=post, args={"channel": channel, **card}, remember=card_ref(task.task_id))]
-    if event.type in ("task_completed", "task_expired") and task is not None:
-        card = cards.decided_card(run, task)
-        return [
-            Outbound(method="chat.update", args={"channel": channel, **card}, update=card_ref(task.task_id))
-        ]
-    if event.type == "step_cancelled" and step is not None and step.type is StepType.HUMAN_TASK and task:
-        reason = step.error.message if step.error else "the run ended"
-        card = cards.decided_card(run, task, cancelled=reason)
-        return [
-            Outbound(method="chat.update", args={"channel": channel, **card}, update=card_ref(task.task_id))
-        ]
+    match event.type:
+        case EventType.RUN_STARTED:
+            header = cards.run_header(run)
+            return [Outbound(method=post, args={"channel": channel, **header}, remember=THREAD)]
+        case EventType.TASK_OPENED if task is not None:
+            open_ = task.decided_at is None
+            card = cards.approval_card(run, task) if open_ else cards.decided_card(run, task)
+            return [Outbound(method=post, args={"channel": channel, **card}, remember=card_ref(task.task_id))]
+        case EventType.TASK_COMPLETED | EventType.TASK_EXPIRED if task is not None:
+            card = cards.decided_card(run, task)
+            return [_card_update(channel, card, task.task_id)]
+        case EventType.STEP_CANCELLED if step is not None and step.type is StepType.HUMAN_TASK and task:
+            reason = step.error.message if step.error else "the run ended"
+            return [_card_update(channel, cards.decided_card(run, task, cancelled=reason), task.task_id)]
     messages: list[Outbound] = []
     line = cards.progress_line(event, run)
     if line is not None:
         messages.append(Outbound(method=post, args={"channel": channel, "text": line}, thread=THREAD))
     drain_timeout = run.failure is not None and run.failure.code is FailureCode.DRAIN_TIMEOUT
-    if event.type == "run_failed" or (event.type == "run_stopped" and drain_timeout):
+    if event.type is EventType.RUN_FAILED or (event.type is EventType.RUN_STOPPED and drain_timeout):
         messages.append(Outbound(method=post, args={"channel": channel, **cards.failure_alert(run)}))
     return messages
+
+
+def _card_update(channel: str, card: dict[str, Any], task_id: str) -> Outbound:
+    """Update the task's card in place (posted anew if its post is not known)."""
+    return Outbound(method="chat.update", args={"channel": channel, **card}, update=card_ref(task_id))
 
 
 class HomeRefresher:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from engine.model import Run, StepStatus
+from engine.model import EventType, Run, StepStatus
 from engine.queries import LiveQueries
 from engine.redis_idioms import text
 from webhooks.keys import WebKeys
@@ -36,7 +36,7 @@ from webhooks.keys import WebKeys
 log = logging.getLogger(__name__)
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0)
-FINISHED_EVENTS = {"step_completed", "step_failed"}
+FINISHED_EVENTS = frozenset({EventType.STEP_COMPLETED, EventType.STEP_FAILED})
 UNKNOWN_SOURCE = "_unknown"
 
 

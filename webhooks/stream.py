@@ -18,7 +18,6 @@ from webhooks.context import context_of
 from webhooks.problems import Problem
 from webhooks.routing import endpoint
 
-TERMINAL_EVENTS = {"run_completed", "run_failed", "run_stopped"}
 BLOCK_MS = 15_000
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
@@ -51,7 +50,7 @@ async def stream_run(request: web.Request) -> web.StreamResponse:
             for event in events:
                 last = event.id or last
                 await response.write(_message(event))
-                ended = ended or event.type in TERMINAL_EVENTS
+                ended = ended or event.type.ends_run
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client went away; nothing to tell it
