@@ -180,6 +180,11 @@ def test_sign_in_with_a_token_and_approve_a_task(page: Any, harness: Harness) ->
     assert page.inner_text("#approvals-count") == "0"
     task = harness.engine.get_run(run.run_id).steps["approve"].task
     assert task is not None and task.approved and task.decided_by == Actor(kind=ActorKind.API, id="lead")
+    # The Command Center keeps itself current: a task opened meanwhile shows up without a reload.
+    page.evaluate("window.notReloaded = true")
+    later = harness.engine.start("release", {"service": "ledger"}, OPS)
+    page.wait_for_selector(f"tr[data-task='{later.short_id}/approve']")
+    assert page.inner_text("#approvals-count") == "1" and page.evaluate("window.notReloaded") is True
 
 
 def test_a_viewer_sees_no_approve_button_and_is_refused(page: Any, harness: Harness) -> None:

@@ -126,6 +126,11 @@ document.addEventListener("DOMContentLoaded", () => {
   openTarget();
   window.addEventListener("hashchange", openTarget);
   document.querySelectorAll("table[data-stream]").forEach(follow);
+  // Pages without a stream of their own (Command Center, Approvals) refresh their sections.
+  const polled = document.querySelector("[data-poll]");
+  if (polled) {
+    setInterval(() => { if (!document.hidden) refreshLive(); }, Number(polled.dataset.poll) * 1000);
+  }
   const log = document.querySelector(".log");
   if (log) log.scrollTop = log.scrollHeight;
 });
