@@ -33,7 +33,8 @@ from bot.blocks import (
     when,
     who,
 )
-from engine.model import FAILURE_MEANINGS, Event, EventType, FailureCode, Run, StepState, StepStatus, Task
+from engine.model import FAILURE_MEANINGS, Event, EventType, FailureCode, Run, StepStatus, Task
+from engine.views import FailureView, StepView, TaskOutcome, TaskView, describe, describe_task
 
 Message = dict[str, Any]  # chat.postMessage / chat.update arguments: text and blocks
 
@@ -73,7 +74,7 @@ def approval_card(run: Run, task: Task) -> Message:
         buttons.append(button("Edit", ids.TASK_EDIT, value))
     expiry = f"expires {when(task.expires_at)}" if task.expires_at else "does not expire"
     blocks = [
-        *_task_body(run, task),
+        *_task_body(run, describe_task(task)),
         context(f"Started by {who(run.started_by)} · {expiry}"),
         actions(*buttons, block_id=f"task:{value}"),
     ]
@@ -81,27 +82,35 @@ def approval_card(run: Run, task: Task) -> Message:
 
 
 def decided_card(run: Run, task: Task, cancelled: str | None = None) -> Message:
-    """The card after the task closed: the outcome replaces the buttons."""
-    outcome = task_outcome(task, cancelled)
-    blocks = [*_task_body(run, task), section(outcome), context(f"Started by {who(run.started_by)}")]
+    """The card after the task closed: the outcome replaces the buttons.
+
+    ``cancelled`` says why, for a task closed undecided; by default its cancelled step's error.
+    """
+    view = describe_task(task, run.steps.get(task.task_id), cancelled)
+    outcome = task_outcome(view)
+    blocks = [*_task_body(run, view), section(outcome), context(f"Started by {who(run.started_by)}")]
     return message(f"{escape(task.title)}: {outcome}", blocks)
 
 
-def task_outcome(task: Task, cancelled: str | None = None) -> str:
-    if cancelled is not None and task.decided_at is None:
-        return f"⚪ *Cancelled*: {escape(cancelled)}"
-    if task.expired and task.decided_at is None:
-        return f"⌛ *Expired* {when(task.expires_at)}: nobody decided, so the run failed"
-    if task.expired:
-        return f"⌛ *Expired* {when(task.decided_at)}: rejected automatically"
-    verdict = "✅ *Approved*" if task.approved else "❌ *Rejected*"
-    text = f"{verdict} by {who(task.decided_by)} {when(task.decided_at)}"
-    if task.comment:
-        text += f"\n> {escape(truncate(task.comment, 1000))}"
-    return text
+def task_outcome(task: TaskView) -> str:
+    match task.outcome:
+        case TaskOutcome.CANCELLED:
+            return f"⚪ *Cancelled*: {escape(task.cancelled_because or 'the run ended')}"
+        case TaskOutcome.EXPIRED:
+            return f"⌛ *Expired* {when(task.expires_at)}: nobody decided, so the run failed"
+        case TaskOutcome.REJECTED_ON_EXPIRY:
+            return f"⌛ *Expired* {when(task.decided_at)}: rejected automatically"
+        case TaskOutcome.OPEN:
+            return "⏳ *Awaiting a decision*"
+        case TaskOutcome.APPROVED | TaskOutcome.REJECTED:
+            verdict = "✅ *Approved*" if task.outcome is TaskOutcome.APPROVED else "❌ *Rejected*"
+            text = f"{verdict} by {who(task.decided_by)} {when(task.decided_at)}"
+            if task.comment:
+                text += f"\n> {escape(truncate(task.comment, 1000))}"
+            return text
 
 
-def _task_body(run: Run, task: Task) -> list[Block]:
+def _task_body(run: Run, task: TaskView) -> list[Block]:
     where = (
         f"*{escape(run.workflow_name)}* (`{run.workflow_id}`) · run `{run.short_id}`"
         f" · {task.task_type} · step `{task.task_id}`"
@@ -199,30 +208,34 @@ def edit_modal(run: Run, task: Task, metadata: str) -> Block:
 
 def details_modal(run: Run) -> Block:
     """The step timeline: which steps succeeded, failed, were cancelled or skipped, and why."""
-    summary = f"*{escape(run.workflow_name)}* run `{run.run_id}` is *{run.status.value}*"
-    if run.failure:
-        summary += f"\n`{run.failure.code.value}`: {escape(run.failure.message)}"
-    blocks = [section(summary), *(section(step_line(step)) for step in run.steps.values())]
+    view = describe(run)
+    summary = f"*{escape(view.workflow_name)}* run `{view.run_id}` is *{view.status.value}*"
+    if view.failure:
+        summary += f"\n{failure_text(view.failure)}"
+    blocks = [section(summary), *(section(step_line(step)) for step in view.steps)]
     return {
         "type": "modal",
         "callback_id": ids.DETAILS_MODAL,
-        "title": plain(f"Run {run.short_id}", MODAL_TITLE),
+        "title": plain(f"Run {view.short_id}", MODAL_TITLE),
         "close": plain("Close", MODAL_BUTTON),
         "blocks": fit(blocks, VIEW_BLOCKS, more="more steps"),
     }
 
 
-def step_line(step: StepState) -> str:
+def failure_text(failure: FailureView) -> str:
+    return f"`{failure.code.value}`: {escape(failure.message)}"
+
+
+def step_line(step: StepView) -> str:
+    """A step of the timeline: mark, id, type, status, attempts, then its error or detail below."""
     mark = STEP_MARKS.get(step.status, "⏳")
-    line = f"{mark} `{step.step_id}` {step.type.value} *{step.status.value}*"
-    if step.status is StepStatus.SKIPPED and step.reason:
-        line = f"{mark} `{step.step_id}` {step.type.value} *skipped ({step.reason.value})*"
+    line = f"{mark} `{step.step_id}` {step.type.value} *{step.status_label}*"
     if step.attempt > 1:
         line += f" after {step.attempt} attempts"
-    if step.error and step.status in (StepStatus.FAILED, StepStatus.CANCELLED):
+    if step.failed and step.error:
         line += f"\n`{step.error.code.value}` {escape(truncate(step.error.message, 1500))}"
-    elif step.detail:
-        line += f"\n{escape(truncate(step.detail, 1500))}"
+    elif step.note:
+        line += f"\n{escape(truncate(step.note, 1500))}"
     return line
 
 
@@ -231,24 +244,22 @@ def step_line(step: StepState) -> str:
 
 def failure_alert(run: Run) -> Message:
     """Why a run failed, in the words operators triage with, and what they can do next."""
-    failure = run.failure
+    failure = describe(run).failure
     code = failure.code if failure else FailureCode.STEP_FAILED
     title = "Drain timeout" if code is FailureCode.DRAIN_TIMEOUT else "Run failed"
     step_id = failure.step_id if failure else None
-    step = run.steps.get(step_id) if step_id else None
-    error = step.error if step and step.error else failure
-    retryable = "yes" if error and error.retryable else "no"
+    retryable = "yes" if failure and failure.retryable else "no"
     fields = [
         f"*Workflow*\n{escape(run.workflow_name)} (`{run.workflow_id}`)",
         f"*Run*\n`{run.run_id}`",
         f"*Failure code*\n`{code.value}`",
-        f"*Meaning*\n{FAILURE_MEANINGS.get(code, '')}",
+        f"*Meaning*\n{failure.meaning if failure else FAILURE_MEANINGS[code]}",
         f"*Failed step*\n`{step_id}`" if step_id else "*Failed step*\nnone (the run itself)",
         f"*Retryable*\n{retryable}",
     ]
-    if error and error.provider_status:
-        fields.append(f"*Provider status*\n{error.provider_status}")
-    message_text = escape(truncate(error.message if error else "no error recorded", 2800))
+    if failure and failure.provider_status:
+        fields.append(f"*Provider status*\n{failure.provider_status}")
+    message_text = escape(truncate(failure.message if failure else "no error recorded", 2800))
     blocks = [
         header(f"{title}: {run.workflow_name}"),
         section(f"Run `{run.short_id}` started by {who(run.started_by)}", fields=fields),

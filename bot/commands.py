@@ -18,6 +18,7 @@ from bot.runtime import Bot, slack_actor
 from engine.errors import NotFound, SwitchboardError
 from engine.intake import AcceptedRun
 from engine.model import Actor, Run, RunStatus, StopMode
+from engine.views import RunView, describe
 from webhooks.console import SLACK_ROLES, mint_sign_in_link
 from webhooks.console.settings import get_console_settings
 from webhooks.settings import get_web_settings
@@ -125,20 +126,22 @@ async def console_link(bot: Bot, actor: Actor) -> str:
     return f"{opens}: the link works once, within {minutes} min."
 
 
-def _name(run: Run) -> str:
+def _name(run: Run | RunView) -> str:
     return f"*{escape(run.workflow_name)}* run `{run.short_id}` (`{run.run_id}`)"
 
 
 def status_text(run: Run) -> str:
+    """``/run status``: the run's view as one message, a line per step."""
+    view = describe(run)
     lines = [
-        f"{_name(run)} is *{run.status.value}*",
-        f"Started by {who(run.started_by)} {when(run.created_at)}",
+        f"{_name(view)} is *{view.status.value}*",
+        f"Started by {who(view.started_by)} {when(view.created_at)}",
     ]
-    if run.failure:
-        lines.append(f"`{run.failure.code.value}`: {escape(run.failure.message)}")
-    if run.replay_of:
-        lines.append(f"Replay of `{run.replay_of[:8]}`")
-    lines += [cards.step_line(step).replace("\n", " · ") for step in run.steps.values()]
+    if view.failure:
+        lines.append(cards.failure_text(view.failure))
+    if view.replay_of:
+        lines.append(f"Replay of `{view.replay_of[:8]}`")
+    lines += [cards.step_line(step).replace("\n", " · ") for step in view.steps]
     return "\n".join(lines)
 
 

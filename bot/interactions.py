@@ -19,8 +19,9 @@ from bot import cards, ids
 from bot.blocks import escape
 from bot.feed import publish_home
 from bot.runtime import Bot, slack_actor
-from engine.errors import AlreadyDecided, SwitchboardError
+from engine.errors import SwitchboardError
 from engine.model import Actor, Run, RunStatus
+from engine.views import already_decided, no_such_task
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +183,10 @@ async def open_task_modal(
     step = run.steps.get(task_id)
     task = step.task if step else None
     if task is None:
-        await tell(bot, body, f"Run {run.short_id} has no task {task_id!r}.")
+        await tell(bot, body, str(no_such_task(run, task_id)))
         return
-    if task.decided_at is not None:
-        by = task.decided_by.display if task.decided_by else "the system"
-        await tell(bot, body, str(AlreadyDecided(task_id, by, task.decided_at, task.approved)))
+    if (decided := already_decided(task)) is not None:
+        await tell(bot, body, str(decided))
         return
     channel = (body.get("channel") or {}).get("id")
     metadata = cards.origin_metadata(run_id, task_id, channel)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from engine.errors import AlreadyDecided, CommandRefused, InvalidInput, NotAllowed, NotFound
+from engine.errors import CommandRefused, InvalidInput, NotAllowed, NotFound
 from engine.model import (
     Actor,
     ActorKind,
@@ -36,6 +36,7 @@ from engine.model import (
     Task,
 )
 from engine.templating import RenderError, render, truthy
+from engine.views import RUN_ACTIONS, already_decided, no_such_task
 from engine.workflow import Step, StepType, Workflow
 
 # --- commands -----------------------------------------------------------------------------
@@ -179,16 +180,6 @@ class Outcome:
         """Whether this change finished the run (every ending records one of these events)."""
         return any(event.type.ends_run for event in self.events)
 
-
-RUN_ACTIONS: dict[RunStatus, str] = {
-    RunStatus.QUEUED: "stop it",
-    RunStatus.RUNNING: "pause it or stop it (immediately or gracefully)",
-    RunStatus.PAUSED: "resume it or stop it",
-    RunStatus.DRAINING: "wait for it to drain or stop it immediately",
-    RunStatus.COMPLETED: "replay it",
-    RunStatus.FAILED: "replay it",
-    RunStatus.STOPPED: "replay it",
-}
 
 
 def job_id_for(run_id: str, step: StepState) -> str:
@@ -424,11 +415,10 @@ class _Transition:
     def _complete_task(self, cmd: CompleteTask) -> None:
         st = self.run.steps.get(cmd.task_id)
         if st is None or st.type is not StepType.HUMAN_TASK:
-            raise NotFound(f"Run {self.run.short_id} has no task {cmd.task_id!r}.")
+            raise no_such_task(self.run, cmd.task_id)
         task = st.task
-        if task is not None and task.decided_at is not None:
-            by = task.decided_by.display if task.decided_by else "the system"
-            raise AlreadyDecided(cmd.task_id, by, task.decided_at, task.approved)
+        if task is not None and (decided := already_decided(task)) is not None:
+            raise decided
         if task is None or st.status is not StepStatus.WAITING:
             state = st.status.value if task is None else f"{st.status.value} ({st.detail or 'closed'})"
             raise CommandRefused(

@@ -30,13 +30,13 @@ class NotAllowed(CommandRefused):
 
 
 class AlreadyDecided(CommandRefused):
-    def __init__(self, task_id: str, by: str, at: datetime, approved: bool | None) -> None:
-        self.decided_by = by
-        self.decided_at = at
+    """A second decision on a task; the sentence (see :func:`engine.views.already_decided`) says whose."""
+
+    def __init__(self, message: str, decided_by: str, decided_at: datetime, approved: bool | None) -> None:
+        self.decided_by = decided_by
+        self.decided_at = decided_at
         self.approved = approved
-        outcome = "approved" if approved else "rejected"
-        when = at.strftime("%Y-%m-%d %H:%M:%S UTC")
-        super().__init__(f"Task {task_id!r} was already {outcome} by {by} at {when}.")
+        super().__init__(message)
 
 
 class DeliveryInProgress(CommandRefused):

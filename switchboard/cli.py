@@ -26,8 +26,9 @@ from engine.api import Engine
 from engine.catalog import load_folder
 from engine.errors import InvalidInput, SwitchboardError
 from engine.intake import AcceptedRun
-from engine.model import FAILURE_MEANINGS, Actor, ActorKind, Run, RunStatus
+from engine.model import Actor, ActorKind, Run, RunStatus
 from engine.settings import Settings, get_settings
+from engine.views import describe, utc_text
 from engine.workflow import InputError
 from switchboard import logs
 
@@ -139,27 +140,28 @@ def cmd_workflows_list(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def format_run(run: Run) -> str:
+    """A run's view (engine.views) as plain text: the header, its failure, a line per step."""
+    view = describe(run)
     lines = [
-        f"run {run.run_id}  {run.workflow_id} v{run.workflow_version}  {run.status.value.upper()}",
-        f"started by {run.started_by.display} at {run.created_at:%Y-%m-%d %H:%M:%S} UTC",
+        f"run {view.run_id}  {view.workflow_id} v{view.workflow_version}  {view.status.value.upper()}",
+        f"started by {view.started_by.display} at {utc_text(view.created_at)}",
     ]
-    if run.inputs:
-        lines.append("inputs: " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in run.inputs.items()))
-    if run.replay_of:
-        lines.append(f"replay of {run.replay_of}")
-    if run.failure:
-        failure = run.failure
+    if view.inputs:
+        lines.append("inputs: " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in view.inputs.items()))
+    if view.replay_of:
+        lines.append(f"replay of {view.replay_of}")
+    if view.failure:
+        failure = view.failure
         where = f" in step {failure.step_id}" if failure.step_id else ""
         retry = "retryable" if failure.retryable else "not retryable"
         lines.append(f"failure: {failure.code.value}{where}: {failure.message} ({retry})")
-        lines.append(f"         {FAILURE_MEANINGS[failure.code]}")
+        lines.append(f"         {failure.meaning}")
     lines.append("steps:")
-    for step in run.steps.values():
-        status = step.status.value + (f" ({step.reason.value})" if step.reason else "")
-        detail = step.detail or (step.error.message if step.error else "")
-        if step.task and step.task.decided_at is None and step.status.value == "waiting":
-            detail = f"{detail}: {step.task.title}"
-        lines.append(f"  {step.step_id:20} {status:20} {detail}".rstrip())
+    for step in view.steps:
+        note = step.note or ""
+        if step.task and step.task.open:
+            note = f"{note}: {step.task.title}"
+        lines.append(f"  {step.step_id:20} {step.status_label:20} {note}".rstrip())
     return "\n".join(lines)
 
 
