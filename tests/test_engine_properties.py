@@ -15,6 +15,7 @@ from engine.api import Engine
 from engine.errors import CommandRefused, SwitchboardError
 from engine.model import (
     ACTIVE_RUN_STATUSES,
+    EventType,
     FailureCode,
     Run,
     RunStatus,
@@ -25,6 +26,7 @@ from engine.store import event_from_entry, task_member
 from engine.workflow import Workflow
 from tests.conftest import REDIS_URL, forget
 from tests.engine_helpers import ALICE, BOB, Clock, approval, engine_for
+from tests.test_core_properties import RUN_EVENT_FOR, RUN_STATUS_EVENTS, STEP_EVENT_FOR, STEP_STATUS_EVENTS
 
 WORKFLOW = {
     "id": "prop",
@@ -61,28 +63,6 @@ commands = st.one_of(
     st.tuples(st.just("tick"), st.integers(min_value=1, max_value=40)),
     st.tuples(st.just("replay")),
 )
-
-# The last event about a step (or the run) must agree with its status.
-STEP_EVENT_FOR: dict[StepStatus, set[str | None]] = {
-    StepStatus.QUEUED: {"step_queued"},
-    StepStatus.RUNNING: {"step_started"},
-    StepStatus.WAITING: {"step_started", "task_opened"},
-    StepStatus.SUCCEEDED: {"step_completed"},
-    StepStatus.SKIPPED: {"step_completed"},
-    StepStatus.FAILED: {"step_failed"},
-    StepStatus.CANCELLED: {"step_cancelled"},
-    StepStatus.PENDING: {None, "step_held", "step_retry_scheduled"},
-}
-RUN_EVENT_FOR = {
-    RunStatus.QUEUED: {"run_queued"},
-    RunStatus.RUNNING: {"run_started", "run_resumed"},
-    RunStatus.PAUSED: {"run_paused"},
-    RunStatus.DRAINING: {"run_draining"},
-    RunStatus.COMPLETED: {"run_completed"},
-    RunStatus.FAILED: {"run_failed"},
-    RunStatus.STOPPED: {"run_stopped"},
-}
-
 
 def perform(engine: Engine, clock: Clock, run_id: str, command: tuple[Any, ...]) -> None:
     run = engine.get_run(run_id)
@@ -131,15 +111,14 @@ def check_invariants(engine: Engine, run: Run) -> None:
         if step.status is StepStatus.QUEUED:
             assert step.job_id in engine.queue.get_job_ids()
     events = engine.events(run.run_id)
-    assert events[0].type == "run_queued"
-    last_run_event = [e.type for e in events if e.type.startswith("run_") and e.type != "run_replayed"][-1]
+    assert events[0].type is EventType.RUN_QUEUED
+    last_run_event = [e.type for e in events if e.type in RUN_STATUS_EVENTS][-1]
     assert last_run_event in RUN_EVENT_FOR[run.status], (run.status, last_run_event)
     for step in steps:
         about = [
             e.type for e in events if e.step_id == step.step_id and e.type.startswith(("step_", "task_"))
         ]
-        informational = ("task_completed", "task_expired", "step_result_ignored")
-        last = next((t for t in reversed(about) if t not in informational), None)
+        last = next((t for t in reversed(about) if t in STEP_STATUS_EVENTS), None)
         assert last in STEP_EVENT_FOR[step.status], (step.step_id, step.status, about)
     # Indexes agree with the document.
     keys = engine.keys
@@ -219,5 +198,5 @@ def test_a_finished_run_refuses_what_would_change_its_outcome() -> None:
     # A late report of a step that did finish is still recorded, and changes nothing else.
     run.steps["a"].status = StepStatus.SUCCEEDED
     late = core.apply(workflow, run, core.StepFinished("a", 1, error=error), clock.now)
-    assert [e.type for e in late.events] == ["step_result_ignored"]
+    assert [e.type for e in late.events] == [EventType.STEP_RESULT_IGNORED]
     assert late.run.status is RunStatus.COMPLETED and late.run.steps["a"].status is StepStatus.SUCCEEDED
