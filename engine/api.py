@@ -35,6 +35,7 @@ from engine.intake import AcceptedRun
 from engine.model import (
     Actor,
     Event,
+    EventType,
     Run,
     RunStatus,
     StepError,
@@ -43,6 +44,7 @@ from engine.model import (
 )
 from engine.queries import CommandCenter, LiveQueries, PendingTask, Queries, RunPage
 from engine.store import Keys, RunStore, new_run_id, parse_timer_member
+from engine.views import RUN_ACTIONS
 from engine.workflow import InputError, Workflow, validate_inputs
 
 log = logging.getLogger(__name__)
@@ -202,7 +204,7 @@ class Engine:
             raise CommandRefused(
                 f"Cannot replay run {original.short_id}: it is {original.status.value};"
                 " only completed, failed or stopped runs can be replayed."
-                f" You can {core.RUN_ACTIONS[original.status]}."
+                f" You can {RUN_ACTIONS[original.status]}."
             )
         # A replay runs the definition the original ran, not whatever the file says now.
         merged = {**original.inputs, **(inputs or {})}
@@ -214,7 +216,7 @@ class Engine:
             out.run.replays.append(replay.run_id)
             out.events.append(
                 Event(
-                    type="run_replayed",
+                    type=EventType.RUN_REPLAYED,
                     at=self.clock(),
                     actor=actor,
                     run_id=run.run_id,

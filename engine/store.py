@@ -29,6 +29,7 @@ from engine.errors import NotFound
 from engine.model import (
     ACTIVE_RUN_STATUSES,
     Event,
+    EventType,
     Run,
     RunStatus,
 )
@@ -492,7 +493,7 @@ class RunStore:
         while True:
             entries: Any = pipe.xrange(self.keys.run_events(run_id), min=start, count=1000)
             for entry_id, fields in entries:
-                if text(fields.get(b"type") or fields.get("type")) == "step_queued":
+                if text(fields.get(b"type") or fields.get("type")) == EventType.STEP_QUEUED:
                     job_id = event_from_entry(entry_id, fields).data.get("job_id")
                     if job_id:
                         job_ids.add(str(job_id))
