@@ -32,6 +32,7 @@ import redis.asyncio.sentinel
 import redis.connection
 import redis.sentinel
 from redis.driver_info import DriverInfo
+from redis.utils import SENTINEL
 
 from engine.settings import Settings
 
@@ -71,7 +72,8 @@ class RedisTarget:
         sentinel = redis.sentinel.Sentinel(
             self.sentinels, sentinel_kwargs=self._sentinel_options(options), **options
         )
-        return sentinel.master_for(self.master)
+        connection_class = SentinelSSLConnection if options.get("ssl") else SentinelConnection
+        return sentinel.master_for(self.master, connection_class=connection_class)
 
     def async_client(self) -> aioredis.Redis:
         if not self.sentinels:
@@ -108,6 +110,35 @@ class RedisTarget:
         if self.sentinel_password is not None:
             options["password"] = self.sentinel_password
         return options
+
+
+class SentinelConnection(redis.sentinel.SentinelManagedConnection):
+    """redis-py's Sentinel connection, closed when a read is cut short, as every other connection is.
+
+    Its ``read_response`` alone defaults to keeping the connection (redis-py PR #4292):
+    a worker's SIGTERM landing in a blocking dequeue then put the connection back in the
+    pool with the dequeue's reply still owed, and the worker's last command on it (RQ
+    registering its death) waited for that reply, so a Sentinel worker never stopped.
+    """
+
+    def read_response(
+        self,
+        disable_decoding: bool = False,
+        *,
+        timeout: Any = SENTINEL,
+        disconnect_on_error: bool | None = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        return super().read_response(
+            disable_decoding,
+            timeout=timeout,
+            disconnect_on_error=disconnect_on_error,
+            push_request=push_request,
+        )
+
+
+class SentinelSSLConnection(SentinelConnection, redis.SSLConnection):
+    pass
 
 
 def resolve(settings: Settings) -> Settings:
