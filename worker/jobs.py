@@ -9,12 +9,10 @@ the error; the engine decides what comes next (retries, fail-fast, the next step
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +25,7 @@ from rq.timeouts import JobTimeoutException
 from engine.api import Engine, StartedStep
 from engine.errors import CommandRefused, NotFound
 from engine.factory import build_engine
+from engine.lifetime import die_with_parent
 from engine.model import FailureCode, StepError, StepStatus
 from engine.outage import Outage
 from engine.settings import Settings, get_settings
@@ -192,7 +191,7 @@ def exit_if_orphaned() -> Iterator[None]:
     watches the parent.
     """
     parent = os.getppid()
-    if _die_with_parent():
+    if die_with_parent(signal.SIGKILL):
         if os.getppid() != parent:  # the worker died before the request took effect
             os._exit(1)
         yield
@@ -211,17 +210,3 @@ def exit_if_orphaned() -> Iterator[None]:
         yield
     finally:
         done.set()
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> bool:
-    """Ask the kernel to SIGKILL this process when its parent dies; False where it cannot."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
