@@ -26,7 +26,7 @@ from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
-from engine import core
+from engine import analytics, core
 from engine import retention as retention_rules
 from engine.catalog import Catalog
 from engine.core import Outcome
@@ -42,7 +42,7 @@ from engine.model import (
     StepState,
     StepStatus,
 )
-from engine.queries import CommandCenter, LiveQueries, PendingTask, Queries, RunPage
+from engine.queries import CommandCenter, EventFilter, EventPage, LiveQueries, PendingTask, Queries, RunPage
 from engine.store import Keys, RunStore, new_run_id, parse_timer_member
 from engine.views import RUN_ACTIONS
 from engine.workflow import InputError, Workflow, validate_inputs
@@ -395,6 +395,22 @@ class Engine:
 
     def command_center(self, rows: int = 25) -> CommandCenter:
         return self.queries.command_center(rows)
+
+    def search_events(self, where: EventFilter, limit: int = 50, before: str | None = None) -> EventPage:
+        """Events of all runs, newest first, filtered; ``before`` (a page's ``next_before``) continues."""
+        return self.queries.search_events(where, limit, before)
+
+    def analytics_summary(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> analytics.Summary:
+        """The figures of a window (default the last 7 days), workflows named as the catalog names them."""
+        names = {w.id: w.name for w in self.catalog.workflows.values()}
+        return self.queries.analytics_summary(since, until, names)
+
+    def analytics_timeseries(
+        self, bucket: analytics.Bucket = "hour", since: datetime | None = None, until: datetime | None = None
+    ) -> analytics.Timeseries:
+        return self.queries.analytics_timeseries(bucket, since, until)
 
     def live_queries(self, aredis: AsyncRedis) -> LiveQueries:
         """The read side on an asyncio client (event streams, the global feed, gauges)."""

@@ -274,6 +274,11 @@ class EventType(StrEnum):
     def ends_run(self) -> bool:
         return self in RUN_END_EVENTS
 
+    @property
+    def severity(self) -> Severity:
+        """How loud the event is: what the console's Logs and ``GET /v1/events`` filter by."""
+        return EVENT_SEVERITY.get(self, Severity.INFO)
+
     @classmethod
     def run_ended(cls, status: RunStatus) -> EventType:
         """The event that records a run ending in ``status`` (a terminal status)."""
@@ -287,6 +292,26 @@ RUN_END_EVENT_OF: dict[RunStatus, EventType] = {
     RunStatus.STOPPED: EventType.RUN_STOPPED,
 }
 RUN_END_EVENTS = frozenset(RUN_END_EVENT_OF.values())
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+# Failures are errors. What went wrong and was handled is a warning: a retry (also of a step
+# whose worker was lost or that timed out), an expired task, a stop (an operator's, or a
+# graceful stop past its drain timeout), a cancelled step, a late report. The rest is info.
+EVENT_SEVERITY: dict[EventType, Severity] = {
+    EventType.RUN_FAILED: Severity.ERROR,
+    EventType.STEP_FAILED: Severity.ERROR,
+    EventType.STEP_RETRY_SCHEDULED: Severity.WARNING,
+    EventType.TASK_EXPIRED: Severity.WARNING,
+    EventType.RUN_STOPPED: Severity.WARNING,
+    EventType.STEP_CANCELLED: Severity.WARNING,
+    EventType.STEP_RESULT_IGNORED: Severity.WARNING,
+}
 
 
 class Event(BaseModel):

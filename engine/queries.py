@@ -12,6 +12,11 @@ store's indexes, never a scan of all runs. Two halves share the rules:
 A run id is 16 hex characters; people name a run by it or by a unique prefix of at
 least :data:`MIN_PREFIX` characters. A run accepted from a webhook and not started yet
 has no document: :meth:`Queries.run_or_accepted` answers for it with the intake's view.
+
+Two reads span runs without reading them all: :meth:`Queries.search_events` pages through
+the global feed newest first within a scan budget, and :meth:`Queries.analytics_summary`
+and :meth:`Queries.analytics_timeseries` add up the hourly counters of
+:mod:`engine.analytics`.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
+from pydantic import BaseModel, computed_field
 from redis.asyncio.client import Pipeline as AsyncPipeline
 
-from engine import core
+from engine import analytics, core
 from engine.errors import AmbiguousRunId, NotFound
 from engine.intake import AcceptedRun, read_accepted
-from engine.model import Event, Run, RunStatus, Task
+from engine.model import Event, EventType, Run, RunStatus, Severity, Task
 from engine.redis_idioms import ensure_group, text
 from engine.store import Keys, RunStore, event_from_entry, ts
 
@@ -36,6 +42,12 @@ MIN_PREFIX = 8
 FAILED_RECENTLY = timedelta(hours=24)
 PAGE_LIMIT = 500  # runs per page at most
 _BATCH = 100  # run documents loaded per round trip while filtering a page
+SEARCH_BUDGET = 10_000  # global feed entries one event search looks at, at most
+_FEED_BATCH = 500  # feed entries read per round trip while searching
+# Feed entries are in the order they were recorded; their times come from the clocks of the
+# processes that recorded them, which may differ by this much. A search for events since a
+# moment stops at the first event older than that by more.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,55 @@ class RunPage:
 
     runs: list[Run]
     next_offset: int | None
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """What an event search keeps; an empty set or None keeps everything."""
+
+    types: frozenset[EventType] = frozenset()
+    severities: frozenset[Severity] = frozenset()
+    workflow_id: str | None = None
+    run_prefix: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def keeps_entry(self, event_type: str, run_id: str) -> bool:
+        """What can be judged from a feed entry's fields, before its event is decoded."""
+        try:
+            kind = EventType(event_type)
+        except ValueError:
+            return False
+        return (
+            (not self.types or kind in self.types)
+            and (not self.severities or kind.severity in self.severities)
+            and (not self.run_prefix or run_id.startswith(self.run_prefix.lower()))
+        )
+
+
+class LoggedEvent(Event):
+    """An event found by a search, with its run's workflow and its severity."""
+
+    workflow_id: str | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def severity(self) -> Severity:
+        return self.type.severity
+
+
+class EventPage(BaseModel):
+    """One page of an event search, newest first.
+
+    ``next_before`` continues the search (the ``before`` of the next page), None when
+    nothing older can match. ``budget_reached`` says the search stopped after looking at
+    ``searched`` events, its budget, rather than at the oldest event or a full page.
+    """
+
+    events: list[LoggedEvent]
+    next_before: str | None
+    searched: int
+    budget_reached: bool
 
 
 @dataclass
@@ -216,6 +277,89 @@ class Queries:
             failed_runs, key=lambda r: r.finished_at or r.updated_at, reverse=True
         )[:rows]
         return center
+
+    # -- across runs: the event log and analytics ---------------------------------------
+
+    def search_events(
+        self,
+        where: EventFilter,
+        limit: int = 50,
+        before: str | None = None,
+        budget: int = SEARCH_BUDGET,
+    ) -> EventPage:
+        """Events of all runs that ``where`` keeps, newest first, ``limit`` to a page.
+
+        Reads the global feed backwards from entry ``before`` in batches and stops at a full
+        page, at the first event older than ``where.since`` (less the clocks' skew), or after
+        ``budget`` entries: a search never reads the whole feed at once. The feed holds what
+        retention keeps (``SWITCHBOARD_RETENTION``), up to its length cap.
+        """
+        found: list[LoggedEvent] = []
+        searched = 0
+        cursor = before
+        oldest = where.since - CLOCK_SKEW if where.since else None
+        while searched < budget:
+            entries = self.store.feed_before(cursor, min(_FEED_BATCH, budget - searched))
+            if not entries:
+                return EventPage(events=found, next_before=None, searched=searched, budget_reached=False)
+            kept = [
+                (entry_id, fields)
+                for entry_id, fields in entries
+                if where.keeps_entry(text(fields.get("type", b"")), text(fields.get("run_id", b"")))
+            ]
+            workflows = self._workflows_of(kept)
+            for entry_id, fields in entries:
+                searched += 1
+                cursor = entry_id
+                if entry_id not in workflows:
+                    continue
+                workflow_id = workflows[entry_id]
+                if where.workflow_id and workflow_id != where.workflow_id:
+                    continue
+                event = event_from_entry(entry_id, fields)
+                if oldest is not None and event.at < oldest:
+                    return EventPage(events=found, next_before=None, searched=searched, budget_reached=False)
+                if (where.since and event.at < where.since) or (where.until and event.at >= where.until):
+                    continue
+                if len(found) == limit:  # one more than a page: there is a next page
+                    return EventPage(
+                        events=found, next_before=found[-1].id, searched=searched, budget_reached=False
+                    )
+                found.append(LoggedEvent(**event.model_dump(), workflow_id=workflow_id))
+        return EventPage(events=found, next_before=cursor, searched=searched, budget_reached=True)
+
+    def _workflows_of(self, entries: list[tuple[str, dict[str, Any]]]) -> dict[str, str | None]:
+        """The workflow of each entry's run: the feed says it, else (an entry written before it
+        did) the run's document, None for a run that is gone."""
+        found = {entry_id: text(f["workflow_id"]) for entry_id, f in entries if "workflow_id" in f}
+        unnamed = {text(f.get("run_id", b"")) for entry_id, f in entries if entry_id not in found}
+        if unnamed:
+            ids = sorted(unnamed)
+            runs = {run_id: run for run_id, run in zip(ids, self.store.load_aligned(ids), strict=True)}
+            for entry_id, f in entries:
+                if entry_id not in found:
+                    run = runs.get(text(f.get("run_id", b"")))
+                    found[entry_id] = run.workflow_id if run else None
+        return found
+
+    def analytics_summary(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        names: dict[str, str] | None = None,
+    ) -> analytics.Summary:
+        """Success rate, runs, steps, durations, approval waits and failure codes of a window
+        (default the last 7 days, at most 90), from hourly counters: no run is read."""
+        window = analytics.Window.asked(self.clock(), since, until)
+        hours = self.store.stats_hours(window.hours)
+        return analytics.summarize(window, (counts for _, counts in hours), names or {})
+
+    def analytics_timeseries(
+        self, bucket: analytics.Bucket = "hour", since: datetime | None = None, until: datetime | None = None
+    ) -> analytics.Timeseries:
+        """Runs started and finished by outcome, steps and approvals per hour or day of a window."""
+        window = analytics.Window.asked(self.clock(), since, until, bucket)
+        return analytics.series(window, bucket, self.store.stats_hours(window.hours))
 
     # -- the global feed -----------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from rq import Queue
 from rq.job import Job
 from rq.results import Result
 
+from engine import analytics
 from engine.core import Outcome, StepJob, Timer, TimerKind
 from engine.errors import NotFound
 from engine.model import (
@@ -123,6 +124,10 @@ class Keys:
 
     def intake_delivery(self, delivery: str) -> str:
         return f"{self.prefix}intake:delivery:{delivery}"
+
+    def stats_hour(self, hour: int) -> str:
+        """An hour's analytics counters (:mod:`engine.analytics`); ``hour`` counts from the epoch."""
+        return f"{self.prefix}stats:hour:{hour}"
 
     def event_delivery(self, delivery: str) -> str:
         """An event delivery's id: claimed while it is delivered, then the runs it woke."""
@@ -262,6 +267,25 @@ class RunStore:
         last: Any = self.redis.xrevrange(self.keys.events, count=1)
         return text(last[0][0]) if last else "0-0"
 
+    def feed_before(self, before: str | None, count: int) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``count`` global feed entries, newest first, older than entry ``before`` (None: the end)."""
+        entries: Any = self.redis.xrevrange(
+            self.keys.events, max=f"({before}" if before else "+", count=count
+        )
+        return [(text(entry_id), {text(k): v for k, v in fields.items()}) for entry_id, fields in entries]
+
+    def stats_hours(self, hours: Iterable[int]) -> list[tuple[int, dict[str, int]]]:
+        """The analytics counters of each hour asked (empty for an hour nothing happened in)."""
+        asked = list(hours)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for hour in asked:
+                pipe.hgetall(self.keys.stats_hour(hour))
+            found = pipe.execute()
+        return [
+            (hour, {text(k): int(v) for k, v in counts.items()})
+            for hour, counts in zip(asked, found, strict=True)
+        ]
+
     def save_workflow(self, workflow: Workflow) -> None:
         self.redis.set(self.keys.workflow_snapshot(workflow.digest), workflow.model_dump_json(by_alias=True))
 
@@ -357,8 +381,13 @@ class RunStore:
             body = event.model_dump_json(exclude={"id"})
             fields: dict[Any, Any] = {"type": event.type, "run_id": run.run_id, "event": body}
             pipe.xadd(keys.run_events(run.run_id), fields)
-            pipe.xadd(keys.events, fields, maxlen=EVENTS_MAXLEN, approximate=True)
+            feed_fields = {**fields, "workflow_id": run.workflow_id}  # the Logs page filters by it
+            pipe.xadd(keys.events, feed_fields, maxlen=EVENTS_MAXLEN, approximate=True)
         self._write_indexes(pipe, before, run)
+        for hour, counts in analytics.tally(run, outcome.events).items():
+            for name, amount in counts.items():
+                pipe.hincrby(keys.stats_hour(hour), name, amount)
+            pipe.expire(keys.stats_hour(hour), analytics.KEEP_SECONDS)
         for timer in outcome.timers:
             pipe.zadd(keys.timers, {timer_member(run.run_id, timer): ts(timer.due)})
         for wait_key, step_id in outcome.waits_added:

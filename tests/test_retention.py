@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from bot.feed import CURSOR_GRACE_SECONDS, FeedFollower
 from bot.runtime import build_bot
+from engine import analytics
 from engine.api import Engine
 from engine.catalog import Catalog
 from engine.errors import NotFound
@@ -106,9 +107,19 @@ def footprint(connection: redis.Redis, namespace: str, run_id: str, linked: str 
     return found
 
 
-def shared(namespace: str, *runs: Run) -> set[str]:
-    """Keys a run creates that are not its own: the global feed and its workflow's snapshot."""
-    return {f"{namespace}:events", *(f"{namespace}:workflow:{run.workflow_digest}" for run in runs)}
+def shared(connection: redis.Redis, namespace: str, *runs: Run) -> set[str]:
+    """Keys a run creates that are not its own: the global feed, its workflow's snapshot, and
+    the analytics counters of the hours it changed in."""
+    snapshots = {f"{namespace}:workflow:{run.workflow_digest}" for run in runs}
+    return {f"{namespace}:events", *snapshots, *counters(connection, namespace)}
+
+
+def counters(connection: redis.Redis, namespace: str) -> set[str]:
+    """The analytics counters of the hours runs changed in: shared by all runs, so kept when a run
+    goes, and each expiring on its own (engine.analytics.KEEP_SECONDS after its last count)."""
+    keys = {as_text(key) for key in connection.scan_iter(f"{namespace}:stats:hour:*", count=1000)}
+    assert all(0 < connection.ttl(key) <= analytics.KEEP_SECONDS for key in keys)
+    return keys
 
 
 def job_keys(connection: redis.Redis, run_id: str) -> set[str]:
@@ -143,7 +154,7 @@ def test_a_run_with_a_human_task_is_removed_with_all_its_keys_once_due(
     clock.advance(2)
     assert engine.purge_finished() == 1
     assert footprint(redis_conn, namespace, run.run_id) == set()
-    assert stored(redis_conn, namespace, run.run_id) == before | shared(namespace, run)
+    assert stored(redis_conn, namespace, run.run_id) == before | shared(redis_conn, namespace, run)
     with pytest.raises(NotFound):
         engine.get_run(run.run_id)
     assert engine.list_runs().runs == [] and engine.purge_finished() == 0
@@ -287,7 +298,7 @@ async def test_a_run_started_by_a_webhook_takes_its_intake_keys_along(
     clock.advance(MONTH + 1)
     assert web_engine.purge_finished() == 1
     assert footprint(redis_conn, namespace, run_id) == set()
-    assert stored(redis_conn, namespace, run_id) == before | shared(namespace, run)
+    assert stored(redis_conn, namespace, run_id) == before | shared(redis_conn, namespace, run)
 
 
 def test_idle_intake_starters_holding_nothing_are_forgotten(redis_conn: redis.Redis, namespace: str) -> None:

@@ -17,6 +17,7 @@ from engine.model import (
     FailureCode,
     Run,
     RunStatus,
+    Severity,
     SkipReason,
     StepState,
     StepStatus,
@@ -146,22 +147,10 @@ CONTROL_ROLE = Role.OPERATOR  # every run control; deciding a task needs Role.AP
 
 # -- events -------------------------------------------------------------------------------------
 
-Severity = str  # "error", "warning" or "info": what the Logs page filters by
-_ERRORS = {EventType.STEP_FAILED, EventType.RUN_FAILED, EventType.TASK_EXPIRED}
-_WARNINGS = {
-    EventType.STEP_CANCELLED,
-    EventType.RUN_STOPPED,
-    EventType.RUN_DRAINING,
-    EventType.RUN_PAUSED,
-    EventType.STEP_RETRY_SCHEDULED,
-    EventType.STEP_RESULT_IGNORED,
-    EventType.STEP_HELD,
-}
-SEVERITIES: dict[str, Severity] = {
-    t.value: "error" if t in _ERRORS else "warning" if t in _WARNINGS else "info" for t in EventType
-}
+# An event's severity is the engine's (EventType.severity); the run page's live log colours by it.
+SEVERITIES: dict[str, str] = {t.value: t.severity.value for t in EventType}
 RUN_ENDING_EVENTS = sorted(t.value for t in EventType if t.ends_run)
 
 
-def event_severity(event_type: str) -> Severity:
-    return SEVERITIES.get(event_type, "info")
+def event_severity(event_type: str) -> str:
+    return SEVERITIES.get(event_type, Severity.INFO.value)
