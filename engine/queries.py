@@ -285,15 +285,17 @@ class Queries:
         where: EventFilter,
         limit: int = 50,
         before: str | None = None,
-        budget: int = SEARCH_BUDGET,
+        budget: int | None = None,
     ) -> EventPage:
         """Events of all runs that ``where`` keeps, newest first, ``limit`` to a page.
 
         Reads the global feed backwards from entry ``before`` in batches and stops at a full
         page, at the first event older than ``where.since`` (less the clocks' skew), or after
-        ``budget`` entries: a search never reads the whole feed at once. The feed holds what
-        retention keeps (``SWITCHBOARD_RETENTION``), up to its length cap.
+        ``budget`` entries (default :data:`SEARCH_BUDGET`): a search never reads the whole feed
+        at once. The feed holds what retention keeps (``SWITCHBOARD_RETENTION``), up to its
+        length cap.
         """
+        budget = budget or SEARCH_BUDGET
         found: list[LoggedEvent] = []
         searched = 0
         cursor = before

@@ -12,6 +12,8 @@ CONSOLE_ENTRY_POINTS = [
     ("GET", "/runs/{run_id}/tasks/{task_id}"),
     ("POST", "/runs/{run_id}/tasks/{task_id}"),
     ("GET", "/approvals"),
+    ("GET", "/logs"),
+    ("GET", "/analytics"),
     ("GET", "/sign-in"),
     ("POST", "/sign-in"),
     ("GET", "/sign-in/{token}"),

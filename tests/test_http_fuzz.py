@@ -78,12 +78,17 @@ ENTRY_POINTS = [
     ("POST", "/v1/workflows/{workflow_id}/command"),
     ("GET", "/v1/tasks/pending"),
     ("GET", "/v1/command-center"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/analytics/summary"),
+    ("GET", "/v1/analytics/timeseries"),
     ("GET", "/v1/runs/{run_id}/stream"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     *CONSOLE_ENTRY_POINTS,
 ]
+QUERY_NAMES = ["status", "workflow", "prefix", "since", "until", "limit", "cursor", "after", "before"]
+QUERY_NAMES += ["type", "severity", "run", "bucket", "range", "x"]
 ODD_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "PROPFIND", "get", "G\x01T"]
 
 DEEP = "[" * 10_000 + "]" * 10_000
@@ -288,9 +293,10 @@ def requests(
             )
     query = draw(
         st.dictionaries(
-            st.sampled_from(["status", "workflow", "prefix", "since", "limit", "cursor", "after", "x"]),
+            st.sampled_from(QUERY_NAMES),
             st.text(max_size=12)
-            | st.sampled_from(["-1", "0", "99999999999", "2026-01-01", "running", "%ZZ"]),
+            | st.sampled_from(["-1", "0", "99999999999", "2026-01-01", "running", "%ZZ"])
+            | st.sampled_from(["error", "step_failed,run_failed", "day", "1-0", "24h", "2026-11-23T09:00Z"]),
             max_size=3,
         )
     )

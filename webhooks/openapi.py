@@ -86,6 +86,15 @@ def _operation(method: str, path: str, spec: Endpoint, schemas: dict[str, Any]) 
             "required": False,
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
         }
+    if spec.response is not None:
+        name = spec.response.__name__
+        schema = spec.response.model_json_schema(
+            ref_template="#/components/schemas/{model}", mode="serialization"
+        )
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
+        success = operation["responses"][str(spec.status)]["content"][spec.media_type]
+        success["schema"] = {"$ref": f"#/components/schemas/{name}"}
     if spec.role is not None:
         operation["security"] = [{"bearer": []}]
         operation["x-required-role"] = spec.role.value

@@ -9,16 +9,25 @@ documents in :mod:`webhooks.problems`; the role each route needs is declared wit
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
 
+from engine.analytics import Bucket, Summary, Timeseries
 from engine.asyncio_bridge import EngineBridge
 from engine.errors import NotFound
 from engine.intake import AcceptedRun
-from engine.model import Actor, Run, RunStatus, StopMode
-from engine.queries import CommandCenter, PendingTask, RunPage
+from engine.model import Actor, EventType, Run, RunStatus, Severity, StopMode
+from engine.queries import CommandCenter, EventFilter, EventPage, PendingTask, RunPage
 from engine.workflow import Workflow
 from webhooks.auth import Principal, Role
 from webhooks.context import WebContext, context_of
@@ -356,6 +365,85 @@ async def command_center(request: web.Request) -> web.StreamResponse:
     """The operator inbox: awaiting approval, stopping gracefully, running now, failed recently."""
     center = await ENGINE.call(context_of(request).engine.command_center)
     return web.json_response(command_center_json(center))
+
+
+# -- across runs: events and analytics ---------------------------------------------------------
+
+
+def _comma_list(value: Any) -> Any:
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+class EventSearchQuery(_Model):
+    type: Annotated[list[EventType], BeforeValidator(_comma_list)] = Field(
+        default_factory=list, description="event types, comma-separated (any when absent)"
+    )
+    severity: Annotated[list[Severity], BeforeValidator(_comma_list)] = Field(
+        default_factory=list, description="error, warning, info, comma-separated (any when absent)"
+    )
+    workflow: str | None = Field(default=None, max_length=200)
+    run: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{1,16}$", description="a run id or its start")
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    before: str | None = Field(
+        default=None, pattern=r"^\d{1,20}-\d{1,20}$", description="next_before of the last page"
+    )
+
+
+class EventSearchAnswer(EventPage):
+    next: str | None = Field(description="the next page's URL (None: no older event matches)")
+
+
+class AnalyticsQuery(_Model):
+    since: AwareDatetime | None = Field(
+        default=None, description="default: 7 days before until; at most 90 days ago"
+    )
+    until: AwareDatetime | None = Field(default=None, description="default: now")
+
+
+class TimeseriesQuery(AnalyticsQuery):
+    bucket: Bucket = "hour"
+
+
+@routes.get("/v1/events")
+@endpoint(Role.VIEWER, query=EventSearchQuery, tag="events", response=EventSearchAnswer)
+async def search_events(request: web.Request) -> web.StreamResponse:
+    """Events of all runs, newest first, by type, severity, workflow, run and time.
+
+    A request looks at 10,000 events at most: `budget_reached` says the search stopped there,
+    and `next` (or `before=next_before`) searches further back.
+    """
+    q = read_query(request, EventSearchQuery)
+    where = EventFilter(frozenset(q.type), frozenset(q.severity), q.workflow, q.run, q.since, q.until)
+    page = await ENGINE.call(context_of(request).engine.search_events, where, q.limit, q.before)
+    following = str(request.rel_url.update_query(before=page.next_before)) if page.next_before else None
+    return web.json_response(text=EventSearchAnswer(**dict(page), next=following).model_dump_json())
+
+
+@routes.get("/v1/analytics/summary")
+@endpoint(Role.VIEWER, query=AnalyticsQuery, tag="analytics", response=Summary)
+async def analytics_summary(request: web.Request) -> web.StreamResponse:
+    """Success rate, runs, steps, durations, approval waits and failure codes of a window.
+
+    The window is counted in whole hours: by default the last 7 days, at most 90 days back.
+    """
+    q = read_query(request, AnalyticsQuery)
+    summary = await ENGINE.call(context_of(request).engine.analytics_summary, q.since, q.until)
+    return web.json_response(text=summary.model_dump_json())
+
+
+@routes.get("/v1/analytics/timeseries")
+@endpoint(Role.VIEWER, query=TimeseriesQuery, tag="analytics", response=Timeseries)
+async def analytics_timeseries(request: web.Request) -> web.StreamResponse:
+    """Runs started and finished by outcome, steps executed and approvals decided, per hour or day.
+
+    Every bucket of the window is listed, empty ones too (default the last 7 days, at most 90).
+    """
+    q = read_query(request, TimeseriesQuery)
+    engine = context_of(request).engine
+    series = await ENGINE.call(engine.analytics_timeseries, q.bucket, q.since, q.until)
+    return web.json_response(text=series.model_dump_json())
 
 
 def _created(ctx: WebContext, run: Run) -> web.Response:

@@ -34,6 +34,7 @@ class Endpoint:
     status: int = 200
     media_type: str = "application/json"
     tag: str = "runs"
+    response: type[BaseModel] | None = None  # the success answer's shape, for the OpenAPI document
 
 
 ENDPOINTS: dict[Handler, Endpoint] = {}
@@ -47,6 +48,7 @@ def endpoint(
     status: int = 200,
     media_type: str = "application/json",
     tag: str = "runs",
+    response: type[BaseModel] | None = None,
 ) -> Callable[[Handler], Handler]:
     """Declare a handler's role and models; its docstring becomes the OpenAPI summary."""
 
@@ -54,7 +56,7 @@ def endpoint(
         doc = (handler.__doc__ or handler.__name__).strip()
         summary, _, description = doc.partition("\n")
         ENDPOINTS[handler] = Endpoint(
-            role, summary.strip(), description.strip(), body, query, status, media_type, tag
+            role, summary.strip(), description.strip(), body, query, status, media_type, tag, response
         )
         return handler
 

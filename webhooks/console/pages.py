@@ -1,7 +1,8 @@
-"""The console's pages (GET): Command Center, runs, a run, its live log, approvals, a task.
+"""The console's pages (GET): Command Center, runs, a run, its live log, approvals, a task, logs, analytics.
 
 Each handler asks the engine for what it shows and no more (the Command Center's
-indexed sections, one page of runs, one run and its events) through the same
+indexed sections, one page of runs, one run and its events, one page of the event log
+searched within a budget, the analytics counters of a window) through the same
 :class:`~engine.asyncio_bridge.EngineBridge` the REST API uses, and renders a template.
 Forms that change things are in :mod:`webhooks.console.actions`.
 """
@@ -14,13 +15,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from engine.analytics import Bucket
 from engine.api import PendingTask
 from engine.asyncio_bridge import EngineBridge
 from engine.errors import NotFound
 from engine.intake import AcceptedRun
-from engine.model import Event, Run, RunStatus, StepStatus
+from engine.model import Event, EventType, Run, RunStatus, Severity, StepStatus
+from engine.queries import EventFilter
 from webhooks.console import present
 from webhooks.console.access import console, page
 from webhooks.context import context_of
@@ -74,36 +77,53 @@ def by_run(tasks: list[PendingTask]) -> list[tuple[Run, list[PendingTask]]]:
 # -- runs ------------------------------------------------------------------------------------------
 
 
-class RunsFilter(BaseModel):
-    """The run list's filters, as the URL carries them (empty means no filter)."""
+class TimeFilter(BaseModel):
+    """Filters as the URL carries them (an empty value means no filter), with a time range:
+    a span back from now, or a moment (a ``datetime-local`` input's value, taken as UTC)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    prefix: str | None = Field(default=None, max_length=32, pattern=r"^[0-9a-fA-F]+$")
-    status: RunStatus | Literal["waiting"] | None = None
-    workflow: str | None = Field(default=None, max_length=200)
     range: Literal["", "1h", "24h", "7d", "30d"] = ""
     since: datetime | None = None
-    offset: int = Field(default=0, ge=0, le=1_000_000)
 
-    @field_validator("prefix", "status", "workflow", "since", "offset", mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _blank_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
+    def _blank_is_none(cls, value: Any, info: ValidationInfo) -> Any:
+        blank = isinstance(value, str) and not value.strip()
+        return None if blank and info.field_name != "range" else value
 
-    @field_validator("since")
+    @field_validator("since", "until", check_fields=False)
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
     @property
     def since_text(self) -> str:
-        return self.since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M") if self.since else ""
+        return local_input(self.since)
 
     def earliest(self, now: datetime) -> datetime | None:
         span = RANGES[self.range]
         bounds = [b for b in (self.since, now - span if span else None) if b is not None]
         return max(bounds) if bounds else None
+
+
+def local_input(moment: datetime | None) -> str:
+    """A moment as a ``datetime-local`` input shows it (UTC)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M") if moment else ""
+
+
+def invalid_filters(exc: ValidationError) -> str:
+    problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return f"These filters are not valid: {problem}."
+
+
+class RunsFilter(TimeFilter):
+    """The run list's filters."""
+
+    prefix: str | None = Field(default=None, max_length=32, pattern=r"^[0-9a-fA-F]+$")
+    status: RunStatus | Literal["waiting"] | None = None
+    workflow: str | None = Field(default=None, max_length=200)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
 
 
 @console()
@@ -124,8 +144,7 @@ async def runs(request: web.Request) -> web.StreamResponse:
     try:
         query = RunsFilter.model_validate(dict(request.query))
     except ValidationError as exc:
-        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        values.update(query=RunsFilter(), problem=f"These filters are not valid: {problem}.")
+        values.update(query=RunsFilter(), problem=invalid_filters(exc))
         return await page(request, "runs.html", 400, **values)
     since = query.earliest(engine.clock())
     status = query.status if isinstance(query.status, RunStatus) else None
@@ -248,3 +267,126 @@ async def task_view(
         errors=errors or {},
         values=values or {},
     )
+
+
+# -- logs --------------------------------------------------------------------------------------------
+
+
+class LogsFilter(TimeFilter):
+    """The event log's filters; ``before`` is where a page continues (an event id)."""
+
+    type: EventType | None = None
+    severity: Severity | None = None
+    workflow: str | None = Field(default=None, max_length=200)
+    run: str | None = Field(default=None, max_length=16, pattern=r"^[0-9a-fA-F]+$")
+    until: datetime | None = None
+    before: str | None = Field(default=None, pattern=r"^\d{1,20}-\d{1,20}$")
+
+    @property
+    def until_text(self) -> str:
+        return local_input(self.until)
+
+    def events(self, now: datetime) -> EventFilter:
+        return EventFilter(
+            types=frozenset([self.type] if self.type else []),
+            severities=frozenset([self.severity] if self.severity else []),
+            workflow_id=self.workflow,
+            run_prefix=self.run,
+            since=self.earliest(now),
+            until=self.until,
+        )
+
+
+@console()
+async def logs(request: web.Request) -> web.StreamResponse:
+    engine = context_of(request).engine
+    workflows = await ENGINE.call(engine.workflows)
+    values: dict[str, Any] = {
+        "event_types": [t.value for t in EventType],
+        "severities": [s.value for s in Severity],
+        "workflows": workflows,
+        "workflow_names": {w.id: w.name for w in workflows},
+        "ranges": RANGE_LABELS,
+        "found": None,
+        "next_url": None,
+        "first_url": str(request.rel_url.without_query_params("before")),
+        "problem": None,
+        "event_data": event_data,
+    }
+    try:
+        query = LogsFilter.model_validate(dict(request.query))
+    except ValidationError as exc:
+        values.update(query=LogsFilter(), problem=invalid_filters(exc))
+        return await page(request, "logs.html", 400, **values)
+    found = await ENGINE.call(engine.search_events, query.events(engine.clock()), PAGE_SIZE, query.before)
+    following = found.next_before
+    values.update(
+        query=query,
+        found=found,
+        next_url=str(request.rel_url.update_query(before=following)) if following else None,
+    )
+    return await page(request, "logs.html", **values)
+
+
+# -- analytics ---------------------------------------------------------------------------------------
+
+WINDOWS: dict[str, tuple[timedelta, Bucket]] = {  # the window's span, and its chart's bucket
+    "24h": (timedelta(hours=24), "hour"),
+    "7d": (timedelta(days=7), "day"),
+    "30d": (timedelta(days=30), "day"),
+    "90d": (timedelta(days=90), "day"),
+}
+WINDOW_LABELS = [
+    ("24h", "last 24 hours"),
+    ("7d", "last 7 days"),
+    ("30d", "last 30 days"),
+    ("90d", "last 90 days"),
+]
+
+
+class AnalyticsFilter(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    range: Literal["24h", "7d", "30d", "90d"] = "7d"
+    bucket: Bucket | None = None  # default: hours for a day, days for longer
+
+    @field_validator("range", "bucket", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        blank = isinstance(value, str) and not value.strip()
+        return ("7d" if info.field_name == "range" else None) if blank else value
+
+
+@console()
+async def analytics(request: web.Request) -> web.StreamResponse:
+    engine = context_of(request).engine
+    try:
+        query = AnalyticsFilter.model_validate(dict(request.query))
+    except ValidationError as exc:
+        return await page(
+            request,
+            "analytics.html",
+            400,
+            query=AnalyticsFilter(),
+            problem=invalid_filters(exc),
+            **_no_figures(),
+        )
+    span, default_bucket = WINDOWS[query.range]
+    bucket = query.bucket or default_bucket
+    now = engine.clock()
+    summary = await ENGINE.call(engine.analytics_summary, now - span, now)
+    series = await ENGINE.call(engine.analytics_timeseries, bucket, now - span, now)
+    return await page(
+        request,
+        "analytics.html",
+        query=query,
+        bucket=bucket,
+        problem=None,
+        windows=WINDOW_LABELS,
+        summary=summary,
+        charts=present.analytics_charts(series),
+    )
+
+
+def _no_figures() -> dict[str, Any]:
+    return {"bucket": "day", "windows": WINDOW_LABELS, "summary": None, "charts": []}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from bot.cards import STEP_MARKS
+from engine.analytics import Timeseries
 from engine.model import (
     FAILURE_MEANINGS,
     EventType,
@@ -23,6 +24,7 @@ from engine.model import (
     StepStatus,
 )
 from webhooks.auth import Role
+from webhooks.console.charts import Chart, Series, bar_chart
 
 
 @dataclass(frozen=True)
@@ -154,3 +156,40 @@ RUN_ENDING_EVENTS = sorted(t.value for t in EventType if t.ends_run)
 
 def event_severity(event_type: str) -> str:
     return SEVERITIES.get(event_type, Severity.INFO.value)
+
+
+# -- analytics ----------------------------------------------------------------------------------
+
+
+def analytics_charts(series: Timeseries) -> list[Chart]:
+    """The Analytics page's charts: runs by outcome (the badges' colours) with runs started over
+    them, then steps executed with approvals decided (the amber of a task awaiting approval)."""
+    points = series.points
+    starts = [p.start for p in points]
+    unit = "hour" if series.bucket == "hour" else "day"
+    runs = bar_chart(
+        f"Runs per {unit}",
+        starts,
+        series.bucket,
+        [
+            Series("Completed", RUN_BADGES[RunStatus.COMPLETED].tone, [p.runs_completed for p in points]),
+            Series("Failed", RUN_BADGES[RunStatus.FAILED].tone, [p.runs_failed for p in points]),
+            Series("Stopped", RUN_BADGES[RunStatus.STOPPED].tone, [p.runs_stopped for p in points]),
+        ],
+        line=Series("Started", RUN_BADGES[RunStatus.RUNNING].tone, [p.runs_started for p in points]),
+    )
+    steps = bar_chart(
+        f"Steps executed per {unit}",
+        starts,
+        series.bucket,
+        [Series("Steps executed", "brand", [p.steps_executed for p in points])],
+        line=Series("Approvals decided", "warn", [p.approvals_decided for p in points]),
+    )
+    return [runs, steps]
+
+
+def rate_tone(rate: float | None) -> str:
+    """The colour of a success rate: green from 95%, amber from 80%, red below."""
+    if rate is None:
+        return "muted"
+    return "ok" if rate >= 0.95 else "warn" if rate >= 0.8 else "bad"

@@ -58,6 +58,14 @@ def span(seconds: float | None) -> str:
     return f"{days} d {hours} h" if hours else f"{days} d"
 
 
+def percent(rate: float | None) -> str:
+    """75%, 87.5%: a share as people read it (whole when it is whole)."""
+    if rate is None:
+        return NO_VALUE
+    share = rate * 100
+    return f"{share:.0f}%" if abs(share - round(share)) < 0.05 else f"{share:.1f}%"
+
+
 def stamp(moment: datetime | None) -> str:
     """A moment in UTC, to the second, as operators compare it with logs."""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else NO_VALUE
@@ -84,7 +92,13 @@ ENVIRONMENT = Environment(
     lstrip_blocks=True,
 )
 ENVIRONMENT.filters.update(
-    ago=ago, span=span, stamp=stamp, iso=iso, pretty_json=pretty_json, field_text=field_text
+    ago=ago,
+    span=span,
+    stamp=stamp,
+    iso=iso,
+    pretty_json=pretty_json,
+    field_text=field_text,
+    percent=percent,
 )
 ENVIRONMENT.globals.update(
     run_badge=present.run_badge,
@@ -93,6 +107,7 @@ ENVIRONMENT.globals.update(
     failure_meaning=present.failure_meaning,
     progress=present.progress,
     controls=present.controls,
+    rate_tone=present.rate_tone,
 )
 
 

@@ -17,6 +17,8 @@ routes: list[web.RouteDef] = [
     web.get("/runs/{run_id}/tasks/{task_id}", pages.task_page),
     web.post("/runs/{run_id}/tasks/{task_id}", actions.decide),
     web.get("/approvals", pages.approvals),
+    web.get("/logs", pages.logs),
+    web.get("/analytics", pages.analytics),
     web.get("/sign-in", signin.sign_in_form),
     web.post("/sign-in", signin.sign_in_with_token),
     web.get("/sign-in/{token}", signin.link_page),
