@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import shutil
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ from aiohttp import web
 
 from engine.api import Engine
 from engine.catalog import load_folder
-from engine.model import Actor, ActorKind, RunStatus, StepStatus
+from engine.model import Actor, ActorKind, FailureCode, Run, RunStatus, StepError, StepStatus
+from tests.engine_helpers import Clock, finish_step
 from tests.redis_servers import free_port
 from tests.test_worker_e2e import Harness
 from tests.web_helpers import APPROVAL_WORKFLOW, TOKENS
@@ -284,3 +287,78 @@ def test_stop_gracefully_then_escalate(page: Any, harness: Harness) -> None:
     assert stopped.status is RunStatus.STOPPED
     assert stopped.steps["migrate"].status is StepStatus.CANCELLED
     shot(page, "07-command-center-stopped")
+
+
+def backfill(harness: Harness, days: int = 7) -> list[Run]:
+    """A week of history, made through the command API with a clock that starts a week ago:
+    releases approved after a while, pipelines that complete or fail at publish, a few stops."""
+    start = datetime.now(UTC) - timedelta(days=days)
+    clock = Clock(start)
+    past = Engine(
+        harness.redis,
+        harness.engine.catalog,
+        key_prefix=f"{harness.namespace}:",
+        queue_name=harness.namespace,
+        clock=clock,
+    )
+    pick = random.Random(11)
+    made: list[Run] = []
+    for day in range(days):
+        count = [5, 8, 6, 12, 7, 10, 9][day % 7]
+        for i in range(count):
+            clock.now = start + timedelta(days=day, hours=1 + i * 22 / count, minutes=pick.randint(0, 40))
+            roll = pick.random()
+            if roll < 0.55:
+                run = past.start("release", {"service": pick.choice(["api", "web", "billing"])}, OPS)
+                clock.advance(pick.randint(30, 2400))
+                made.append(
+                    past.complete_task(run.run_id, "approve", Actor(kind=ActorKind.API, id="lead"), True)
+                )
+            elif roll < 0.93:
+                run = past.start("pipeline", {}, OPS)
+                for step in ("checkout", "build"):
+                    clock.advance(pick.randint(20, 200))
+                    run = finish_step(past, run, step)
+                clock.advance(pick.randint(10, 90))
+                failing = roll > 0.78
+                error = (
+                    StepError(code=FailureCode.STEP_FAILED, message="registry refused the image")
+                    if failing
+                    else None
+                )
+                made.append(finish_step(past, run, "publish", error=error))
+            else:
+                run = past.start("release", {"service": "search"}, OPS)
+                clock.advance(pick.randint(60, 600))
+                made.append(past.stop(run.run_id, OPS))
+    return made
+
+
+def test_logs_filtered_to_errors_and_the_analytics_page(page: Any, harness: Harness) -> None:
+    made = backfill(harness)
+    failed = [r for r in made if r.status is RunStatus.FAILED]
+    assert failed
+    sign_in_with_token(page, "viewer")
+    page.click("nav a:has-text('Logs')")
+    page.select_option("#severity", "error")
+    page.click("button:has-text('Search')")
+    page.wait_for_url(re.compile(r"severity=error"))
+    rows = page.locator("#logs tbody tr")
+    assert rows.count() == 2 * len(failed)  # each failed run: its step and the run
+    assert set(page.locator("#logs tbody td.sev").all_inner_texts()) == {"ERROR"}
+    shot(page, "08-logs-errors")
+    rows.first.locator("a.mono").click()
+    page.wait_for_url(re.compile(rf"/runs/{failed[-1].run_id}"))
+    assert "STEP_FAILED" in page.inner_text("main")
+
+    page.click("nav a:has-text('Analytics')")
+    page.wait_for_selector("#success-rate")
+    completed = sum(r.status is RunStatus.COMPLETED for r in made)
+    assert f"{completed} of {len(made)} finished runs completed" in page.inner_text("#success-rate")
+    assert page.locator("svg.plot").count() == 2
+    assert page.locator("svg.plot rect.fill-ok").count() >= 5  # a bar of completed runs most days
+    shot(page, "09-analytics-week")
+    page.click("button[data-window='24h']")
+    page.wait_for_url(re.compile(r"range=24h"))
+    assert "Runs per hour" in page.inner_text(".charts")
+    shot(page, "10-analytics-day")

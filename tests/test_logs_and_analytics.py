@@ -316,7 +316,7 @@ async def test_bad_log_and_analytics_filters_are_400_pages_with_a_sentence(
         answer = await web.get(f"/logs?{query}")
         assert answer.status == 400, query
         assert "These filters are not valid" in await answer.text()
-    for query in ("range=1y", "bucket=minute"):
+    for query in ("range=1y", "bucket=minute", "range=30d&bucket=hour"):
         answer = await web.get(f"/analytics?{query}")
         assert answer.status == 400, query
         assert "These filters are not valid" in await answer.text()

@@ -20,6 +20,9 @@ WIDTH = 960
 HEIGHT = 260
 LEFT, RIGHT, TOP, BOTTOM = 48, 12, 14, 34  # margins: the y axis labels, the x axis labels
 MAX_X_LABELS = 12
+# A line through many buckets, or through mostly empty ones, zigzags to 0 and back and hides the
+# bars: past this many buckets, or with a third of them 0, its values are dots where they are not 0.
+MAX_LINE_POINTS = 31
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,9 @@ def bar_chart(
     totals = [sum(s.values[i] for s in stacks) for i in range(count)]
     peak = max([*totals, *(line.values if line else []), 0])
     step = nice_step(peak)
-    top_value = max(step * math.ceil(peak / step), step)
+    top_value = step * math.ceil(peak / step)
+    if top_value <= peak:  # headroom above the highest bar
+        top_value += step
     plot_w = WIDTH - LEFT - RIGHT
     plot_h = HEIGHT - TOP - BOTTOM
     base = HEIGHT - BOTTOM
@@ -130,9 +135,9 @@ def bar_chart(
         if line is not None:
             said.append(f"{line.values[i]:g} {line.label.lower()}")
         columns.append(Column(x, slot, bars, f"{bucket_title(start, bucket)}: {', '.join(said)}"))
-    points = (
-        [(LEFT + (i + 0.5) * slot, y_of(v)) for i, v in enumerate(line.values)] if line is not None else []
-    )
+    values = line.values if line is not None else []
+    points = [(LEFT + (i + 0.5) * slot, y_of(v)) for i, v in enumerate(values)]
+    dotted = count > MAX_LINE_POINTS or sum(1 for v in values if not v) * 3 > count
     every = max(1, math.ceil(count / MAX_X_LABELS))
     x_ticks = [
         Tick(LEFT + (i + 0.5) * slot, bucket_label(start, bucket, i == 0))
@@ -143,8 +148,8 @@ def bar_chart(
     return Chart(
         title=title,
         columns=columns,
-        line=" ".join(f"{x:.1f},{y:.1f}" for x, y in points),
-        dots=points if count <= 60 else [],
+        line="" if dotted else " ".join(f"{x:.1f},{y:.1f}" for x, y in points),
+        dots=[point for point, v in zip(points, values, strict=True) if v] if dotted else points,
         line_tone=line.tone if line else "",
         y_ticks=y_ticks,
         x_ticks=x_ticks,

@@ -10,19 +10,26 @@ Forms that change things are in :mod:`webhooks.console.actions`.
 from __future__ import annotations
 
 import contextlib
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from engine.analytics import Bucket
 from engine.api import PendingTask
 from engine.asyncio_bridge import EngineBridge
 from engine.errors import NotFound
 from engine.intake import AcceptedRun
-from engine.model import Event, EventType, Run, RunStatus, Severity, StepStatus
+from engine.model import EventType, Run, RunStatus, Severity, StepStatus
 from engine.queries import EventFilter
 from webhooks.console import present
 from webhooks.console.access import console, page
@@ -209,16 +216,8 @@ async def run_detail(request: web.Request) -> web.StreamResponse:
         severities=present.SEVERITIES,
         ending=present.RUN_ENDING_EVENTS,
         severity=present.event_severity,
-        event_data=event_data,
+        event_data=present.event_data,
     )
-
-
-def event_data(event: Event) -> str:
-    """An event's data in one line, as the live log's script writes it (compact JSON, 200 characters)."""
-    if not event.data:
-        return ""
-    text = json.dumps(event.data, separators=(",", ":"), default=str, ensure_ascii=False)
-    return text if len(text) <= 200 else text[:199] + "…"
 
 
 @console()
@@ -311,7 +310,8 @@ async def logs(request: web.Request) -> web.StreamResponse:
         "next_url": None,
         "first_url": str(request.rel_url.without_query_params("before")),
         "problem": None,
-        "event_data": event_data,
+        "event_data": present.event_data,
+        "event_details": present.event_details,
     }
     try:
         query = LogsFilter.model_validate(dict(request.query))
@@ -336,6 +336,7 @@ WINDOWS: dict[str, tuple[timedelta, Bucket]] = {  # the window's span, and its c
     "30d": (timedelta(days=30), "day"),
     "90d": (timedelta(days=90), "day"),
 }
+HOURLY_AT_MOST = timedelta(days=7)  # a chart of hours has 168 bars at most
 WINDOW_LABELS = [
     ("24h", "last 24 hours"),
     ("7d", "last 7 days"),
@@ -356,6 +357,16 @@ class AnalyticsFilter(BaseModel):
         blank = isinstance(value, str) and not value.strip()
         return ("7d" if info.field_name == "range" else None) if blank else value
 
+    @model_validator(mode="after")
+    def _hours_for_a_week_at_most(self) -> AnalyticsFilter:
+        if self.bucket == "hour" and WINDOWS[self.range][0] > HOURLY_AT_MOST:
+            raise ValueError(f"per hour covers {HOURLY_AT_MOST.days} days at most; choose per day")
+        return self
+
+    @property
+    def chart_bucket(self) -> Bucket:
+        return self.bucket or WINDOWS[self.range][1]
+
 
 @console()
 async def analytics(request: web.Request) -> web.StreamResponse:
@@ -371,11 +382,13 @@ async def analytics(request: web.Request) -> web.StreamResponse:
             problem=invalid_filters(exc),
             **_no_figures(),
         )
-    span, default_bucket = WINDOWS[query.range]
-    bucket = query.bucket or default_bucket
+    # The window is whole buckets, the current one last: "7 days" is today and the six before.
+    # The figures cover the chart's window exactly.
+    bucket = query.chart_bucket
     now = engine.clock()
-    summary = await ENGINE.call(engine.analytics_summary, now - span, now)
-    series = await ENGINE.call(engine.analytics_timeseries, bucket, now - span, now)
+    first = now - WINDOWS[query.range][0] + (timedelta(hours=1) if bucket == "hour" else timedelta(days=1))
+    series = await ENGINE.call(engine.analytics_timeseries, bucket, first, now)
+    summary = await ENGINE.call(engine.analytics_summary, series.since, series.until)
     return await page(
         request,
         "analytics.html",

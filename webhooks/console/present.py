@@ -7,6 +7,7 @@ view of a run) the pages switch to it here, not template by template.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,6 +15,7 @@ from bot.cards import STEP_MARKS
 from engine.analytics import Timeseries
 from engine.model import (
     FAILURE_MEANINGS,
+    Event,
     EventType,
     FailureCode,
     Run,
@@ -156,6 +158,22 @@ RUN_ENDING_EVENTS = sorted(t.value for t in EventType if t.ends_run)
 
 def event_severity(event_type: str) -> str:
     return SEVERITIES.get(event_type, Severity.INFO.value)
+
+
+def event_data(event: Event) -> str:
+    """An event's data in one line, as the live log's script writes it (compact JSON, 200 characters)."""
+    if not event.data:
+        return ""
+    text = json.dumps(event.data, separators=(",", ":"), default=str, ensure_ascii=False)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def event_details(event: Event) -> str:
+    """What the Logs page says of an event: a failure's code and message in words, else its data."""
+    problem = event.data.get("failure") or event.data.get("error")
+    if isinstance(problem, dict) and problem.get("code"):
+        return f"{problem['code']}: {problem.get('message') or ''}".strip()
+    return event_data(event)
 
 
 # -- analytics ----------------------------------------------------------------------------------
