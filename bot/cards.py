@@ -73,11 +73,11 @@ def approval_card(run: Run, task: Task) -> Message:
     if task.editable:
         buttons.append(button("Edit", ids.TASK_EDIT, value))
     expiry = f"expires {when(task.expires_at)}" if task.expires_at else "does not expire"
-    blocks = [
-        *_task_body(run, describe_task(task)),
-        context(f"Started by {who(run.started_by)} · {expiry}"),
-        actions(*buttons, block_id=f"task:{value}"),
-    ]
+    view = describe_task(task)
+    blocks = [*_task_body(run, view), context(f"Started by {who(run.started_by)} · {expiry}")]
+    if view.quorum or view.rejections:
+        blocks.append(section(quorum_text(view)))
+    blocks.append(actions(*buttons, block_id=f"task:{value}"))
     return message(f"{task.task_type.title()} needed: {escape(task.title)}", blocks)
 
 
@@ -88,6 +88,8 @@ def decided_card(run: Run, task: Task, cancelled: str | None = None) -> Message:
     """
     view = describe_task(task, run.steps.get(task.task_id), cancelled)
     outcome = task_outcome(view)
+    if view.quorum:
+        outcome += f"\n{quorum_text(view)}"
     blocks = [*_task_body(run, view), section(outcome), context(f"Started by {who(run.started_by)}")]
     return message(f"{escape(task.title)}: {outcome}", blocks)
 
@@ -108,6 +110,15 @@ def task_outcome(task: TaskView) -> str:
             if task.comment:
                 text += f"\n> {escape(truncate(task.comment, 1000))}"
             return text
+
+
+def quorum_text(task: TaskView) -> str:
+    """Who has approved (and rejected) so far: ``👥 *Approvals: 1 of 2* <@U1>``."""
+    approvers = ", ".join(who(d.by) for d in task.approvals) or "nobody yet"
+    text = f"👥 *Approvals: {len(task.approvals)} of {task.min_approvals}* {approvers}"
+    if task.rejections:
+        text += f"\n🚫 *Rejected by* {', '.join(who(d.by) for d in task.rejections)}"
+    return text
 
 
 def _task_body(run: Run, task: TaskView) -> list[Block]:

@@ -61,6 +61,7 @@ PROGRESS_EVENTS = frozenset(
 TOLD_EVENTS = PROGRESS_EVENTS | {
     EventType.RUN_STARTED,
     EventType.TASK_OPENED,
+    EventType.TASK_APPROVAL_RECORDED,
     EventType.TASK_COMPLETED,
     EventType.TASK_EXPIRED,
     EventType.STEP_CANCELLED,
@@ -225,6 +226,8 @@ def messages_for_run(event: Event, run: Run, channel: str) -> list[Outbound]:
             open_ = task.decided_at is None
             card = cards.approval_card(run, task) if open_ else cards.decided_card(run, task)
             return [Outbound(method=post, args={"channel": channel, **card}, remember=card_ref(task.task_id))]
+        case EventType.TASK_APPROVAL_RECORDED if task is not None and task.decided_at is None:
+            return [_card_update(channel, cards.approval_card(run, task), task.task_id)]
         case EventType.TASK_COMPLETED | EventType.TASK_EXPIRED if task is not None:
             card = cards.decided_card(run, task)
             return [_card_update(channel, card, task.task_id)]

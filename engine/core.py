@@ -21,6 +21,7 @@ from engine.errors import CommandRefused, InvalidInput, NotAllowed, NotFound
 from engine.model import (
     Actor,
     ActorKind,
+    Decision,
     Event,
     EventType,
     Failure,
@@ -36,7 +37,7 @@ from engine.model import (
     Task,
 )
 from engine.templating import RenderError, render, truthy
-from engine.views import RUN_ACTIONS, already_decided, no_such_task
+from engine.views import RUN_ACTIONS, already_decided, already_said, describe_task, no_such_task
 from engine.workflow import Step, StepType, Workflow
 
 # --- commands -----------------------------------------------------------------------------
@@ -120,6 +121,23 @@ class EventDelivered:
     actor: Actor
 
 
+@dataclass(frozen=True)
+class Recover:
+    """Continue a failed or stopped run: the one command a finished run takes.
+
+    The same run goes back to running. The steps that did not succeed, and with
+    ``from_step`` that step and every step downstream of it, run again as their next
+    attempt; succeeded steps keep their results. ``inputs`` are the run's inputs after
+    correction, already validated (None: unchanged). A worker step that already ran and
+    is not idempotent is refused unless ``force``.
+    """
+
+    actor: Actor
+    from_step: str | None = None
+    inputs: dict[str, Any] | None = None
+    force: bool = False
+
+
 Command = (
     Admit
     | Pause
@@ -131,6 +149,7 @@ Command = (
     | StepLost
     | TimerFired
     | EventDelivered
+    | Recover
 )
 
 # --- outcome ------------------------------------------------------------------------------
@@ -229,8 +248,8 @@ def new_run(
 def apply(workflow: Workflow, run: Run, command: Command, now: datetime) -> Outcome:
     """Apply ``command``; raises :class:`CommandRefused` (or a subclass) when it does not fit."""
     outcome = _Transition(workflow, run, now).handle(command)
-    if run.status.terminal:
-        keep_finished(run, outcome)
+    if run.status.terminal and not isinstance(command, Recover):
+        keep_finished(run, outcome)  # a recovery is the one deliberate way back (_recover)
     return outcome
 
 
@@ -243,9 +262,11 @@ def keep_finished(before: Run, outcome: Outcome) -> None:
     """Refuse what a finished run cannot take: it stays finished, with the same outcome, for good.
 
     A finished run is read and replayed (a replay is a new run); every command on it is
-    refused with a sentence. The one exception changes nothing: a worker's late report is
-    recorded as ``step_result_ignored``. The transitions never revive a finished run; this
-    check holds them to it, whatever a future command or an inconsistent document does.
+    refused with a sentence, but one: :class:`Recover`, an operator's explicit request, which
+    :func:`apply` lets through and which records ``run_recovered``. The one other change
+    changes nothing: a worker's late report is recorded as ``step_result_ignored``. The
+    transitions never revive a finished run otherwise; this check holds them to it, whatever
+    a future command or an inconsistent document does.
     """
     audit_only = (
         outcome.changed
@@ -291,6 +312,8 @@ class _Transition:
                 self._timer_fired(command)
             case EventDelivered():
                 self._event_delivered(command)
+            case Recover():
+                self._recover(command)
         if self.out.changed:
             self.run.updated_at = self.now
         return self.out
@@ -410,6 +433,119 @@ class _Transition:
         failure = Failure(code=FailureCode.RUN_STOPPED, message=f"Stopped gracefully by {by.display}.")
         self._end(RunStatus.STOPPED, failure, by, cancel_error=failure)
 
+    # -- recovery ------------------------------------------------------------------------
+
+    def _recover(self, cmd: Recover) -> None:
+        """The same run continues: what did not succeed (and ``from_step`` onwards) runs again.
+
+        Attempts continue their numbering, so earlier attempts, their errors and their timers
+        stay apart from the new ones; each reset step records ``step_reset`` with its last
+        error, and the run records ``run_recovered`` with who asked, from which step, the
+        inputs corrected and whether it was forced.
+        """
+        self._check_operator(cmd.actor, "recover")
+        run = self.run
+        if run.status is RunStatus.COMPLETED:
+            raise CommandRefused(
+                f"Cannot recover run {run.short_id}: it completed, so nothing is left to run again."
+                f" You can {RUN_ACTIONS[run.status]}."
+            )
+        if run.status not in RECOVERABLE_STATUSES:
+            raise self._refuse("recover", "failed or stopped")
+        rerun = self._steps_to_rerun(cmd.from_step)
+        if not cmd.force:
+            self._check_rerun_is_safe(rerun)
+        previous, failure = run.status, run.failure
+        changed = {
+            name: {"before": run.inputs.get(name), "after": value}
+            for name, value in (cmd.inputs or {}).items()
+            if run.inputs.get(name) != value
+        }
+        if cmd.inputs is not None:
+            run.inputs = dict(cmd.inputs)
+        run.status = RunStatus.RUNNING
+        run.started_at = run.started_at or self.now
+        run.failure = run.finished_at = run.stop = run.paused_by = None
+        failed_step = failure.step_id if failure else None
+        self._event(
+            EventType.RUN_RECOVERED,
+            cmd.actor,
+            from_step=cmd.from_step or (failed_step if failed_step in rerun else rerun[0]),
+            steps=rerun,
+            inputs=changed,
+            force=cmd.force,
+            previous_status=previous.value,
+            previous_failure=failure.model_dump(mode="json") if failure else None,
+        )
+        for step_id in rerun:
+            self._reset(run.steps[step_id], cmd.actor)
+        if self.workflow.settings.timeout:
+            self._timer(self.workflow.settings.timeout, "run_timeout")  # a fresh deadline, same timer
+        self._advance()
+
+    def _steps_to_rerun(self, from_step: str | None) -> list[str]:
+        """Steps that did not succeed, ``from_step``, and everything downstream of them, in order.
+
+        A step skipped by its own condition keeps its skip (its needs succeeded and stay),
+        unless it is downstream of a step that runs again.
+        """
+        steps = self.run.steps
+        if from_step is not None and from_step not in steps:
+            names = ", ".join(steps)
+            raise InvalidInput(
+                f"Run {self.run.short_id} has no step {from_step!r}; its steps are {names}.",
+                {"from_step": f"not a step of workflow {self.workflow.id!r}"},
+            )
+        chosen = {
+            sid
+            for sid, st in steps.items()
+            if st.status is not StepStatus.SUCCEEDED
+            and not (st.status is StepStatus.SKIPPED and st.reason is SkipReason.CONDITION)
+        }
+        if from_step is not None:
+            chosen.add(from_step)
+        grew = True
+        while grew:
+            downstream = {s.id for s in self.workflow.steps if chosen & set(s.needs)} - chosen
+            chosen |= downstream
+            grew = bool(downstream)
+        if not chosen:
+            raise CommandRefused(f"Run {self.run.short_id} has no step to run again.")
+        return [s.id for s in self.workflow.steps if s.id in chosen]
+
+    def _check_rerun_is_safe(self, rerun: list[str]) -> None:
+        """Refuse to run again a worker step that already ran and is not marked idempotent."""
+        unsafe = [
+            sid
+            for sid in rerun
+            if self.run.steps[sid].type in WORKER_STEP_TYPES
+            and self.run.steps[sid].started_at is not None
+            and not self.workflow.step(sid).retry.idempotent
+        ]
+        if unsafe:
+            names = ", ".join(repr(sid) for sid in unsafe)
+            raise CommandRefused(
+                f"Cannot recover run {self.run.short_id}: step {names} already ran and would run"
+                " again, and it is not marked idempotent (retry.idempotent), so its side effects"
+                " could happen twice. Recover with force if running it again is safe, or replay the run."
+            )
+
+    def _reset(self, st: StepState, actor: Actor) -> None:
+        """Make a finished step runnable again: it opens afresh, as its next attempt, needs met."""
+        previous = st.status
+        st.status = StepStatus.PENDING
+        st.rerun = True
+        st.reason = st.result = st.retry_at = st.job_id = st.worker = st.finished_at = st.task = None
+        st.detail = "runs again: the run was recovered"
+        self._event(
+            EventType.STEP_RESET,
+            actor,
+            st.step_id,
+            attempt=st.attempt,
+            previous_status=previous.value,
+            error=st.error.model_dump(mode="json") if st.error else None,
+        )
+
     # -- human tasks ---------------------------------------------------------------------
 
     def _complete_task(self, cmd: CompleteTask) -> None:
@@ -434,8 +570,41 @@ class _Transition:
                 f"{cmd.actor.display} started run {self.run.short_id} and so may not decide its"
                 " tasks; someone else must."
             )
+        if (said := task.decision_of(cmd.actor)) is not None:
+            raise CommandRefused(already_said(task, said))
         self._check_edits(task, cmd.result)
-        self._decide(st, task, cmd.actor, cmd.approved, cmd.result, cmd.comment)
+        self._record_decision(st, task, cmd)
+
+    def _record_decision(self, st: StepState, task: Task, cmd: CompleteTask) -> None:
+        """Record one say; it decides the task once the quorum approved or enough rejected.
+
+        A plain task (one approval, one rejection ends it) is decided by its first say.
+        The approved result merges every approver's edits, in the order they came.
+        """
+        task.decisions.append(
+            Decision(by=cmd.actor, at=self.now, approved=cmd.approved, comment=cmd.comment, result=cmd.result)
+        )
+        if cmd.approved and len(task.approvals) >= task.min_approvals:
+            edits: dict[str, Any] = {}
+            for decision in task.approvals:
+                edits.update(decision.result)
+            self._decide(st, task, cmd.actor, True, edits, cmd.comment)
+        # No max_rejections: rejections are recorded, and only expiry ends the task.
+        elif not cmd.approved and len(task.rejections) >= (task.max_rejections or len(task.decisions) + 1):
+            self._decide(st, task, cmd.actor, False, cmd.result, cmd.comment)
+        else:
+            st.detail = describe_task(task).tally
+            self._event(
+                EventType.TASK_APPROVAL_RECORDED,
+                cmd.actor,
+                st.step_id,
+                approved=cmd.approved,
+                approvals=len(task.approvals),
+                rejections=len(task.rejections),
+                min_approvals=task.min_approvals,
+                result=cmd.result,
+                comment=cmd.comment,
+            )
 
     def _check_edits(self, task: Task, edits: dict[str, Any]) -> None:
         """Only a task's ``editable`` fields may be edited, for approval and edit tasks alike.
@@ -471,6 +640,8 @@ class _Transition:
         task.comment = comment
         editable_values = {name: task.fields.get(name) for name in task.editable}
         st.result = {**editable_values, **edits, "approved": approved}
+        if task.min_approvals > 1 or len(task.decisions) > 1:
+            st.result["decisions"] = [d.model_dump(mode="json", exclude={"result"}) for d in task.decisions]
         if expired:
             st.result["expired"] = True
         outcome = "approved" if approved else "rejected"
@@ -781,16 +952,18 @@ class _Transition:
         if blocker:
             self._skip(st, SkipReason.BLOCKED, blocker)
             return True
-        if st.attempt == 0:
+        if st.attempt == 0 or st.rerun:  # never opened, or reset by a recovery
             context = self._context()
+            st.rerun, opened = False, False
             try:
                 if step.when is not None and not truthy(step.when, context, f"{step.id}.if"):
                     self._skip(st, SkipReason.CONDITION, f"condition is false: {step.when}")
                     return True
-                st.attempt = 1
+                st.attempt += 1
+                opened = True
                 self._open(step, st, context)
             except RenderError as exc:
-                st.attempt = max(st.attempt, 1)
+                st.attempt += 0 if opened else 1
                 self._fail(st, StepError(code=FailureCode.TEMPLATE_ERROR, message=str(exc)))
             return True
         self._dispatch(st)  # a retry, or a step held while paused
@@ -863,6 +1036,8 @@ class _Transition:
             approvers=spec.approvers if spec.approvers is not None else self.workflow.settings.approvers,
             opened_at=self.now,
             expires_at=expires_at,
+            min_approvals=spec.min_approvals,
+            max_rejections=spec.rejections_to_end,
         )
         st.status = StepStatus.WAITING
         st.started_at = self.now
@@ -889,6 +1064,9 @@ class _Transition:
 
 
 STEP_TIMEOUT_GRACE = 10.0
+RECOVERABLE_STATUSES = frozenset({RunStatus.FAILED, RunStatus.STOPPED})
+# Steps a worker executes: what they did outside Switchboard may happen again when they re-run.
+WORKER_STEP_TYPES = frozenset({StepType.ACTION, StepType.HTTP})
 
 
 def template_context(run: Run) -> dict[str, Any]:

@@ -151,8 +151,23 @@ class Failure(StepError):
     step_id: str | None = None
 
 
+class Decision(BaseModel):
+    """One person's say on a task. A quorum task records each one until it is decided."""
+
+    by: Actor
+    at: datetime
+    approved: bool
+    comment: str | None = None
+    result: dict[str, Any] = Field(default_factory=dict)  # the edits this person submitted
+
+
 class Task(BaseModel):
-    """A human task opened by a ``human_task`` step. Its id is the step id."""
+    """A human task opened by a ``human_task`` step. Its id is the step id.
+
+    ``min_approvals`` distinct approvers must approve; ``max_rejections`` rejections end it
+    rejected (None: rejections are recorded but only expiry ends it). ``decisions`` holds
+    every say in order, the last one being the one that decided the task.
+    """
 
     task_id: str
     task_type: Literal["approval", "edit"]
@@ -168,6 +183,21 @@ class Task(BaseModel):
     approved: bool | None = None
     expired: bool = False
     comment: str | None = None
+    min_approvals: int = 1
+    max_rejections: int | None = 1
+    decisions: list[Decision] = Field(default_factory=list)
+
+    @property
+    def approvals(self) -> list[Decision]:
+        return [d for d in self.decisions if d.approved]
+
+    @property
+    def rejections(self) -> list[Decision]:
+        return [d for d in self.decisions if not d.approved]
+
+    def decision_of(self, actor: Actor) -> Decision | None:
+        """What ``actor`` already said on this task (identities compared canonically), if anything."""
+        return next((d for d in self.decisions if d.by.same_as(actor)), None)
 
 
 class StepState(BaseModel):
@@ -189,6 +219,9 @@ class StepState(BaseModel):
     retry_at: datetime | None = None
     task: Task | None = None
     wait_event: str | None = None  # "name|key" for wait_event steps
+    # Set by a recovery: the step opens afresh (templates rendered again, a task reopened) on
+    # its next start, as its next attempt; its earlier attempts stay in the events.
+    rerun: bool = False
 
 
 StopMode = Literal["immediate", "graceful"]  # immediate: in-flight steps are killed; graceful: they finish
@@ -256,6 +289,8 @@ class EventType(StrEnum):
     RUN_FAILED = "run_failed"
     RUN_STOPPED = "run_stopped"
     RUN_REPLAYED = "run_replayed"  # on the original run: a replay of it was started
+    RUN_RECOVERED = "run_recovered"  # a failed or stopped run continues (who, from which step, inputs)
+    EVIDENCE_EXPORTED = "evidence_exported"  # an evidence pack was built (its digest, who asked)
     STEP_QUEUED = "step_queued"
     STEP_HELD = "step_held"  # taken off the queue (paused or draining); starts on resume
     STEP_STARTED = "step_started"
@@ -264,7 +299,9 @@ class EventType(StrEnum):
     STEP_FAILED = "step_failed"
     STEP_CANCELLED = "step_cancelled"
     STEP_RESULT_IGNORED = "step_result_ignored"  # a worker's late report, kept for the audit trail
+    STEP_RESET = "step_reset"  # a recovery made a finished step runnable again
     TASK_OPENED = "task_opened"
+    TASK_APPROVAL_RECORDED = "task_approval_recorded"  # one say on a quorum task that did not decide it
     TASK_COMPLETED = "task_completed"
     TASK_EXPIRED = "task_expired"
     EVENT_RECEIVED = "event_received"  # a wait_event step got its event

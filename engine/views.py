@@ -24,6 +24,7 @@ from engine.model import (
     FAILURE_MEANINGS,
     IN_FLIGHT_STEP_STATUSES,
     Actor,
+    Decision,
     FailureCode,
     Run,
     RunStatus,
@@ -43,8 +44,8 @@ RUN_ACTIONS: dict[RunStatus, str] = {
     RunStatus.PAUSED: "resume it or stop it",
     RunStatus.DRAINING: "wait for it to drain or stop it immediately",
     RunStatus.COMPLETED: "replay it",
-    RunStatus.FAILED: "replay it",
-    RunStatus.STOPPED: "replay it",
+    RunStatus.FAILED: "replay it, or recover it (the same run continues from its failed step)",
+    RunStatus.STOPPED: "replay it, or recover it (the same run continues where it stopped)",
 }
 
 
@@ -114,6 +115,25 @@ class TaskView:
     decided_at: datetime | None
     comment: str | None
     cancelled_because: str | None  # for a cancelled task: why the run ended
+    min_approvals: int = 1
+    approvals: tuple[Decision, ...] = ()  # who approved so far (all of them, once decided)
+    rejections: tuple[Decision, ...] = ()
+
+    @property
+    def quorum(self) -> bool:
+        """Whether several approvers must approve (the card then shows who has so far)."""
+        return self.min_approvals > 1
+
+    @property
+    def tally(self) -> str:
+        """``approved by 1 of 2 needed (bob); rejected by carol``: a quorum task's progress."""
+        names = ", ".join(d.by.display for d in self.approvals)
+        text = f"approved by {len(self.approvals)} of {self.min_approvals} needed"
+        if names:
+            text += f" ({names})"
+        if self.rejections:
+            text += f"; rejected by {', '.join(d.by.display for d in self.rejections)}"
+        return text
 
     @property
     def open(self) -> bool:
@@ -330,6 +350,9 @@ def describe_task(task: Task, step: StepState | None = None, cancelled: str | No
         decided_at=task.decided_at,
         comment=task.comment,
         cancelled_because=cancelled if task.decided_at is None else None,
+        min_approvals=task.min_approvals,
+        approvals=tuple(task.approvals),
+        rejections=tuple(task.rejections),
     )
 
 
@@ -363,6 +386,16 @@ def already_decided(task: Task) -> AlreadyDecided | None:
         decided_by=view.decider,
         decided_at=task.decided_at,
         approved=task.approved,
+    )
+
+
+def already_said(task: Task, said: Decision) -> str:
+    """The refusal of a second say by the same person on a quorum task still open."""
+    verdict = "approved" if said.approved else "rejected"
+    view = describe_task(task)
+    return (
+        f"You already {verdict} task {task.task_id!r} at {utc_text(said.at)}; one person counts once."
+        f" The task is {view.tally}: someone else must decide."
     )
 
 

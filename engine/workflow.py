@@ -88,6 +88,12 @@ class TaskSpec(_Strict):
     approvers: list[str] | None = None
     expires_in: Duration | None = None
     on_expire: Literal["reject", "fail"] = "reject"
+    # Quorum: this many distinct approvers must approve. One rejection ends the task
+    # (reject_ends), unless max_rejections says how many do; reject_ends: false without
+    # max_rejections records rejections and leaves the task open until expiry.
+    min_approvals: int = Field(default=1, ge=1, le=50)
+    reject_ends: bool = True
+    max_rejections: int | None = Field(default=None, ge=1, le=50)
 
     @model_validator(mode="after")
     def _editable_fields_exist(self) -> TaskSpec:
@@ -95,6 +101,23 @@ class TaskSpec(_Strict):
         if unknown:
             raise ValueError(f"editable names fields that the task does not have: {unknown}")
         return self
+
+    @model_validator(mode="after")
+    def _quorum_is_reachable(self) -> TaskSpec:
+        named = self.approvers or []
+        wildcard = any(ref == "*" or ref.endswith(":*") for ref in named)
+        if named and not wildcard and self.min_approvals > len(named):
+            raise ValueError(f"min_approvals is {self.min_approvals} but {len(named)} approvers are named")
+        if "reject_ends" in self.model_fields_set and self.reject_ends and (self.max_rejections or 1) > 1:
+            raise ValueError("reject_ends: true ends the task at the first rejection; drop max_rejections")
+        return self
+
+    @property
+    def rejections_to_end(self) -> int | None:
+        """How many rejections end the task rejected; None when only expiry ends it."""
+        if self.max_rejections is not None:
+            return self.max_rejections
+        return 1 if self.reject_ends else None
 
 
 class EventSpec(_Strict):
