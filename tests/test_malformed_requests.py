@@ -290,3 +290,19 @@ async def test_an_expect_header_that_is_not_utf8_is_400_not_a_crash_before_the_m
         client, b"POST /v1/workflows/release/runs HTTP/1.1\r\nHost: x\r\nExpect: \xff\r\n", b"{}"
     )
     assert status == 400 and b"Expect" in answer
+
+
+async def test_a_path_or_method_nothing_serves_is_a_problem_even_with_an_expect_that_is_not_utf8(
+    client: TestClient,
+) -> None:
+    for head, expected in (
+        (b"GET /nowhere HTTP/1.1\r\nHost: x\r\nExpect: \xff\r\n", 400),  # the header, as on any route
+        (b"DELETE /healthz HTTP/1.1\r\nHost: x\r\nExpect: \xff\r\n", 400),
+        (b"GET /nowhere HTTP/1.1\r\nHost: x\r\nExpect: nothing\r\n", 404),
+        (b"PUT /v1/openapi.json HTTP/1.1\r\nHost: x\r\n", 405),
+    ):
+        status, answer = await raw_request(client, head)
+        assert status == expected, answer
+        assert json.loads(answer)["status"] == expected
+    response = await client.delete("/healthz")
+    assert response.status == 405 and response.headers["Allow"] == "GET,HEAD"

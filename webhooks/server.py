@@ -58,6 +58,23 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+async def no_route(request: web.Request) -> web.StreamResponse:
+    """A path or method nothing serves: 404, or 405 with ``Allow``, as a problem document.
+
+    What aiohttp answers itself, but through a route of ours, so the request has our
+    ``Expect`` handler and middlewares: aiohttp answers an unrouted request after running
+    its own ``Expect`` handler, which fails with a 500 on a value that is not UTF-8.
+    """
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            _match, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
 @endpoint(None, tag="operations")
 async def healthz(request: web.Request) -> web.StreamResponse:
     """Health: 200 when Redis answers a PING, 503 when it does not."""
@@ -125,6 +142,7 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
         web.get("/v1/openapi.json", openapi),
         web.get("/healthz", healthz),
         web.get("/metrics", metrics),
+        web.route("*", "/{path:.*}", no_route),  # matched last: more specific paths win
     ]
     for route in routes:  # each with an Expect handler that cannot fail (see webhooks.inbound)
         assert isinstance(route, web.RouteDef)
