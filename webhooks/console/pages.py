@@ -140,7 +140,7 @@ async def runs(request: web.Request) -> web.StreamResponse:
     workflows = await ENGINE.call(engine.workflows)
     values: dict[str, Any] = {
         "statuses": [s.value for s in RunStatus] + [WAITING],
-        "workflows": workflows,
+        "workflow_options": [(w.id, w.name) for w in workflows],
         "ranges": RANGE_LABELS,
         "runs": [],
         "next_url": None,
@@ -303,7 +303,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     values: dict[str, Any] = {
         "event_types": [t.value for t in EventType],
         "severities": [s.value for s in Severity],
-        "workflows": workflows,
+        "workflow_options": [(w.id, w.name) for w in workflows],
         "workflow_names": {w.id: w.name for w in workflows},
         "ranges": RANGE_LABELS,
         "found": None,
