@@ -276,9 +276,10 @@ class Intake:
                 )
                 entries = list(reply[0][1]) if reply else []
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            # NOGROUP: first use; UNBLOCKED: the stream was deleted while we waited on it.
+            if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise
-            self.ensure_group()  # first use, or the stream was deleted under us
+            self.ensure_group()
             return 0
         for entry_id, fields in entries:
             self._start(entry_id, fields)
