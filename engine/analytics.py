@@ -201,7 +201,7 @@ class Window:
                 f"The window must end after it starts; since {since.isoformat()} is not before "
                 f"until {until.isoformat()}."
             )
-        if since < now - MAX_WINDOW:
+        if since < _start_of_day(now - MAX_WINDOW):  # a day's leeway: "90 days ago" computed a moment ago
             raise InvalidInput(
                 f"Analytics go back {MAX_WINDOW.days} days; since {since.isoformat()} is earlier."
             )
@@ -213,6 +213,10 @@ class Window:
     @property
     def hours(self) -> range:
         return range(hour_of(self.since), hour_of(self.until))
+
+
+def _start_of_day(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from engine import queries
+from engine import analytics, queries
 from engine.analytics import Summary, Timeseries
 from engine.api import Engine
 from engine.model import Actor, ActorKind, EventType, FailureCode, Run, RunStatus, StepError
@@ -338,3 +338,16 @@ async def test_the_analytics_page_shows_the_figures_and_a_chart(
     assert '<tr data-workflow="release">' in html and '<tr data-code="STEP_FAILED">' in html
     day = await (await web.get("/analytics?range=24h")).text()
     assert "Runs per hour" in day and "Runs per day" not in day
+
+
+def test_percentiles_of_many_durations_are_within_a_bin_of_the_truth() -> None:
+    """Durations are kept as histograms (engine.analytics): a percentile is the mean of its bin."""
+    bins: dict[int, list[int]] = {}
+    for ms in range(1000, 100_001, 1000):  # 1 s, 2 s, ... 100 s
+        n_ms = bins.setdefault(analytics.bin_of(ms), [0, 0])
+        n_ms[0] += 1
+        n_ms[1] += ms
+    figures = analytics.durations(bins)
+    assert figures.count == 100 and figures.mean_seconds == 50.5
+    assert figures.median_seconds is not None and abs(figures.median_seconds - 50) / 50 < 0.125
+    assert figures.p95_seconds is not None and abs(figures.p95_seconds - 95) / 95 < 0.125
