@@ -8,14 +8,12 @@ the error; the engine decides what comes next (retries, fail-fast, the next step
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
@@ -25,7 +23,6 @@ from rq.timeouts import JobTimeoutException
 from engine.api import Engine, StartedStep
 from engine.errors import CommandRefused, NotFound
 from engine.factory import build_engine
-from engine.lifetime import die_with_parent
 from engine.model import FailureCode, StepError, StepStatus
 from engine.outage import Outage
 from engine.settings import Settings, get_settings
@@ -49,7 +46,8 @@ def configure(settings: Settings) -> Engine:
     """Build the engine of this worker process.
 
     Work horses are forked from the worker, so they inherit it: the workflow catalog is
-    loaded once, and redis-py opens fresh connections in each horse by itself.
+    loaded once, and redis-py opens fresh connections in each horse by itself (a horse
+    serves many jobs, so it keeps them).
     """
     global _engine
     _engine = build_engine(settings)
@@ -88,8 +86,7 @@ def execute_step(run_id: str, step_id: str, attempt: int, dispatch: int) -> dict
     if not started.proceed:
         log.info("step held", extra={**where, "reason": started.message})
         return {"outcome": "held", "reason": started.message}
-    with exit_if_orphaned():
-        result, error = perform(started)
+    result, error = perform(started)
     # The attempt is over: the job's alarm must not cut the report short.
     signal.alarm(0)
     try:
@@ -178,35 +175,3 @@ def worker_name() -> str:
     if job is not None and job.worker_name:
         return job.worker_name
     return f"{socket.gethostname()}.{os.getpid()}"
-
-
-@contextlib.contextmanager
-def exit_if_orphaned() -> Iterator[None]:
-    """End this work horse if its worker dies (SIGKILL, OOM).
-
-    The horse runs in its own process group, so it outlives a killed worker. Left
-    running, it would race the retry the reaper schedules for the lost step. On Linux
-    the kernel kills it with its worker (``PR_SET_PDEATHSIG``: one system call, where a
-    watching thread cost each step half a millisecond to start); elsewhere a thread
-    watches the parent.
-    """
-    parent = os.getppid()
-    if die_with_parent(signal.SIGKILL):
-        if os.getppid() != parent:  # the worker died before the request took effect
-            os._exit(1)
-        yield
-        return
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(ORPHAN_CHECK_SECONDS):
-            if os.getppid() != parent:
-                log.warning("worker %s died; ending its orphaned work horse", parent)
-                os._exit(1)
-
-    thread = threading.Thread(target=watch, name="orphan-guard", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()

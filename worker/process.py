@@ -1,13 +1,14 @@
 """A worker process: an RQ worker on the engine's queue plus the engine's maintenance.
 
-The RQ worker forks a work horse per job, so an immediate stop can kill the step
-mid-flight (``send_stop_job_command``). Beside it a maintenance thread fires the
-engine's due timers (retries, sleeps, expiries, drain timeouts) every half second and,
-under a lock shared by all workers, runs the reaper that hands lost steps back to the
-engine; a starter thread starts the runs that webhooks accepted (:mod:`engine.intake`);
-a heartbeat thread keeps the worker's liveness key alive (:meth:`worker.keys.WorkerKeys.alive`).
-More worker processes on more machines scale it out; any one of them keeps the
-timers, the reaper and the starts going.
+The RQ worker hands each job to a long-lived work horse (:mod:`worker.horse`), a child
+process reused across jobs and replaced when it must die, so an immediate stop still kills
+the step mid-flight (``send_stop_job_command``) without a fork per step. Beside it a
+maintenance thread fires the engine's due timers (retries, sleeps, expiries, drain
+timeouts) every half second and, under a lock shared by all workers, runs the reaper
+that hands lost steps back to the engine; a starter thread starts the runs that webhooks
+accepted (:mod:`engine.intake`); a heartbeat thread keeps the worker's liveness key alive
+(:meth:`worker.keys.WorkerKeys.alive`). More worker processes on more machines scale it
+out; any one of them keeps the timers, the reaper and the starts going.
 
 None of them exits when Redis goes away: each loop waits it out with a capped backoff
 (:mod:`engine.outage`), a work horse holds on to its step's result until Redis takes it,
@@ -19,19 +20,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
+import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from resource import struct_rusage
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from redis.client import Pipeline, PubSub, PubSubWorkerThread
 from rq import worker_registration
+from rq.command import handle_command, parse_payload
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.utils import now, utcformat
-from rq.worker import Worker
+from rq.worker import Worker, WorkerStatus
 
 from engine.api import STEP_JOB, Engine
 from engine.background import LoopThread
@@ -41,6 +47,7 @@ from engine.outage import LONGEST_RETRY_SECONDS, REDIS_DOWN, Outage
 from engine.redis_idioms import text
 from engine.settings import Settings
 from worker import jobs
+from worker.horse import Assignment, Ended, Horse, Report, resident_bytes
 from worker.housekeeping import housekeep
 from worker.keys import WorkerKeys
 from worker.reaper import reap, redis_uptime
@@ -69,7 +76,7 @@ def run_worker(
     engine = jobs.configure(settings)
 
     def horse_killed(job: Job, retpid: int, ret_val: int, rusage: struct_rusage) -> None:
-        report_killed_horse(engine, job, worker.name)
+        report_killed_horse(engine, job, worker.name, timed_out=worker.timed_out_job_id == job.id)
 
     worker = SwitchboardWorker(
         [engine.queue],
@@ -79,6 +86,8 @@ def run_worker(
         job_monitoring_interval=options.heartbeat_interval,
         work_horse_killed_handler=horse_killed,
         report_patience=options.report_patience,
+        horse_max_jobs=options.horse_max_jobs,
+        horse_max_rss=options.horse_max_memory_mb * 2**20,
     )
     if name is not None:
         worker.take_over_name(engine)  # before the heartbeat makes the name look alive
@@ -95,32 +104,60 @@ def run_worker(
 
 
 class SwitchboardWorker(Worker):
-    """RQ's forking worker, made to ride out Redis outages, and guarded on killing its horse.
+    """RQ's worker with a reused work horse, made to ride out Redis outages, and guarded on kills.
 
-    RQ's work loop quits on any error it does not expect, and a Redis restart raises
-    them everywhere: while it sends heartbeats for a running job, sets its state, prepares
-    the next job. Here every Redis call of the loop goes through an :class:`Outage`: it is
-    tried again after a backoff (0.5 s doubling to 10 s, one warning line per retry) until
-    Redis answers, so the process never exits for it. In a work horse the same retries
-    are bounded by ``report_patience``: RQ's bookkeeping before the step, and the step's
-    own start and report (:mod:`worker.jobs`), wait for Redis that long.
+    **The horse.** Where RQ forks a horse per job, this worker keeps one
+    (:class:`worker.horse.Horse`) and hands it each job it dequeues; RQ's bookkeeping is
+    unchanged (the worker prepares the execution and watches the horse, heartbeats
+    included; the horse marks the job started, runs it under its timeout and records its
+    end). A stop command for the running job kills the horse; a horse that ends without
+    reporting is handled as RQ handles a killed horse (the step is reported lost); either
+    way the next job gets a fresh horse. A horse is retired after ``horse_max_jobs`` jobs
+    or once a job leaves it above ``horse_max_rss`` bytes (0: never).
 
-    RQ clears ``horse_pid`` to 0 when a horse ends, a moment before it forgets the job.
-    A stop command for that job arriving in between (an immediate stop racing the step's
-    end) would have RQ kill ``os.getpgid(0)``: this worker's own process group, and with
-    it everything started in that group (``switchboard up``, the test runner).
+    **Outages.** RQ's work loop quits on any error it does not expect, and a Redis restart
+    raises them everywhere: while it sends heartbeats for a running job, sets its state,
+    prepares the next job. Here every Redis call of the loop goes through an
+    :class:`Outage`: it is tried again after a backoff (0.5 s doubling to 10 s, one warning
+    line per retry) until Redis answers, so the process never exits for it. In a work
+    horse the same retries are bounded by ``report_patience``: RQ's bookkeeping before the
+    step, and the step's own start and report (:mod:`worker.jobs`), wait for Redis that long.
+
+    **Kills.** RQ clears ``horse_pid`` to 0 when a horse ends, a moment before it forgets
+    the job. A stop command for that job arriving in between (an immediate stop racing the
+    step's end) would have RQ kill ``os.getpgid(0)``: this worker's own process group, and
+    with it everything started in that group (``switchboard up``, the test runner). Stop
+    commands are matched against the job the horse runs under a lock, so a late one kills
+    nothing, and never the horse's next job.
     """
 
     # RQ's own backoff, for the one case its dequeue loop catches itself (a blocking
     # dequeue cut off by the outage); the next heartbeat then waits in ours.
     max_connection_wait_time = LONGEST_RETRY_SECONDS
+    # Past its timeout a step is ended by its horse's alarm; a horse that does not answer
+    # the alarm (stuck in C code that blocks signals) is killed this much later.
+    timeout_kill_grace = 5.0
 
-    def __init__(self, *args: Any, report_patience: float = 300.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        report_patience: float = 300.0,
+        horse_max_jobs: int = 0,
+        horse_max_rss: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.report_patience = report_patience
+        self.horse_max_jobs = horse_max_jobs
+        self.horse_max_rss = horse_max_rss
         self.outage = Outage(f"worker {self.name}")
         self.pubsub_outage = Outage(f"stop commands of worker {self.name}")
-        self._horse_exit: tuple[int | None, int | None, struct_rusage | None] = (None, None, None)
+        self.queue_class = patient(self.queue_class, self.outage)
+        self.horse: Horse | None = None
+        self._horse_lock = threading.Lock()  # the running job against stop commands (pubsub thread)
+        self._running_job_id: str | None = None
+        self._running_execution_id: str | None = None
+        self.timed_out_job_id: str | None = None  # the job whose horse was killed for its timeout
 
     def _through_outage(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` tried until Redis answers; in a work horse for ``report_patience`` at most."""
@@ -128,6 +165,157 @@ class SwitchboardWorker(Worker):
             deadline = time.monotonic() + self.report_patience
             return self.outage.call_until(deadline, fn, *args, **kwargs)
         return self.outage.call(fn, *args, **kwargs)
+
+    # -- the reused horse: worker side ---------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        assignment = Assignment(job.id, queue.name, execution.id, execution.created_at)
+        with self._horse_lock:
+            self._running_job_id, self._running_execution_id = job.id, execution.id
+            horse = self._ready_horse()
+            self._horse_pid = horse.pid
+        if not horse.assign(assignment) and self._stopped_job_id != job.id:
+            # It died idle (an OOM kill picks any process): the job never reached it.
+            with self._horse_lock:
+                horse = self._ready_horse()
+                self._horse_pid = horse.pid
+            horse.assign(assignment)
+        self.monitor_work_horse(job, queue, execution)
+        self.set_state(WorkerStatus.IDLE)
+
+    def _ready_horse(self) -> Horse:
+        """The live horse, forked now if there is none (first job, or the last one died)."""
+        if self.horse is not None and not self.horse.alive():
+            self.horse.reap()
+            self.horse = None
+        if self.horse is None:
+            self.horse = Horse(self._serve)
+            self.procline(f"Horse {self.horse.pid} since {time.time()}")
+        return self.horse
+
+    def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
+        """Wait for the horse's report on ``job``, beating meanwhile; record the job if the horse dies."""
+        horse = self.horse
+        assert horse is not None
+        job.started_at = now()
+        while (outcome := horse.wait(self.job_monitoring_interval)) is None:
+            working = (now() - job.started_at).total_seconds()
+            if job.timeout and job.timeout > 0 and working > job.timeout + self.timeout_kill_grace:
+                log.warning("step running past its timeout: killing its horse", extra={"job_id": job.id})
+                self.timed_out_job_id = job.id
+                self.kill_horse()
+                continue
+            self.maintain_heartbeats(job, execution)
+        with self._horse_lock:
+            self._running_job_id = self._running_execution_id = None
+            self._horse_pid = 0
+        self.executions.pop(execution.id, None)
+        if isinstance(outcome, Report):
+            if self._stopped_job_id == job.id:
+                self._stopped_job_id = None  # the stop came after the job had ended
+            self._after_job(horse, outcome)
+            return
+        self.horse = None
+        log.warning(
+            "work horse ended mid-job (%s)", outcome.why, extra={"worker": self.name, "job_id": job.id}
+        )
+        self._through_outage(self._record_horse_end, job, queue, execution, outcome)
+
+    def _after_job(self, horse: Horse, report: Report) -> None:
+        """Retire a horse that did its share of jobs or grew too large (a step that leaks)."""
+        horse.jobs += 1
+        worn = self.horse_max_jobs and horse.jobs >= self.horse_max_jobs
+        bloated = self.horse_max_rss and report.rss > self.horse_max_rss
+        if worn or bloated:
+            why = f"{horse.jobs} jobs" if worn else f"{report.rss // 2**20} MiB resident"
+            log.info("retiring work horse %s after %s", horse.pid, why, extra={"worker": self.name})
+            horse.retire()
+            self.horse = None
+
+    def _record_horse_end(self, job: Job, queue: Queue, execution: Execution, ended: Ended) -> None:
+        """What RQ's monitor does after a horse ended without finishing its job."""
+        try:
+            status = job.get_status()
+        except InvalidJobOperation:
+            return  # the job is gone (it finished and expired)
+        if self._stopped_job_id == job.id:
+            self._handle_stopped_job(job, queue, execution)
+        elif status not in (JobStatus.FINISHED, JobStatus.FAILED):
+            job.ended_at = now()
+            self.handle_work_horse_killed(job, ended.pid, ended.status, ended.rusage)
+            why = f"Work-horse terminated unexpectedly ({ended.why})"
+            self.handle_job_failure(job, queue=queue, exc_string=why, execution=execution)
+
+    def handle_payload(self, message: dict[str, Any]) -> None:
+        # Stop commands are checked against the job the horse runs now (see the class docstring).
+        payload = parse_payload(message)
+        if payload.get("command") in ("stop-job", "stop-execution"):
+            self.stop_running(payload.get("job_id"), payload.get("execution_id"))
+        else:
+            handle_command(self, payload)
+
+    def stop_running(self, job_id: str | None, execution_id: str | None = None) -> None:
+        """Kill the horse if it runs ``job_id`` (or that execution) now; otherwise do nothing."""
+        with self._horse_lock:
+            running = self._running_job_id is not None and (
+                job_id == self._running_job_id or execution_id == self._running_execution_id
+            )
+            if not running:
+                log.info("stop command for a job not running here: ignored", extra={"job_id": job_id})
+                return
+            self._stopped_job_id = self._running_job_id
+            self.kill_horse()
+
+    def wait_for_horse(self) -> tuple[int | None, int | None, struct_rusage | None]:
+        if self.horse is None:
+            return None, None, None
+        ended = self.horse.reap()
+        self.horse = None
+        return ended.pid, ended.status, ended.rusage
+
+    def teardown(self) -> None:
+        if not self.is_horse and self.horse is not None:
+            self.horse.retire()
+            self.horse = None
+        super().teardown()
+
+    # -- the reused horse: horse side ----------------------------------------------------
+
+    def _serve(self, conn: Connection) -> NoReturn:
+        """The horse's life: run each assigned job as RQ's horse would, report, wait for the next."""
+        random.seed()
+        self.setup_work_horse_signals()
+        self._is_horse = True
+        queues = {queue.name: queue for queue in self.queues}
+        while True:
+            try:
+                assignment: Assignment | None = conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)  # the worker is gone
+            if assignment is None:
+                os._exit(0)  # retired
+            try:
+                self._perform(assignment, queues)
+            except BaseException:
+                # As a forked horse that failed outside its job: the worker records the job.
+                log.exception("work horse failed outside its job", extra={"job_id": assignment.job_id})
+                os._exit(1)
+            conn.send(Report(rss=resident_bytes()))
+
+    def _perform(self, assignment: Assignment, queues: dict[str, Queue]) -> None:
+        try:
+            fetch = self.job_class.fetch
+            job = self._through_outage(fetch, assignment.job_id, self.connection, self.serializer)
+        except NoSuchJobError:
+            log.info("assigned job is gone", extra={"job_id": assignment.job_id})
+            return
+        queue = queues.get(assignment.queue_name) or Queue(assignment.queue_name, connection=self.connection)
+        execution = Execution(assignment.execution_id, job.id, self.connection, worker_name=self.name)
+        execution.created_at = assignment.execution_created_at
+        execution._job = job
+        self.executions = {execution.id: execution}
+        self.perform_job(job, queue, execution)
 
     # -- the work loop's Redis calls ---------------------------------------------------------
 
@@ -189,35 +377,6 @@ class SwitchboardWorker(Worker):
                 extra={"worker": self.name, "job_id": job.id},
             )
 
-    def wait_for_horse(self) -> tuple[int | None, int | None, struct_rusage | None]:
-        self._horse_exit = super().wait_for_horse()
-        return self._horse_exit
-
-    def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
-        try:
-            super().monitor_work_horse(job, queue, execution)
-        except REDIS_DOWN as exc:
-            # Redis errors while the horse runs are absorbed above, so the horse has ended
-            # abnormally and RQ could not record it. Record it once Redis answers: a step
-            # its horse never reported on must not stay running for good.
-            log.warning(
-                "work horse ended while Redis was unavailable (%s): recording it once Redis answers",
-                exc,
-                extra={"worker": self.name, "job_id": job.id},
-            )
-            self._through_outage(self._record_horse_end, job, queue, execution)
-
-    def _record_horse_end(self, job: Job, queue: Queue, execution: Execution) -> None:
-        """What RQ's monitor does after a horse ended abnormally, for when Redis was away then."""
-        status = job.get_status()
-        if self._stopped_job_id == job.id:
-            self._handle_stopped_job(job, queue, execution)
-        elif status not in (JobStatus.FINISHED, JobStatus.FAILED):
-            retpid, ret_val, rusage = self._horse_exit
-            self.handle_work_horse_killed(job, retpid, ret_val, rusage)
-            why = "Work horse ended while Redis was unavailable"
-            self.handle_job_failure(job, queue=queue, exc_string=why, execution=execution)
-
     def _pubsub_exception_handler(
         self, exc: Exception, pubsub: PubSub, pubsub_thread: PubSubWorkerThread
     ) -> None:
@@ -275,6 +434,24 @@ class SwitchboardWorker(Worker):
         super().kill_horse(sig)
 
 
+def patient(queue_class: type[Queue], outage: Outage) -> type[Queue]:
+    """``queue_class`` whose dequeue waits for Redis through ``outage``.
+
+    RQ's dequeue loop catches a lost connection itself and logs an error for each try; a
+    worker between two steps is often in that loop, now that a step takes milliseconds.
+    Waiting here keeps it to the one warning per retry every other loop of a worker gives.
+    A dequeue cut off midway may have moved its job to RQ's intermediate list without
+    saying so: the reaper enqueues such a job again (:func:`worker.reaper.reap`).
+    """
+
+    class PatientQueue(queue_class):  # type: ignore[valid-type,misc]
+        @classmethod
+        def dequeue_any(cls, *args: Any, **kwargs: Any) -> Any:
+            return outage.call(super().dequeue_any, *args, **kwargs)
+
+    return PatientQueue
+
+
 def _process_alive(pid: int) -> bool:
     """Whether ``pid`` is a running process other than this one (a restarted worker may get its old pid)."""
     if pid == os.getpid():
@@ -288,13 +465,22 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def report_killed_horse(engine: Engine, job: Job, worker_name: str) -> None:
-    """A horse died without reporting (OOM kill, segfault): tell the engine now, not at the next reap."""
+def report_killed_horse(engine: Engine, job: Job, worker_name: str, timed_out: bool = False) -> None:
+    """A horse died without reporting: tell the engine now, not at the next reap.
+
+    Killed by its worker for running past its timeout, the step timed out (as when its
+    alarm ends it); otherwise (an OOM kill, a segfault) it was lost.
+    """
     if job.func_name != STEP_JOB:
         return
     run_id, step_id, attempt, _dispatch = job.args
     try:
-        engine.step_lost(run_id, step_id, attempt, worker_name)
+        if timed_out:
+            run = engine.get_run(run_id)
+            error = jobs.timed_out(engine.workflow_of(run).step(step_id))
+            engine.step_finished(run_id, step_id, attempt, error=error)
+        else:
+            engine.step_lost(run_id, step_id, attempt, worker_name)
     except (CommandRefused, NotFound) as exc:
         log.info("killed horse's step already moved on", extra={"job_id": job.id, "reason": str(exc)})
 

@@ -58,6 +58,17 @@ class WorkerSettings(BaseSettings):
         ),
     )
 
+    horse_max_jobs: int = Field(
+        default=1000,
+        ge=0,
+        description="Jobs a work horse runs before it is replaced by a fresh one (0: never replaced for it).",
+    )
+    horse_max_memory_mb: int = Field(
+        default=512,
+        ge=0,
+        description="A work horse left above this many MiB resident after a job is replaced (0: no limit).",
+    )
+
     @model_validator(mode="after")
     def _lost_after_outlasts_heartbeats(self) -> WorkerSettings:
         # A live worker must get at least two heartbeats in before it may be declared dead.

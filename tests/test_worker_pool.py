@@ -1,0 +1,210 @@
+"""The reused work horse, through real worker processes (``python -m worker``) on the real Redis.
+
+A worker forks one horse and hands it job after job; these tests watch the horse's pid
+(steps report ``os.getpid()``) to see it reused, replaced after a stop, a crash or a
+timeout, and retired when a step leaks or it has done its share of jobs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from engine.api import Engine
+from engine.catalog import load_folder
+from engine.model import FailureCode, Run, RunStatus, StepStatus
+from tests.test_worker_e2e import OPERATOR, Harness, action, workflow
+
+PROBE = """
+import os, signal, time
+
+LEAKED = []
+
+
+def pid(context=None, **args):
+    return {"pid": os.getpid()}
+
+
+def exits_on_first_attempt(code=0, context=None, **args):
+    if context["attempt"] == 1:
+        os._exit(code)  # no report, no exception: the process just ends
+    return {"pid": os.getpid()}
+
+
+def long(path, seconds=30, context=None, **args):
+    with open(path, "w") as file:
+        file.write(str(os.getpid()))
+    time.sleep(seconds)
+    return {"pid": os.getpid()}
+
+
+def deaf(path, seconds=60, context=None, **args):
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)  # the job's alarm goes unheard
+    return long(path, seconds)
+
+
+def leak(mb=64, context=None, **args):
+    LEAKED.append(b"\\x01" * (mb * 2**20))  # touched, so resident
+    with open("/proc/self/statm") as statm:
+        resident = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return {"pid": os.getpid(), "resident_mb": resident / 2**20}
+"""
+
+POOL_WORKFLOWS = [
+    workflow("pids", [action(f"p{i}", "probe:pid", [f"p{i - 1}"] if i else []) for i in range(6)]),
+    workflow("long", [action("slow", "probe:long", args={"path": "{{ inputs.marker }}"})]),
+    workflow(
+        "exits",
+        [
+            action(
+                "bye",
+                "probe:exits_on_first_attempt",
+                retry={"max_attempts": 2, "backoff": 0.1, "idempotent": True},
+            ),
+            action("after", "probe:pid", ["bye"]),
+        ],
+    ),
+    workflow("deaf", [action("stuck", "probe:deaf", args={"path": "{{ inputs.marker }}"}, timeout=1)]),
+    workflow("leaks", [action(f"l{i}", "probe:leak", [f"l{i - 1}"] if i else []) for i in range(4)]),
+]
+
+
+@pytest.fixture
+def pool(tmp_path: Path, namespace: str, redis_conn: redis.Redis) -> Iterator[Harness]:
+    """The end-to-end harness, with the probe actions and these workflows beside its own."""
+    h = Harness(tmp_path, namespace, redis_conn)
+    (tmp_path / "probe.py").write_text(PROBE)
+    folder = tmp_path / "workflows"
+    for definition in POOL_WORKFLOWS:
+        (folder / f"{definition['id']}.yaml").write_text(yaml.safe_dump(definition))
+    catalog = load_folder(folder)
+    assert not catalog.errors, catalog.errors
+    h.engine = Engine(redis_conn, catalog, key_prefix=f"{namespace}:", queue_name=namespace)
+    yield h
+    h.stop_workers()
+
+
+def pids(run: Run) -> list[int]:
+    return [st.result["pid"] for st in run.steps.values()]
+
+
+def completed(pool: Harness, workflow_id: str, **inputs: Any) -> Run:
+    run = pool.wait_until_finished(pool.start(workflow_id, **inputs).run_id)
+    assert run.status is RunStatus.COMPLETED, run.failure
+    return run
+
+
+def wait_gone(pid: int, within: float) -> None:
+    """Until process ``pid`` no longer exists (killed and reaped by its worker)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, f"process {pid} still exists after {within} s"
+        time.sleep(0.05)
+
+
+def marked_pid(marker: Path) -> int:
+    deadline = time.monotonic() + 10
+    while not marker.exists() or not marker.read_text():
+        assert time.monotonic() < deadline, "the step never wrote its pid"
+        time.sleep(0.05)
+    return int(marker.read_text())
+
+
+def test_one_horse_runs_step_after_step(pool: Harness) -> None:
+    name = pool.start_worker()
+
+    first, second = completed(pool, "pids"), completed(pool, "pids")
+
+    horses = set(pids(first) + pids(second))
+    assert len(horses) == 1, horses  # RQ's forking worker: a new pid per step
+    assert horses != {pool.workers[name].pid}  # a child, not the worker itself
+
+
+def test_an_immediate_stop_kills_the_horse_and_the_next_steps_get_a_fresh_one(pool: Harness) -> None:
+    marker = pool.tmp / "long.pid"
+    pool.start_worker()
+    before = pids(completed(pool, "pids"))[0]
+    run = pool.start("long", marker=str(marker))
+    pool.wait_until_running(run.run_id, "slow")
+    victim = marked_pid(marker)
+    assert victim == before  # the same horse took the long step
+
+    stopped = pool.engine.stop(run.run_id, OPERATOR)
+
+    assert stopped.steps["slow"].status is StepStatus.CANCELLED
+    wait_gone(victim, within=10)
+    after = pids(completed(pool, "pids"))
+    assert victim not in after and len(set(after)) == 1
+
+
+def test_a_horse_that_exits_mid_step_is_reported_lost_and_replaced(pool: Harness) -> None:
+    # os._exit(0): a clean exit status, yet no report. RQ's forking worker took status 0 for
+    # success and left the step running until the reaper gave up on it; the reaper is made
+    # too slow here to be the one that notices.
+    pool.env["SWITCHBOARD_REAPER_INTERVAL"] = "600"
+    name = pool.start_worker()
+
+    run = pool.wait_until_finished(pool.start("exits").run_id, timeout=15)
+
+    assert run.status is RunStatus.COMPLETED, run.failure
+    assert run.steps["bye"].attempt == 2
+    lost = [e for e in pool.engine.events(run.run_id) if e.type == "step_retry_scheduled"]
+    assert [e.data["error"]["code"] for e in lost] == ["WORKER_LOST"]
+    assert pool.workers[name].poll() is None  # the worker itself lives on
+
+
+def test_a_step_deaf_to_its_timeout_is_killed_with_its_horse(pool: Harness) -> None:
+    # The step ignores the alarm that ends a step at its timeout: its worker kills the horse
+    # a few seconds later and reports the timeout itself. (RQ's forking worker waited a
+    # minute; the engine's backstop timer, 10 s past the timeout, would have said only
+    # "did not finish within its 1s timeout" and had the step killed.)
+    marker = pool.tmp / "deaf.pid"
+    pool.start_worker()
+    run = pool.start("deaf", marker=str(marker))
+    horse = marked_pid(marker)
+
+    run = pool.wait_until_finished(run.run_id)
+
+    error = run.steps["stuck"].error
+    assert run.status is RunStatus.FAILED
+    assert error is not None and error.code is FailureCode.STEP_TIMED_OUT
+    assert error.message.endswith("1s timeout and was stopped."), error.message
+    wait_gone(horse, within=10)
+    assert horse not in pids(completed(pool, "pids"))
+
+
+def test_a_horse_is_retired_after_its_share_of_jobs(pool: Harness) -> None:
+    pool.env["SWITCHBOARD_HORSE_MAX_JOBS"] = "2"
+    pool.start_worker()
+
+    horses = pids(completed(pool, "pids"))
+
+    assert horses[0] == horses[1] != horses[2] == horses[3] != horses[4] == horses[5]
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from /proc")
+def test_a_horse_that_leaks_is_replaced_after_the_step(pool: Harness) -> None:
+    limit_mb = 200
+    pool.env["SWITCHBOARD_HORSE_MAX_MEMORY_MB"] = str(limit_mb)
+    pool.start_worker()
+    fresh = pids(completed(pool, "pids"))[0]
+
+    steps = list(completed(pool, "leaks").steps.values())  # 64 MiB more resident after each
+
+    assert steps[0].result["pid"] == fresh
+    for step, after in itertools.pairwise(steps):
+        retired = step.result["resident_mb"] > limit_mb
+        assert (after.result["pid"] != step.result["pid"]) is retired, [s.result for s in steps]
+    assert any(step.result["resident_mb"] > limit_mb for step in steps[:-1]), [s.result for s in steps]
