@@ -1,147 +1,469 @@
 """The ``switchboard`` command: processes (web, worker, up) and operator commands.
 
-Operator commands mirror the Slack ``/run`` commands and call the same engine API::
+Operator commands mirror the Slack ``/run`` commands and call the same engine API, on this
+machine's Redis (local mode) or, with ``SWITCHBOARD_URL`` and ``SWITCHBOARD_TOKEN`` set, through
+a server's REST API as the token's identity (remote mode)::
 
-    switchboard run start deploy-approval service=api
+    switchboard run start deploy-approval service=api --follow
     switchboard run stop 1a2b3c4d --graceful
     switchboard approve 1a2b3c4d approve --as bob
+
+Exit codes: 0 done (a run completed), 1 a run failed or workflow files have errors, 2 a bad
+command or one the system refused, 3 a run was stopped, 4 a run's approval was rejected,
+5 the system could not be reached, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
-import argparse
+import errno
+import functools
 import getpass
 import json
 import logging
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from engine.api import Engine
+import click
+import redis
+from pydantic import ValidationError
+
 from engine.catalog import load_folder
 from engine.errors import InvalidInput, SwitchboardError
-from engine.intake import AcceptedRun
-from engine.model import Actor, ActorKind, Run, RunStatus
+from engine.model import Actor, ActorKind, Event, Run, RunStatus
 from engine.settings import Settings, get_settings
-from engine.views import describe, utc_text
+from engine.views import RunView, TaskOutcome, describe, utc_text
 from engine.workflow import InputError
 from switchboard import logs
+from switchboard.backends import Accepted, Backend, LocalBackend, RemoteBackend, RemoteError
+from switchboard.instance import NoInstance
 
 log = logging.getLogger("switchboard")
 
+# Exit codes (see the module docstring and the README).
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_STOPPED, EXIT_REJECTED, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
+POLL_SECONDS = 0.5
 
-def parse_assignments(pairs: Sequence[str]) -> dict[str, str]:
-    """``["a=1", "b=two words"]`` -> ``{"a": "1", "b": "two words"}``; anything else is an error."""
-    values: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"Expected key=value, got {pair!r}.")
-        values[key.strip()] = value
-    return values
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-# --- processes ------------------------------------------------------------------------------
+class Failure(Exception):
+    """An ordinary failure: one sentence on stderr (``switchboard: …``), no traceback."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_REFUSED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self) -> None:
+        click.echo(f"switchboard: {self}", err=True)
 
 
-def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
+# --- options that may stand anywhere ---------------------------------------------------------
+
+
+def _remember(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value not in (None, False):  # the group's value stands unless the command gives one
+            ctx.meta[f"switchboard.{name}"] = value
+
+    return callback
+
+
+def as_option(f: F) -> F:
+    """``--as NAME``: the person a local command acts as; accepted before or after the command."""
+    return click.option(
+        "--as",
+        "as_user",
+        metavar="NAME",
+        expose_value=False,
+        callback=_remember("as"),
+        help="Act as this person (default: $USER). Local mode only.",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    """``--json``: print the answer as JSON (the REST API's shapes) instead of text."""
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        expose_value=False,
+        callback=_remember("json"),
+        help="Print JSON (the REST API's documents) instead of text.",
+    )(f)
+
+
+def wants_json() -> bool:
+    return bool(click.get_current_context().meta.get("switchboard.json"))
+
+
+def as_user() -> str | None:
+    value = click.get_current_context().meta.get("switchboard.as")
+    return str(value) if value else None
+
+
+def emit(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, default=str))
+
+
+def hint(*commands: str) -> None:
+    """The exact commands that come next, with the real run id (text output only)."""
+    for command in commands:
+        click.echo(f"next: {command}")
+
+
+# --- settings, backends, errors --------------------------------------------------------------
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The environment variable a settings error is about (fields without an alias: upper-cased)."""
+    if not loc:
+        return "a setting"
+    name = str(loc[0])
+    field = Settings.model_fields.get(name)
+    return (field.alias if field is not None and field.alias else name).upper()
+
+
+def load_settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{_variable(err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise Failure(f"Invalid setting {problems}.") from None
+
+
+def remote() -> tuple[str, str] | None:
+    """``(url, token)`` when the CLI is a client of a server's REST API (remote mode)."""
+    url = os.environ.get("SWITCHBOARD_URL", "").strip()
+    if not url:
+        return None
+    token = os.environ.get("SWITCHBOARD_TOKEN", "").strip()
+    if not token:
+        raise Failure(
+            f"SWITCHBOARD_URL is set ({url}) but SWITCHBOARD_TOKEN is not:"
+            " set it to an API token of that server."
+        )
+    return url, token
+
+
+def backend() -> Backend:
+    """What operator commands talk to, made once per command."""
+    ctx = click.get_current_context()
+    found = ctx.meta.get("switchboard.backend")
+    if found is not None:
+        return found
+    made: Backend
+    if (server := remote()) is not None:
+        if as_user():
+            raise Failure(
+                "--as only works in local mode: over SWITCHBOARD_URL the CLI acts as the identity of"
+                " SWITCHBOARD_TOKEN, and the server decides what it may do."
+            )
+        made = RemoteBackend(*server)
+    else:
+        from engine.factory import build_engine
+        from switchboard.instance import local_settings
+
+        settings = local_settings(load_settings())
+        ctx.meta["switchboard.settings"] = settings
+        made = LocalBackend(build_engine(settings))
+    ctx.meta["switchboard.backend"] = made
+    return made
+
+
+def actor() -> Actor | None:
+    """Who a local command acts as (None in remote mode: the token says)."""
+    if remote() is not None:
+        return None
+    name = as_user() or os.environ.get("USER") or getpass.getuser()
+    return Actor(kind=ActorKind.CLI, id=name, name=name)
+
+
+def redis_described() -> str:
+    from engine.connection import RedisTarget
+
+    settings = click.get_current_context().meta.get("switchboard.settings") or load_settings()
+    if not settings.redis_url and not settings.redis_sentinels:
+        return f"the embedded Redis in {settings.data_dir.resolve()}"
+    return RedisTarget.of(settings).describe()
+
+
+@functools.singledispatch
+def failure_of(exc: BaseException) -> Failure:
+    raise exc
+
+
+@failure_of.register
+def _(exc: InvalidInput) -> Failure:
+    if isinstance(exc.__cause__, InputError):
+        lines = "\n".join(f"  {field}: {problem}" for field, problem in exc.problems.items())
+        return Failure(f"invalid inputs:\n{lines}")
+    return Failure(str(exc))
+
+
+@failure_of.register
+def _(exc: RemoteError) -> Failure:
+    if exc.status is None:
+        return Failure(str(exc), EXIT_UNREACHABLE)
+    fields = "".join(f"\n  {e.get('field')}: {e.get('message')}" for e in exc.errors)
+    return Failure(f"{exc}{fields}")
+
+
+@failure_of.register
+def _(exc: SwitchboardError) -> Failure:
+    return Failure(str(exc))
+
+
+@failure_of.register
+def _(exc: NoInstance) -> Failure:
+    return Failure(str(exc), EXIT_UNREACHABLE)
+
+
+@failure_of.register(redis.ConnectionError)
+@failure_of.register(redis.TimeoutError)
+def _(exc: redis.RedisError) -> Failure:
+    return Failure(f"Cannot reach Redis at {redis_described()}: {exc}", EXIT_UNREACHABLE)
+
+
+class Group(click.Group):
+    """Turns the failures an operator can cause or meet into sentences (see :class:`Failure`)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (SwitchboardError, NoInstance, redis.ConnectionError, redis.TimeoutError) as exc:
+            raise failure_of(exc) from None
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def _version() -> str:
+    try:
+        return version("switchboard")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@click.group(
+    cls=Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=(
+        "Remote mode: with SWITCHBOARD_URL and SWITCHBOARD_TOKEN set, operator commands go through"
+        " that server's REST API as the token's identity. Shell completion (bash, zsh, fish):"
+        ' eval "$(_SWITCHBOARD_COMPLETE=bash_source switchboard)".'
+    ),
+)
+@click.version_option(_version(), "--version", "-V", prog_name="switchboard")
+@click.option(
+    "--log-format", type=click.Choice(["json", "text"]), help="Log lines as JSON or text (default: auto)."
+)
+@as_option
+@json_option
+@click.pass_context
+def cli(ctx: click.Context, log_format: str | None) -> None:
+    """Chat-ops for workflow runs: run the server and workers, start and steer runs, decide tasks."""
+    ctx.meta["switchboard.log_format"] = log_format
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def _log_format(settings: Settings) -> str:
+    chosen = click.get_current_context().meta.get("switchboard.log_format")
+    explicit = settings.log_format if "log_format" in settings.model_fields_set else None
+    return logs.choose_format(chosen or explicit)
+
+
+def _port_free(host: str, port: int) -> None:
+    """Refuse, with a sentence, a port another process listens on (before anything is started)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise Failure(
+                    f"Port {port} on {host} is in use (another switchboard?). Stop it, or pick"
+                    " another port with --port.",
+                    EXIT_FAILED,
+                ) from None
+            raise Failure(f"Cannot listen on {host}:{port}: {exc.strerror}.", EXIT_FAILED) from None
+
+
+def _wait_for_redis(settings: Settings, what: str) -> None:
+    """Long-running processes wait for Redis at startup (with backoff, a line per try) rather than exit."""
+    from engine.connection import connect
+    from engine.outage import Outage
+
+    Outage(what).call(lambda: connect(settings).ping())
+
+
+@cli.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8080, envvar="PORT", show_default=True, help="Port (or $PORT).")
+def web(host: str, port: int) -> None:
+    """Run the HTTP server: webhooks, REST API, console, Slack events."""
     from switchboard.app import serve
 
-    serve(settings, args.host, args.port)
-    return 0
+    settings = load_settings()
+    logs.configure(settings.log_level, _log_format(settings))
+    _port_free(host, port)
+    _wait_for_redis(settings, "web")
+    serve(settings, host, port)
 
 
-def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+@cli.command()
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+@click.option("--name", help="Worker name (default: generated).")
+def worker(burst: bool, name: str | None) -> None:
+    """Run an RQ worker that executes steps."""
     from worker.process import run_worker
 
-    run_worker(settings, burst=args.burst, name=args.name)
-    return 0
+    settings = load_settings()
+    logs.configure(settings.log_level, _log_format(settings))
+    _wait_for_redis(settings, "worker")
+    run_worker(settings, burst=burst, name=name)
 
 
 UP_BANNER = """
-Switchboard is up: {url}  (Redis {redis}, {workers} workers). Ctrl-C stops it.
-In another terminal:
+Switchboard is up (Redis {redis}, {workers} workers). Ctrl-C stops it.
+  console  {url}/
+  API      {url}/v1  (reference {url}/v1/openapi.json)
+In another terminal, from any folder:
   switchboard workflows list
-  switchboard --as alice run start deploy-approval service=api
+  switchboard run start deploy-approval service=api --as alice
   switchboard tasks
-  switchboard --as bob approve <run-id> approve
-  curl {url}/healthz
+  switchboard approve <run-id> approve --as bob
 """
 
 
-def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    """Web server and workers on one machine, on the embedded Redis unless REDIS_URL or sentinels are set.
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port of the web server.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Worker processes.")
+def up(host: str, port: int, workers: int) -> None:
+    """Web server and workers together on this machine (embedded Redis unless REDIS_URL is set).
 
-    Nothing it starts outlives it, even SIGKILLed: its workers get SIGTERM from the kernel
-    when it dies, and the embedded Redis stops once its last user is gone (engine.embedded).
+    Nothing it starts outlives it, even when it is killed: its workers get SIGTERM from the
+    kernel when it dies, and the embedded Redis stops once its last user is gone. While it
+    runs, CLI commands from any folder find it (see `switchboard run list`).
     """
     from engine.connection import RedisTarget, resolve
     from engine.lifetime import ends_with_this_process
+    from switchboard import instance
     from switchboard.app import serve
 
+    settings = load_settings()
+    logs.configure(settings.log_level, _log_format(settings))
+    _port_free(host, port)
     settings = resolve(settings)  # the embedded server started: its socket is the URL to share
+    _wait_for_redis(settings, "up")
     env = {**os.environ, **({"REDIS_URL": settings.redis_url} if settings.redis_url else {})}
-    workers = [
+    processes = [
         subprocess.Popen(
             [sys.executable, "-m", "switchboard", "worker", "--name", f"up-{os.getpid()}-{i}"],
             env=env,
             preexec_fn=ends_with_this_process(signal.SIGTERM),
         )
-        for i in range(args.workers)
+        for i in range(workers)
     ]
-    address = f"http://{args.host}:{args.port}"
-    redis = RedisTarget.of(settings).describe()
-    log.info("switchboard up", extra={"url": address, "redis": redis, "workers": args.workers})
-    print(UP_BANNER.format(url=address, redis=redis, workers=args.workers), flush=True)
+    address = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    redis_text = RedisTarget.of(settings).describe()
+    recorded = instance.record(
+        instance.Instance(
+            pid=os.getpid(),
+            url=address,
+            redis_url=settings.redis_url or "",
+            key_prefix=settings.key_prefix,
+            queue=settings.queue,
+            workflows=str(settings.workflows.resolve()),
+            data_dir=str(settings.data_dir.resolve()),
+        )
+    )
+    log.info("switchboard up", extra={"url": address, "redis": redis_text, "workers": workers})
+    click.echo(UP_BANNER.format(url=address, redis=redis_text, workers=workers))
+    click.echo(f"(recorded in {recorded} for CLI commands run elsewhere)\n")
     try:
-        serve(settings, args.host, args.port)
+        serve(settings, host, port)
     finally:
-        for process in workers:
+        instance.forget(os.getpid())
+        for process in processes:
             process.send_signal(signal.SIGTERM)
-        for process in workers:
+        for process in processes:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
-    return 0
 
 
-# --- workflows ------------------------------------------------------------------------------
+# --- workflows -------------------------------------------------------------------------------
 
 
-def cmd_workflows_validate(args: argparse.Namespace, settings: Settings) -> int:
-    folder = Path(args.path) if args.path else settings.workflows
+@cli.group()
+def workflows() -> None:
+    """List the workflows, or check workflow files."""
+
+
+@workflows.command("validate")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@json_option
+def workflows_validate(path: Path | None) -> int:
+    """Check workflow files; errors name the file and the field.
+
+    PATH is a folder (default: $SWITCHBOARD_WORKFLOWS or ./workflows).
+    """
+    folder = path or load_settings().workflows
     catalog = load_folder(folder)
-    for workflow_id, source in sorted(catalog.sources.items()):
-        print(f"ok     {source}  ({workflow_id})")
-    for error in catalog.errors:
-        print(f"error  {error}")
-    if not catalog.workflows and not catalog.errors:
-        print(f"no workflow files in {folder}")
-        return 1
-    return 1 if catalog.errors else 0
+    if wants_json():
+        sources = [{"workflow_id": k, "file": str(v)} for k, v in sorted(catalog.sources.items())]
+        emit({"folder": str(folder), "ok": sources, "errors": [str(e) for e in catalog.errors]})
+    else:
+        for workflow_id, source in sorted(catalog.sources.items()):
+            click.echo(f"ok     {source}  ({workflow_id})")
+        for error in catalog.errors:
+            click.echo(f"error  {error}")
+        if not catalog.workflows and not catalog.errors:
+            click.echo(f"no workflow files in {folder}")
+    return EXIT_FAILED if catalog.errors or not catalog.workflows else EXIT_OK
 
 
-def cmd_workflows_list(args: argparse.Namespace, engine: Engine) -> int:
-    for workflow in engine.workflows():
+@workflows.command("list")
+@json_option
+def workflows_list() -> None:
+    """The workflows and their inputs (? marks an optional one)."""
+    found = backend().workflows()
+    if wants_json():
+        emit({"workflows": found})
+        return
+    for workflow in found:
         inputs = ", ".join(
-            f"{name}{'' if spec.required else '?'}:{spec.type}" for name, spec in workflow.inputs.items()
+            f"{name}{'' if spec.get('required') else '?'}:{spec.get('type')}"
+            for name, spec in workflow["inputs"].items()
         )
-        print(f"{workflow.id:24} {workflow.name}  [{inputs}]")
-    return 0
+        click.echo(f"{workflow['id']:24} {workflow['name']}  [{inputs}]")
+    if found:
+        first = found[0]
+        needed = " ".join(f"{k}=..." for k, v in first["inputs"].items() if v.get("required"))
+        hint(f"switchboard run start {first['id']} {needed}".rstrip())
 
 
-# --- runs -----------------------------------------------------------------------------------
+# --- runs: text ------------------------------------------------------------------------------
 
 
-def format_run(run: Run) -> str:
+def format_run(view: RunView) -> str:
     """A run's view (engine.views) as plain text: the header, its failure, a line per step."""
-    view = describe(run)
     lines = [
         f"run {view.run_id}  {view.workflow_id} v{view.workflow_version}  {view.status.value.upper()}",
         f"started by {view.started_by.display} at {utc_text(view.created_at)}",
@@ -165,179 +487,369 @@ def format_run(run: Run) -> str:
     return "\n".join(lines)
 
 
-def format_run_row(run: Run) -> str:
-    return (
-        f"{run.short_id}  {run.status.value:10} {run.workflow_id:24} "
-        f"{run.created_at:%Y-%m-%d %H:%M:%S}  {run.started_by.display}"
+def next_commands(view: RunView) -> list[str]:
+    """What a person would type next about this run, with its real id."""
+    short = view.short_id
+    open_tasks = view.pending_tasks
+    if open_tasks:
+        task = open_tasks[0].task_id
+        return [f"switchboard approve {short} {task}", f'switchboard reject {short} {task} --reason "..."']
+    if view.finished:
+        return [f"switchboard run events {short}", f"switchboard run replay {short}"]
+    return [f"switchboard run follow {short}", f"switchboard run status {short}"]
+
+
+def show_run(run: Run) -> None:
+    if wants_json():
+        from webhooks.rest import run_json
+
+        emit(run_json(run))
+        return
+    view = describe(run)
+    click.echo(format_run(view))
+    hint(*next_commands(view))
+
+
+def rejected(view: RunView) -> bool:
+    return any(
+        step.task is not None and step.task.outcome in (TaskOutcome.REJECTED, TaskOutcome.REJECTED_ON_EXPIRY)
+        for step in view.steps
     )
 
 
-def cmd_run(args: argparse.Namespace, engine: Engine) -> int:
-    actor = cli_actor(args)
-    action = args.run_command
-    run: Run
-    if action == "start":
-        run = engine.start(args.workflow, parse_assignments(args.inputs), actor, trigger={"kind": "cli"})
-    elif action == "pause":
-        run = engine.pause(args.run, actor)
-    elif action == "resume":
-        run = engine.resume(args.run, actor)
-    elif action == "stop":
-        run = engine.stop(args.run, actor, mode="graceful" if args.graceful else "immediate")
-    elif action == "replay":
-        run = engine.replay(args.run, actor, parse_assignments(args.inputs) or None)
-    elif action == "status":
-        found = engine.run_or_accepted(args.run)
-        if isinstance(found, AcceptedRun):
-            print(found.sentence)
-            return 0
-        run = found
-    elif action == "events":
-        for event in engine.events(args.run):
-            data = json.dumps(event.data, default=str) if event.data else ""
-            step = f" [{event.step_id}]" if event.step_id else ""
-            print(f"{event.at:%H:%M:%S}  {event.type}{step}  by {event.actor.display}  {data}".rstrip())
-        return 0
-    else:  # list
-        status = RunStatus(args.status) if args.status else None
-        page = engine.list_runs(
-            status=status, workflow_id=args.workflow, prefix=args.prefix, limit=args.limit
-        )
-        for listed in page.runs:
-            print(format_run_row(listed))
-        if not page.runs:
-            print("no runs")
-        return 0
-    print(format_run(run))
-    return 0
+def exit_code_of(view: RunView) -> int:
+    """A finished run's exit code: 0 completed, 1 failed, 3 stopped, 4 an approval was rejected."""
+    if view.status is RunStatus.FAILED:
+        return EXIT_FAILED
+    if view.status is RunStatus.STOPPED:
+        return EXIT_STOPPED
+    return EXIT_REJECTED if rejected(view) else EXIT_OK
 
 
-def cmd_tasks(args: argparse.Namespace, engine: Engine) -> int:
-    tasks = engine.pending_tasks(args.run)
-    for pending in tasks:
-        task = pending.task
-        expires = f"  expires {task.expires_at:%Y-%m-%d %H:%M}" if task.expires_at else ""
-        where = f"{pending.run.short_id}  {pending.run.workflow_id:24} {task.task_id:16}"
-        print(f"{where} {task.task_type:9} {task.title}{expires}")
-    if not tasks:
-        print("no pending tasks")
-    return 0
+def event_line(event: Event) -> str:
+    data = json.dumps(event.data, default=str) if event.data else ""
+    step = f" [{event.step_id}]" if event.step_id else ""
+    return f"{event.at:%H:%M:%S}  {event.type}{step}  by {event.actor.display}  {data}".rstrip()
 
 
-def cmd_decide(args: argparse.Namespace, engine: Engine) -> int:
-    approved = args.command == "approve"
-    edits: dict[str, Any] = parse_assignments(getattr(args, "set", None) or [])
-    comment = getattr(args, "comment", None) or getattr(args, "reason", None)
-    run = engine.complete_task(args.run, args.task, cli_actor(args), approved, edits, comment)
-    print(format_run(run))
-    return 0
+def progress_line(view: RunView, now: datetime) -> str:
+    """``2/4 steps done · now: approve (awaiting approval) · 14s`` for the tail of a run."""
+    elapsed = view.elapsed(now)
+    current = ", ".join(f"{step.step_id} ({step.status_label})" for step in view.current)
+    parts = [f"{view.done}/{view.total} steps done", f"now: {current}" if current else view.status.value]
+    if elapsed is not None:
+        parts.append(f"{elapsed:.0f}s")
+    return " · ".join(parts)
 
 
-def cli_actor(args: argparse.Namespace) -> Actor:
-    name = args.as_user or os.environ.get("USER") or getpass.getuser()
-    return Actor(kind=ActorKind.CLI, id=name, name=name)
+class Progress:
+    """The progress line on stderr: redrawn in place on a terminal, a new line per change elsewhere."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = ""
+        self.last_state = ""
+
+    def clear(self) -> None:
+        if self.tty and self.last:
+            sys.stderr.write("\r\x1b[K")
+
+    def show(self, line: str, state: str) -> None:
+        """Show ``line``; off a terminal only when ``state`` (the line but its clock) changed."""
+        if self.tty:
+            sys.stderr.write(f"\r\x1b[K{line}")
+        elif state != self.last_state:
+            sys.stderr.write(f"{line}\n")
+        sys.stderr.flush()
+        self.last, self.last_state = line, state
+
+    def done(self) -> None:
+        if self.tty and self.last:
+            sys.stderr.write("\n")
 
 
-# --- parser ---------------------------------------------------------------------------------
+def follow(run_ref: str) -> RunView:
+    """Print the run's events as they come, with a progress line, until it finishes; its last view."""
+    source = backend()
+    run_id = source.get_run(run_ref).run_id
+    progress = Progress()
+    after: str | None = None
+    while True:
+        view = describe(source.get_run(run_id))  # read before the events: none is missed at the end
+        events = source.events(run_id, after)
+        if events:
+            progress.clear()
+            for event in events:
+                click.echo(event.model_dump_json() if wants_json() else event_line(event))
+            after = events[-1].id or after
+        progress.show(progress_line(view, datetime.now(UTC)), progress_line(view, view.created_at))
+        if view.finished:
+            progress.done()
+            return view
+        time.sleep(POLL_SECONDS)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="switchboard", description=__doc__.split("\n")[0])
-    parser.add_argument("--as", dest="as_user", metavar="NAME", help="act as this person (default: $USER)")
-    parser.add_argument("--log-format", choices=["json", "text"], help="log line format")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    web = sub.add_parser("web", help="run the HTTP server (webhooks, REST API, Slack events)")
-    web.add_argument("--host", default="0.0.0.0")
-    web.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
-
-    worker = sub.add_parser("worker", help="run an RQ worker that executes steps")
-    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
-    worker.add_argument("--name", help="worker name (default: generated)")
-
-    up = sub.add_parser("up", help="web server and workers together on this machine")
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", type=int, default=8080)
-    up.add_argument("--workers", type=int, default=2)
-
-    workflows = sub.add_parser("workflows", help="list or validate workflow files")
-    workflows_sub = workflows.add_subparsers(dest="workflows_command", required=True)
-    validate = workflows_sub.add_parser("validate", help="check workflow files, naming file and field")
-    validate.add_argument("path", nargs="?", help="folder (default: $SWITCHBOARD_WORKFLOWS or ./workflows)")
-    workflows_sub.add_parser("list", help="the workflows and their inputs")
-
-    run = sub.add_parser("run", help="start, pause, resume, stop, replay or inspect runs")
-    run_sub = run.add_subparsers(dest="run_command", required=True)
-    start = run_sub.add_parser("start", help="start a run: start <workflow> [key=value ...]")
-    start.add_argument("workflow")
-    start.add_argument("inputs", nargs="*", metavar="key=value")
-    for name in ("pause", "resume", "status", "events"):
-        run_sub.add_parser(name, help=f"{name} a run").add_argument(
-            "run", help="run id or 8+ character prefix"
-        )
-    stop = run_sub.add_parser("stop", help="stop a run (immediately unless --graceful)")
-    stop.add_argument("run")
-    stop.add_argument("--graceful", action="store_true", help="let in-flight steps finish (draining)")
-    replay = run_sub.add_parser("replay", help="run a finished run again: replay <run> [key=value ...]")
-    replay.add_argument("run")
-    replay.add_argument("inputs", nargs="*", metavar="key=value")
-    listing = run_sub.add_parser("list", help="recent runs")
-    listing.add_argument("status", nargs="?", choices=[s.value for s in RunStatus])
-    listing.add_argument("--workflow")
-    listing.add_argument("--prefix")
-    listing.add_argument("--limit", type=int, default=20)
-
-    tasks = sub.add_parser("tasks", help="pending human tasks")
-    tasks.add_argument("run", nargs="?")
-
-    approve = sub.add_parser("approve", help="approve a task: approve <run> <task> [--set field=value]")
-    approve.add_argument("run")
-    approve.add_argument("task")
-    approve.add_argument("--set", action="append", metavar="field=value", help="edit a field")
-    approve.add_argument("--comment")
-    reject = sub.add_parser("reject", help="reject a task: reject <run> <task> [--reason TEXT]")
-    reject.add_argument("run")
-    reject.add_argument("task")
-    reject.add_argument("--reason")
-    return parser
+def wait(run_ref: str) -> RunView:
+    """Block until the run finishes; its last view."""
+    source = backend()
+    while not (view := describe(source.get_run(run_ref))).finished:
+        time.sleep(POLL_SECONDS)
+    return view
 
 
-ENGINE_COMMANDS: dict[str, Callable[[argparse.Namespace, Engine], int]] = {
-    "run": cmd_run,
-    "tasks": cmd_tasks,
-    "approve": cmd_decide,
-    "reject": cmd_decide,
-}
-PROCESS_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
-    "web": cmd_web,
-    "worker": cmd_worker,
-    "up": cmd_up,
-}
+def finish(run: Run, *, follow_it: bool, wait_it: bool) -> int:
+    """After start/replay/resume: tail or wait as asked, else show the run and what comes next."""
+    if follow_it:
+        if not wants_json():
+            click.echo(f"run {run.run_id}  {run.workflow_id}  (Ctrl-C stops following, not the run)")
+        view = follow(run.run_id)
+    elif wait_it:
+        view = wait(run.run_id)
+    else:
+        show_run(run)
+        return EXIT_OK
+    final = backend().get_run(view.run_id)
+    if wants_json() and follow_it:
+        return exit_code_of(view)
+    show_run(final)
+    return exit_code_of(view)
+
+
+def assignments(pairs: Sequence[str]) -> dict[str, str]:
+    """``["a=1", "b=two words"]`` -> ``{"a": "1", "b": "two words"}``; anything else is an error."""
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise Failure(f"Expected key=value, got {pair!r}.")
+        values[key.strip()] = value
+    return values
+
+
+def wait_options(f: F) -> F:
+    waiting = "Block until the run finishes; the exit code says how it ended."
+    f = click.option("--wait", "wait_it", is_flag=True, help=waiting)(f)
+    following = "Tail its events with a progress line until it finishes."
+    return click.option("--follow", "-f", "follow_it", is_flag=True, help=following)(f)
+
+
+# --- runs: commands --------------------------------------------------------------------------
+
+
+@cli.group()
+def run() -> None:
+    """Start, pause, resume, stop, replay, follow or inspect runs.
+
+    RUN is a run id or its first 8 or more characters.
+    """
+
+
+@run.command("start")
+@click.argument("workflow")
+@click.argument("inputs", nargs=-1, metavar="[KEY=VALUE]...")
+@wait_options
+@as_option
+@json_option
+def run_start(workflow: str, inputs: tuple[str, ...], follow_it: bool, wait_it: bool) -> int:
+    """Start a run of WORKFLOW with its inputs as KEY=VALUE pairs."""
+    started = backend().start(workflow, assignments(inputs), actor())
+    return finish(started, follow_it=follow_it, wait_it=wait_it)
+
+
+@run.command("pause")
+@click.argument("run_ref", metavar="RUN")
+@as_option
+@json_option
+def run_pause(run_ref: str) -> None:
+    """Pause a run: nothing new is scheduled until it is resumed."""
+    show_run(backend().pause(run_ref, actor()))
+
+
+@run.command("resume")
+@click.argument("run_ref", metavar="RUN")
+@wait_options
+@as_option
+@json_option
+def run_resume(run_ref: str, follow_it: bool, wait_it: bool) -> int:
+    """Resume a paused run."""
+    return finish(backend().resume(run_ref, actor()), follow_it=follow_it, wait_it=wait_it)
+
+
+@run.command("stop")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--graceful", is_flag=True, help="Let steps already running finish (the run drains).")
+@as_option
+@json_option
+def run_stop(run_ref: str, graceful: bool) -> None:
+    """Stop a run: at once (running steps are cancelled), or --graceful."""
+    show_run(backend().stop(run_ref, actor(), "graceful" if graceful else "immediate"))
+
+
+@run.command("replay")
+@click.argument("run_ref", metavar="RUN")
+@click.argument("inputs", nargs=-1, metavar="[KEY=VALUE]...")
+@wait_options
+@as_option
+@json_option
+def run_replay(run_ref: str, inputs: tuple[str, ...], follow_it: bool, wait_it: bool) -> int:
+    """Run a finished run again as a new run, inputs optionally overridden."""
+    replayed = backend().replay(run_ref, actor(), assignments(inputs) or None)
+    return finish(replayed, follow_it=follow_it, wait_it=wait_it)
+
+
+@run.command("status")
+@click.argument("run_ref", metavar="RUN")
+@json_option
+def run_status(run_ref: str) -> None:
+    """Show a run: its status, failure and steps."""
+    found: Run | Accepted = backend().run_or_accepted(run_ref)
+    if isinstance(found, Run):
+        show_run(found)
+    elif wants_json():
+        emit(found.as_dict())
+    else:
+        click.echo(found.sentence)
+
+
+@run.command("follow")
+@click.argument("run_ref", metavar="RUN")
+@json_option
+def run_follow(run_ref: str) -> int:
+    """Tail a run's events with a progress line until it finishes; exit code from its outcome."""
+    view = follow(run_ref)
+    if not wants_json():
+        click.echo(f"run {view.short_id} {view.status.value}")
+    return exit_code_of(view)
+
+
+@run.command("events")
+@click.argument("run_ref", metavar="RUN")
+@json_option
+def run_events(run_ref: str) -> None:
+    """A run's audit trail, oldest first (--json: one JSON object per line)."""
+    for event in backend().events(run_ref):
+        click.echo(event.model_dump_json() if wants_json() else event_line(event))
+
+
+@run.command("list")
+@click.argument("status", required=False, type=click.Choice([s.value for s in RunStatus]))
+@click.option("--workflow", help="Only runs of this workflow.")
+@click.option("--prefix", help="Only runs whose id starts with this.")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@json_option
+def run_list(status: str | None, workflow: str | None, prefix: str | None, limit: int) -> None:
+    """Recent runs, newest first, optionally only those with STATUS."""
+    runs = backend().list_runs(RunStatus(status) if status else None, workflow, prefix, limit)
+    if wants_json():
+        emit({"runs": runs})
+        return
+    for row in runs:
+        created = datetime.fromisoformat(row["created_at"])
+        who = row["started_by"].get("name") or row["started_by"].get("id")
+        when = f"{created:%Y-%m-%d %H:%M:%S}"
+        click.echo(f"{row['short_id']}  {row['status']:10} {row['workflow_id']:24} {when}  {who}")
+    if not runs:
+        click.echo("no runs")
+    else:
+        hint(f"switchboard run status {runs[0]['short_id']}")
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+
+def value_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def format_task(task: dict[str, Any]) -> list[str]:
+    """A pending task as the Slack card shows it: title, description, fields (editable marked), expiry."""
+    lines = [f"{task['short_id']}  {task['workflow_id']:24} {task['task_id']:16} {task['task_type']}"]
+    lines.append(f"  {task['title']}")
+    if task.get("description"):
+        lines.extend(f"  {line}" for line in str(task["description"]).splitlines())
+    editable = set(task.get("editable") or [])
+    for name, value in (task.get("fields") or {}).items():
+        mark = f"  (editable: --set {name}=...)" if name in editable else ""
+        lines.append(f"    {name}: {value_text(value)}{mark}")
+    details = []
+    if task.get("expires_at"):
+        details.append(f"expires {utc_text(datetime.fromisoformat(task['expires_at']))}")
+    approvers = task.get("approvers") or []
+    details.append("approvers: " + (", ".join(approvers) if approvers else "anyone but who started the run"))
+    lines.append("  " + " · ".join(details))
+    lines.append(f"  next: switchboard approve {task['short_id']} {task['task_id']}")
+    return lines
+
+
+@cli.command()
+@click.argument("run_ref", metavar="[RUN]", required=False)
+@json_option
+def tasks(run_ref: str | None) -> None:
+    """Human tasks waiting for a decision (of one RUN, or all)."""
+    found = backend().pending_tasks(run_ref)
+    if wants_json():
+        emit({"tasks": found})
+        return
+    for task in found:
+        click.echo("\n".join(format_task(task)))
+    if not found:
+        click.echo("no pending tasks")
+
+
+def decide(run_ref: str, task_id: str, approved: bool, edits: dict[str, Any], comment: str | None) -> None:
+    run = backend().complete_task(run_ref, task_id, actor(), approved, edits, comment)
+    show_run(run)
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
+@click.argument("task_id", metavar="TASK")
+@click.option("--set", "edits", multiple=True, metavar="FIELD=VALUE", help="Edit an editable field.")
+@click.option("--comment", help="A note kept with the decision.")
+@as_option
+@json_option
+def approve(run_ref: str, task_id: str, edits: tuple[str, ...], comment: str | None) -> None:
+    """Approve TASK of RUN, optionally editing its editable fields."""
+    decide(run_ref, task_id, True, assignments(edits), comment)
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
+@click.argument("task_id", metavar="TASK")
+@click.option("--reason", help="Why (kept with the decision).")
+@as_option
+@json_option
+def reject(run_ref: str, task_id: str, reason: str | None) -> None:
+    """Reject TASK of RUN: steps that need it are skipped."""
+    decide(run_ref, task_id, False, {}, reason)
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+def _pacify_stdout() -> None:
+    """The reader of stdout went away (``| head``): drop what is still buffered, quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = get_settings()
-    if args.command in PROCESS_COMMANDS:
-        logs.configure(settings.log_level, args.log_format or settings.log_format)
-        return PROCESS_COMMANDS[args.command](args, settings)
-    # Operator commands print their answer; only warnings should join it.
-    logs.configure("WARNING", args.log_format or "text")
-    if args.command == "workflows" and args.workflows_command == "validate":
-        return cmd_workflows_validate(args, settings)
-    from engine.factory import build_engine
-
+    """The console script: the command's exit code; ordinary failures as one sentence."""
+    logs.configure("WARNING", "text")  # operator commands print their answer; only warnings join it
     try:
-        engine = build_engine(settings)
-        if args.command == "workflows":
-            return cmd_workflows_list(args, engine)
-        return ENGINE_COMMANDS[args.command](args, engine)
-    except SwitchboardError as error:
-        if isinstance(error, InvalidInput) and isinstance(error.__cause__, InputError):
-            # A run's inputs: one line per field. Other refusals are one sentence naming what.
-            print("switchboard: invalid inputs:", file=sys.stderr)
-            for field, problem in error.problems.items():
-                print(f"  {field}: {problem}", file=sys.stderr)
-        else:
-            print(f"switchboard: {error}", file=sys.stderr)
-        return 2
+        args = list(argv) if argv is not None else None
+        code = cli.main(args=args, prog_name="switchboard", standalone_mode=False)
+        return code if isinstance(code, int) else EXIT_OK
+    except (click.ClickException, Failure) as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _pacify_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            _pacify_stdout()
+            return EXIT_BROKEN_PIPE
+        raise

