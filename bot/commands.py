@@ -18,10 +18,8 @@ from bot.runtime import Bot, slack_actor
 from engine.errors import NotFound, SwitchboardError
 from engine.intake import AcceptedRun
 from engine.model import Actor, Run, RunStatus, StopMode
+from engine.sign_in import SLACK_ROLES, get_sign_in_settings, mint, sign_in_url
 from engine.views import RunView, describe
-from webhooks.console import SLACK_ROLES, mint_sign_in_link
-from webhooks.console.settings import get_console_settings
-from webhooks.settings import get_web_settings
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +114,10 @@ async def _start(
 
 async def console_link(bot: Bot, actor: Actor) -> str:
     """A one-time link that opens the web console as this Slack user, with what Slack lets them do."""
-    base = get_web_settings().public_url
-    link = await bot.call(mint_sign_in_link, bot.engine, actor, SLACK_ROLES, base)
-    minutes = max(1, get_console_settings().link_ttl // 60)
+    settings = get_sign_in_settings()
+    token = await bot.call(mint, bot.engine.redis, bot.engine.keys.prefix, actor, SLACK_ROLES)
+    link, base = sign_in_url(token), settings.public_url
+    minutes = max(1, settings.link_ttl // 60)
     if not base:
         where = "on the Switchboard server (set SWITCHBOARD_PUBLIC_URL for a full link)"
         return f"Open `{link}` {where} within {minutes} min; the link works once."

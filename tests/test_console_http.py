@@ -6,8 +6,11 @@ these check what a browser cannot show: cookie flags, status codes, a forged for
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -18,8 +21,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.web import attach
+from engine import sign_in
 from engine.api import Engine
 from engine.model import Actor, ActorKind, Run, RunStatus, StepStatus
+from engine.sign_in import get_sign_in_settings
 from tests.console_routes import CONSOLE_ENTRY_POINTS
 from tests.engine_helpers import Clock, engine_for
 from tests.fake_slack import ALICE as SLACK_ALICE
@@ -133,6 +138,41 @@ async def test_a_one_time_link_signs_in_once(client: TestClient, web_engine: Eng
     again = await client.get(link)
     assert again.status == 410
     assert "used or has expired" in await again.text()
+
+
+async def test_the_engine_mints_the_token_and_the_console_redeems_it_once(
+    client: TestClient, web_engine: Engine
+) -> None:
+    """Sign-in is identity, minted engine-side (as the Slack bot and the CLI do, without the
+    web edge): two browsers racing to use one token, one signs in and the other is refused."""
+    token = sign_in.mint(web_engine.redis, web_engine.keys.prefix, ALICE, ["viewer", "no-such-role"])
+    link = sign_in.sign_in_url(token, "")
+    assert link == f"{sign_in.SIGN_IN_PATH}/{token}"
+    page = await client.get(link)
+    text = await page.text()
+    assert page.status == 200 and "Sign in as alice" in text
+    nonce = nonce_of(text)
+    answers = await asyncio.gather(
+        *(client.post(link, data={"nonce": nonce}, allow_redirects=False) for _ in range(2))
+    )
+    assert sorted(a.status for a in answers) == [303, 410]
+    home = await (await client.get("/")).text()
+    assert "alice" in home and "viewer" in home and "no-such-role" not in home
+
+
+def test_the_slack_bot_does_not_import_the_web_console() -> None:
+    """The Slack edge mints sign-in links from the engine: loading the bot loads no web console."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, bot.app; print(sorted(m for m in sys.modules if 'console' in m))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout
 
 
 async def test_signing_in_with_a_token_acts_as_that_token(browser: TestClient) -> None:
@@ -395,6 +435,7 @@ async def test_run_console_in_slack_answers_with_a_link_that_signs_in_as_that_us
 ) -> None:
     monkeypatch.setenv("SWITCHBOARD_PUBLIC_URL", "https://switchboard.example")
     get_web_settings.cache_clear()
+    get_sign_in_settings.cache_clear()
     app = create_app(console_engine, settings)
     attach(app, console_engine, slack_settings(fake_slack))  # Slack and the console on one server
     slack = Slack(await aiohttp_client(app), fake_slack, console_engine)
@@ -402,6 +443,7 @@ async def test_run_console_in_slack_answers_with_a_link_that_signs_in_as_that_us
         reply = await slack.command("console", user=SLACK_ALICE)
     finally:
         get_web_settings.cache_clear()
+        get_sign_in_settings.cache_clear()
     assert reply["response_type"] == "ephemeral"
     found = re.search(
         r"<https://switchboard\.example(/sign-in/[\w-]+)\|Open the Switchboard console>", reply["text"]

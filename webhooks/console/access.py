@@ -17,12 +17,13 @@ from urllib.parse import parse_qsl, quote
 from aiohttp import web
 
 from engine.errors import AmbiguousRunId, NotFound
+from engine.sign_in import SIGN_IN_PATH
 from webhooks import inbound
 from webhooks.auth import Role
 from webhooks.console import present
 from webhooks.console.keys import ConsoleKeys
 from webhooks.console.render import render
-from webhooks.console.sessions import SESSION_COOKIE, SIGN_IN_PATH, Flash, Session, SessionStore, same_secret
+from webhooks.console.sessions import SESSION_COOKIE, Flash, Session, SessionStore, same_secret
 from webhooks.context import context_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

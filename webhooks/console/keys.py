@@ -16,7 +16,3 @@ class ConsoleKeys:
     def flash(self, digest: str) -> str:
         """The one-line notice a session's next page shows ("Approved …"), read once."""
         return f"{self.prefix}console:flash:{digest}"
-
-    def sign_in_link(self, digest: str) -> str:
-        """A one-time sign-in link not used yet, by the SHA-256 of its token; expires by itself."""
-        return f"{self.prefix}console:link:{digest}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from engine.sign_in import SIGN_IN_PATH
 from webhooks.console import actions, pages, signin
 from webhooks.console.static import static_file
 
@@ -19,10 +20,10 @@ routes: list[web.RouteDef] = [
     web.get("/approvals", pages.approvals),
     web.get("/logs", pages.logs),
     web.get("/analytics", pages.analytics),
-    web.get("/sign-in", signin.sign_in_form),
-    web.post("/sign-in", signin.sign_in_with_token),
-    web.get("/sign-in/{token}", signin.link_page),
-    web.post("/sign-in/{token}", signin.sign_in_with_link),
+    web.get(SIGN_IN_PATH, signin.sign_in_form),
+    web.post(SIGN_IN_PATH, signin.sign_in_with_token),
+    web.get(f"{SIGN_IN_PATH}/{{token}}", signin.link_page),  # a one-time token (engine.sign_in)
+    web.post(f"{SIGN_IN_PATH}/{{token}}", signin.sign_in_with_link),
     web.post("/sign-out", signin.sign_out),
     web.get("/static/{name}", static_file),
 ]

@@ -2,10 +2,10 @@
 
 A session is a random cookie value; Redis keeps the session under the SHA-256 of that
 value (:class:`~webhooks.console.keys.ConsoleKeys`), with the identity it acts as, its
-roles and its CSRF token, and lets it expire. A one-time sign-in link works the same
-way: the engine side mints a random token for an identity (``/run console`` for a Slack
-user, ``switchboard up`` for the local operator), Redis keeps its digest for a few
-minutes, and the first POST that presents it takes it (``GETDEL``): single use.
+roles and its CSRF token, and lets it expire. A one-time sign-in link carries a token
+the engine minted for an identity (:mod:`engine.sign_in`: ``/run console`` for a Slack
+user, ``switchboard up`` for the local operator); the first POST that presents it
+redeems it there (``GETDEL``): single use.
 
 Cookies are HttpOnly (no script reads them), SameSite=Lax (a link from Slack arrives
 signed in; a cross-site POST does not carry it) and Secure when the request came over
@@ -14,7 +14,6 @@ HTTPS, directly or through a proxy saying ``X-Forwarded-Proto: https``.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from datetime import datetime
@@ -24,17 +23,19 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from engine import sign_in
 from engine.api import Engine
 from engine.model import Actor, ActorKind
+from engine.sign_in import SignIn, digest, mint, sign_in_url
 from webhooks.auth import Principal, Role
 from webhooks.console.keys import ConsoleKeys
 from webhooks.console.settings import get_console_settings
 
 SESSION_COOKIE = "sb_session"
 SIGN_IN_COOKIE = "sb_sign_in"  # the CSRF nonce of the sign-in forms, before there is a session
-SIGN_IN_PATH = "/sign-in"
 # What a Slack user may do in the console: what Slack lets them do (workflow lists still decide).
-SLACK_ROLES = frozenset({Role.OPERATOR, Role.APPROVER})
+SLACK_ROLES = frozenset(Role(name) for name in sign_in.SLACK_ROLES)
+ROLE_NAMES = frozenset(role.value for role in Role)
 FLASH_TTL_SECONDS = 120
 
 
@@ -43,6 +44,14 @@ class Grant(BaseModel):
 
     actor: Actor
     roles: frozenset[Role]
+
+    @classmethod
+    def of(cls, signed: SignIn | None) -> Grant | None:
+        """The grant of a redeemed one-time token; roles this server does not know count for nothing."""
+        if signed is None:
+            return None
+        known = frozenset(Role(name) for name in signed.roles if name in ROLE_NAMES)
+        return cls(actor=signed.actor, roles=known)
 
     def may(self, role: Role) -> bool:
         """The REST rule (:meth:`webhooks.auth.Principal.may`), so a role means the same everywhere."""
@@ -62,10 +71,6 @@ class Session(Grant):
 class Flash(BaseModel):
     kind: Literal["ok", "error"]
     text: str
-
-
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def same_secret(given: str, expected: str) -> bool:
@@ -142,15 +147,11 @@ def mint_sign_in_link(
 ) -> str:
     """A link that signs a browser in as ``actor`` with ``roles``, once, within a few minutes.
 
-    ``/run console`` mints one for the Slack user who asked; ``switchboard up`` one for the
-    local operator; tests mint them directly. ``base_url`` is the server's public URL
+    The token is the engine's (:func:`engine.sign_in.mint`: the Slack bot mints one there
+    itself); this builds the console's link to it. ``base_url`` is the server's public URL
     (``SWITCHBOARD_PUBLIC_URL``); without it the link is a path.
     """
-    token = secrets.token_urlsafe(32)
-    grant = Grant(actor=actor, roles=roles)
-    key = ConsoleKeys(engine.keys.prefix).sign_in_link(digest(token))
-    engine.redis.set(key, grant.model_dump_json(), ex=get_console_settings().link_ttl)
-    return f"{base_url.rstrip('/')}{SIGN_IN_PATH}/{token}"
+    return sign_in_url(mint(engine.redis, engine.keys.prefix, actor, roles), base_url)
 
 
 def local_operator(name: str) -> Actor:
@@ -158,17 +159,11 @@ def local_operator(name: str) -> Actor:
     return Actor(kind=ActorKind.CLI, id=name, name=name)
 
 
-async def peek_link(aredis: aioredis.Redis, keys: ConsoleKeys, token: str) -> Grant | None:
+async def peek_link(aredis: aioredis.Redis, prefix: str, token: str) -> Grant | None:
     """Who a sign-in link would sign in, without using it (the confirmation page)."""
-    raw = await aredis.get(keys.sign_in_link(digest(token))) if _plausible(token) else None
-    return Grant.model_validate_json(raw) if raw else None
+    return Grant.of(await sign_in.peek(aredis, prefix, token))
 
 
-async def take_link(aredis: aioredis.Redis, keys: ConsoleKeys, token: str) -> Grant | None:
+async def take_link(aredis: aioredis.Redis, prefix: str, token: str) -> Grant | None:
     """Use a sign-in link: its grant, and it is gone; None when unknown, used or expired."""
-    raw = await aredis.getdel(keys.sign_in_link(digest(token))) if _plausible(token) else None
-    return Grant.model_validate_json(raw) if raw else None
-
-
-def _plausible(token: str) -> bool:
-    return 20 <= len(token) <= 100 and token.isascii()
+    return Grant.of(await sign_in.redeem(aredis, prefix, token))

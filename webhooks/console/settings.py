@@ -1,4 +1,7 @@
-"""Configuration of the console, read once from the environment (and ``.env``)."""
+"""Configuration of the console, read once from the environment (and ``.env``).
+
+How long a one-time sign-in link lasts is the engine's (:class:`engine.sign_in.SignInSettings`).
+"""
 
 from __future__ import annotations
 
@@ -16,13 +19,6 @@ class ConsoleSettings(BaseSettings):
         ge=60,
         alias="SWITCHBOARD_CONSOLE_SESSION_TTL",
         description="Seconds a console sign-in lasts; then the browser signs in again.",
-    )
-    link_ttl: int = Field(
-        default=300,
-        ge=10,
-        le=3600,
-        alias="SWITCHBOARD_CONSOLE_LINK_TTL",
-        description="Seconds a one-time sign-in link (from /run console or switchboard up) stays usable.",
     )
 
 

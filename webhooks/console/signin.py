@@ -14,7 +14,6 @@ from typing import Literal
 from aiohttp import web
 
 from webhooks.console.access import COOKIE, console, local_path, read_form, store_of
-from webhooks.console.keys import ConsoleKeys
 from webhooks.console.render import render
 from webhooks.console.sessions import (
     SESSION_COOKIE,
@@ -57,7 +56,7 @@ async def sign_in_with_token(request: web.Request) -> web.StreamResponse:
 
 
 async def link_page(request: web.Request) -> web.StreamResponse:
-    grant = await peek_link(context_of(request).aredis, _keys(request), request.match_info["token"])
+    grant = await peek_link(context_of(request).aredis, _prefix(request), request.match_info["token"])
     if grant is None:
         return render("error.html", 410, session=None, status_code=410, message=USED_LINK, flash=None)
     return _with_nonce(request, "sign_in_link.html", 200, grant=grant, action=request.path)
@@ -67,7 +66,7 @@ async def sign_in_with_link(request: web.Request) -> web.StreamResponse:
     form = await read_form(request)
     if not _nonce_ok(request, form):
         return render("error.html", 403, session=None, status_code=403, message=_STALE, flash=None)
-    grant = await take_link(context_of(request).aredis, _keys(request), request.match_info["token"])
+    grant = await take_link(context_of(request).aredis, _prefix(request), request.match_info["token"])
     if grant is None:
         return render("error.html", 410, session=None, status_code=410, message=USED_LINK, flash=None)
     return await _open(request, grant, "link", "/")
@@ -106,5 +105,5 @@ def _nonce_ok(request: web.Request, form: dict[str, str]) -> bool:
     return bool(cookie) and same_secret(form.get("nonce", ""), cookie)
 
 
-def _keys(request: web.Request) -> ConsoleKeys:
-    return ConsoleKeys(context_of(request).engine.keys.prefix)
+def _prefix(request: web.Request) -> str:
+    return context_of(request).engine.keys.prefix
