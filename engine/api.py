@@ -228,6 +228,30 @@ class Engine:
         self.store.transact(original.run_id, link)
         return replay
 
+    def recover(
+        self,
+        run_ref: str,
+        actor: Actor,
+        from_step: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        force: bool = False,
+    ) -> Run:
+        """Continue a failed or stopped run, the same run, from its failed step (or ``from_step``).
+
+        Succeeded steps keep their results; the others, and with ``from_step`` that step and
+        everything downstream of it, run again as their next attempt (see ``core.Recover``).
+        ``inputs`` correct the run's inputs and are validated as a start's are; a step that
+        already ran and is not idempotent is refused unless ``force``.
+        """
+        run = self.get_run(run_ref)
+        corrected = None
+        if inputs:
+            try:
+                corrected = validate_inputs(self.workflow_of(run), {**run.inputs, **inputs})
+            except InputError as exc:
+                raise InvalidInput(str(exc), exc.problems) from exc
+        return self._command(run.run_id, core.Recover(actor, from_step, corrected, force))
+
     def deliver_event(self, name: str, key: str, payload: Any, actor: Actor) -> list[str]:
         """Hand an external event to every step waiting for it; returns the run ids woken.
 

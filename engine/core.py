@@ -524,10 +524,11 @@ class _Transition:
         ]
         if unsafe:
             names = ", ".join(repr(sid) for sid in unsafe)
+            step, it, is_ = ("step", "it", "is") if len(unsafe) == 1 else ("steps", "they", "are")
             raise CommandRefused(
-                f"Cannot recover run {self.run.short_id}: step {names} already ran and would run"
-                " again, and it is not marked idempotent (retry.idempotent), so its side effects"
-                " could happen twice. Recover with force if running it again is safe, or replay the run."
+                f"Cannot recover run {self.run.short_id}: {step} {names} already ran and would run"
+                f" again, and {it} {is_} not marked idempotent (retry.idempotent), so side effects"
+                f" could happen twice. Recover with force if running {it} again is safe, or replay the run."
             )
 
     def _reset(self, st: StepState, actor: Actor) -> None:
@@ -890,7 +891,11 @@ class _Transition:
         )
 
     def _undispatch(self, st: StepState) -> None:
-        if st.job_id:
+        enqueued = [job for job in self.out.enqueue if job.job_id != st.job_id]
+        if len(enqueued) < len(self.out.enqueue):
+            # Queued by this same command (the run ended later in it): never handed to RQ.
+            self.out.enqueue = enqueued
+        elif st.job_id:
             self.out.cancel_jobs.append(st.job_id)
         st.status = StepStatus.PENDING
         st.job_id = None

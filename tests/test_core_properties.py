@@ -6,9 +6,10 @@ thousands of commands in seconds. A hypothesis state machine sends every kind of
 people, events, the clock moving timers) and plays the store's part in memory: it keeps
 the queue of step jobs, the timers and the waits each outcome asks for. After each
 command it checks what every outcome must satisfy: statuses move only along the
-documented graphs, a finished run stays finished, the events say what changed, tasks
-open and close with their events, and a step is on the queue exactly when the run says
-it is queued. :mod:`tests.test_engine_properties` checks the same runs through the real
+documented graphs, a finished run changes only by an explicit recovery (which keeps what
+succeeded and continues attempt numbering), the events say what changed, tasks open and
+close with their events, a job id is never handed out twice, and a step is on the queue
+exactly when the run says it is queued. :mod:`tests.test_engine_properties` checks the same runs through the real
 store on Redis.
 """
 
@@ -147,7 +148,7 @@ STEP_EDGES: dict[StepStatus, set[StepStatus]] = {
 
 # The last event about a step (or the run) that changed its status (None: it never started).
 STEP_EVENT_FOR: dict[StepStatus, set[EventType | None]] = {
-    StepStatus.PENDING: {None, EventType.STEP_HELD, EventType.STEP_RETRY_SCHEDULED},
+    StepStatus.PENDING: {None, EventType.STEP_HELD, EventType.STEP_RETRY_SCHEDULED, EventType.STEP_RESET},
     StepStatus.QUEUED: {EventType.STEP_QUEUED},
     StepStatus.RUNNING: {EventType.STEP_STARTED},
     StepStatus.WAITING: {EventType.STEP_STARTED, EventType.TASK_OPENED},
@@ -159,7 +160,7 @@ STEP_EVENT_FOR: dict[StepStatus, set[EventType | None]] = {
 STEP_STATUS_EVENTS = set().union(*STEP_EVENT_FOR.values()) - {None}
 RUN_EVENT_FOR: dict[RunStatus, set[EventType]] = {
     RunStatus.QUEUED: {EventType.RUN_QUEUED},
-    RunStatus.RUNNING: {EventType.RUN_STARTED, EventType.RUN_RESUMED},
+    RunStatus.RUNNING: {EventType.RUN_STARTED, EventType.RUN_RESUMED, EventType.RUN_RECOVERED},
     RunStatus.PAUSED: {EventType.RUN_PAUSED},
     RunStatus.DRAINING: {EventType.RUN_DRAINING},
     RunStatus.COMPLETED: {EventType.RUN_COMPLETED},
@@ -189,6 +190,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.run: Run | None = None
         self.queue: set[str] = set()  # job ids on the RQ queue
         self.timers: list[core.Timer] = []
+        self.job_ids: set[str] = set()  # every job id ever enqueued: none is handed out twice
         self.waits: set[tuple[str, str]] = set()  # (wait key, step id) the store indexes
         self.applied = 0
 
@@ -212,11 +214,17 @@ class CoreMachine(RuleBasedStateMachine):
             assert before.model_dump_json() == snapshot, "a refused command changed the run"
             return None
         assert before.model_dump_json() == snapshot, "apply changed the run it was given"
-        check_outcome(before, outcome, self.now)
+        check_outcome(before, outcome, self.now, recovery=isinstance(command, core.Recover))
         if not outcome.changed:
             return outcome  # the store commits only outcomes that record events
+        enqueued = {job.job_id for job in outcome.enqueue}
+        assert not enqueued & self.job_ids, "a job id was handed out again"
+        self.job_ids |= enqueued
         self.queue -= set(outcome.cancel_jobs)
-        self.queue |= {job.job_id for job in outcome.enqueue}
+        self.queue |= enqueued
+        # A timer is a sorted-set member: setting it again moves it (a recovery's run timeout).
+        members = {(t.kind, t.step_id, t.token) for t in outcome.timers}
+        self.timers = [t for t in self.timers if (t.kind, t.step_id, t.token) not in members]
         self.timers += outcome.timers
         self.waits -= set(outcome.waits_removed)
         self.waits |= set(outcome.waits_added)
@@ -372,6 +380,32 @@ class CoreMachine(RuleBasedStateMachine):
             return
         assert self.apply(core.CompleteTask(BOB, task_id, False)) is None
 
+    @rule(
+        by=DECIDERS,
+        from_step=st.sampled_from([None, None, "a", "b", "gate", "hook", "render"]),
+        force=st.booleans(),
+        version=st.sampled_from([None, "9"]),
+    )
+    def recover(self, by: Actor, from_step: str | None, force: bool, version: str | None) -> None:
+        """An operator recovers the run, maybe from an earlier step, maybe correcting an input
+        (without a version, step render fails on its template): only a failed or stopped run."""
+        before = self.current
+        inputs = None if version is None else {**before.inputs, "version": version}
+        outcome = self.apply(core.Recover(by, from_step, inputs, force))
+        if before.status not in (RunStatus.FAILED, RunStatus.STOPPED):
+            assert outcome is None, f"a {before.status} run was recovered"
+            return
+        if outcome is None:
+            return  # a step that already ran and is not idempotent, without force
+        recovered = outcome.events[0]
+        assert recovered.type is EventType.RUN_RECOVERED and recovered.actor == by
+        assert recovered.data["force"] is force and recovered.data["previous_status"] == before.status
+        if from_step is not None:
+            assert from_step in recovered.data["steps"]
+        if version is not None and before.inputs.get("version") != version:
+            assert recovered.data["inputs"] == {"version": {"before": before.inputs.get("version"), "after": "9"}}
+            assert outcome.run.inputs["version"] == "9"
+
     # -- the outside world --------------------------------------------------------------------
 
     @precondition(lambda self: bool(self.waits))
@@ -443,16 +477,25 @@ class CoreMachine(RuleBasedStateMachine):
             assert view.failed_step is not None and view.failed_step.step_id == run.failure.step_id
 
 
-def check_outcome(before: Run, outcome: core.Outcome, now: datetime) -> None:
+def check_outcome(before: Run, outcome: core.Outcome, now: datetime, recovery: bool = False) -> None:
     after = outcome.run
-    # The run's status moves along the graph; a finished run stays finished.
-    if after.status is not before.status:
+    types = [e.type for e in outcome.events]
+    # A recovery (and only a recovery) takes a failed or stopped run back to running; what
+    # follows in the same command (steps starting, the run ending again) moves along the graph.
+    recovered = EventType.RUN_RECOVERED in types
+    assert recovered == (recovery and bool(outcome.events)), types
+    if recovered:
+        assert before.status in (RunStatus.FAILED, RunStatus.STOPPED) and types[0] is EventType.RUN_RECOVERED
+        assert after.status is RunStatus.RUNNING or (RunStatus.RUNNING, after.status) in RUN_EDGES
+        check_recovery(before, outcome)
+    elif after.status is not before.status:
         assert (before.status, after.status) in RUN_EDGES, (before.status, after.status)
-    if before.status.terminal:
-        assert [e.type for e in outcome.events] == [EventType.STEP_RESULT_IGNORED]
+    if before.status.terminal and not recovered:
+        # Otherwise a finished run stays finished: a late report is recorded, nothing changes.
+        assert types == [EventType.STEP_RESULT_IGNORED]
         assert after.model_dump(exclude=_VOLATILE) == before.model_dump(exclude=_VOLATILE)
         assert not (outcome.enqueue or outcome.timers or outcome.waits_added)
-    assert outcome.ended == (not before.status.terminal and after.status.terminal)
+    assert outcome.ended == (after.status.terminal and (recovered or not before.status.terminal))
     # Events are of this run, stamped now. An outcome without events is not committed (a retry
     # timer fired while paused clears retry_at, and resume retries at once either way), so it
     # must ask for nothing; events without a change are a late report kept for the audit trail.
@@ -465,23 +508,49 @@ def check_outcome(before: Run, outcome: core.Outcome, now: datetime) -> None:
         assert all(e.type in core.AUDIT_ONLY_EVENTS for e in outcome.events), outcome.events
     assert all(e.step_id is None or e.step_id in after.steps for e in outcome.events)
     run_events = [e.type for e in outcome.events if e.type in RUN_STATUS_EVENTS]
-    if after.status is before.status:
+    if after.status is before.status and not recovered:
         assert not run_events, (after.status, run_events)
-    else:
+    elif run_events or after.status is not before.status:
         assert run_events and run_events[-1] in RUN_EVENT_FOR[after.status], (after.status, run_events)
+    reset = set(outcome.events[0].data["steps"]) if recovered else set()
     for step_id, old in before.steps.items():
         new = after.steps[step_id]
         about = [e.type for e in outcome.events if e.step_id == step_id]
-        if new.status is not old.status:
-            assert new.status in STEP_EDGES[old.status], (step_id, old.status, new.status)
+        # A step a recovery reset starts again from pending (having said so with step_reset);
+        # it may open and be cancelled at once, when the run fails again in the same command.
+        was = StepStatus.PENDING if step_id in reset else old.status
+        if new.status is not was:
+            edges = STEP_EDGES[was] | ({StepStatus.CANCELLED} if step_id in reset else set())
+            assert new.status in edges, (step_id, was, new.status)
+        if new.status is not old.status or step_id in reset:
             last = [t for t in about if t in STEP_STATUS_EVENTS][-1]
             assert last in STEP_EVENT_FOR[new.status], (step_id, new.status, about)
-        check_task(step_id, before, after, about)
+        check_task(step_id, before, after, about, reset=step_id in reset)
     check_jobs(before, outcome)
     assert all(timer.due >= now for timer in outcome.timers)
 
 
-def check_task(step_id: str, before: Run, after: Run, about: list[EventType]) -> None:
+def check_recovery(before: Run, outcome: core.Outcome) -> None:
+    """What a recovery keeps: the steps it does not name, untouched; the ones it names reset
+    (each with step_reset), whatever did not succeed among them, attempts numbered on."""
+    after, recovered = outcome.run, outcome.events[0]
+    reset = recovered.data["steps"]
+    assert reset and recovered.data["from_step"] in reset
+    for step_id, old in before.steps.items():
+        new = after.steps[step_id]
+        if step_id not in reset:
+            assert new == old, f"recovery touched step {step_id!r}, which it does not run again"
+            assert old.status is StepStatus.SUCCEEDED or old.reason is not None
+            continue
+        assert EventType.STEP_RESET in [e.type for e in outcome.events if e.step_id == step_id]
+        assert new.attempt >= old.attempt, "a recovery restarted a step's attempt numbering"
+        if old.status is not StepStatus.SUCCEEDED:
+            continue
+        # A succeeded step runs again only downstream of the step named to recover from.
+        assert recovered.data["from_step"] == step_id or set(WORKFLOW.step(step_id).needs) & set(reset)
+
+
+def check_task(step_id: str, before: Run, after: Run, about: list[EventType], reset: bool = False) -> None:
     """A task opens with ``task_opened`` and closes with its decision, expiry or cancellation."""
     was_open = step_id in {s.step_id for s in before.open_tasks()}
     is_open = step_id in {s.step_id for s in after.open_tasks()}
@@ -492,7 +561,7 @@ def check_task(step_id: str, before: Run, after: Run, about: list[EventType]) ->
     if not was_open and not is_open:
         assert EventType.TASK_OPENED not in about
     old, task = before.steps[step_id].task, after.steps[step_id].task
-    if old is not None and old.decided_at is not None:
+    if old is not None and old.decided_at is not None and not reset:
         assert task == old, "a decided task changed"
     if task is not None and task.decided_at is not None:
         assert task.decided_by is not None and task.approved is not None
@@ -515,7 +584,11 @@ def check_jobs(before: Run, outcome: core.Outcome) -> None:
         step = after.steps[sid]
         assert (job.job_id, job.attempt, job.dispatch) == (step.job_id, step.attempt, step.dispatch)
         assert job.job_id == core.job_id_for(after.run_id, step)
-    assert [e.type for e in outcome.events].count(EventType.STEP_QUEUED) == len(outcome.enqueue)
+    # A step queued and taken back in the same command (the run ended later in it) is not enqueued.
+    queued = [e.step_id for e in outcome.events if e.type is EventType.STEP_QUEUED]
+    taken_back = [sid for sid in queued if sid and after.steps[sid].status is not StepStatus.QUEUED]
+    assert len(queued) == len(outcome.enqueue) + len(taken_back)
+    assert not {job.job_id for job in outcome.enqueue} & set(outcome.cancel_jobs)
 
 
 CoreMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=50)

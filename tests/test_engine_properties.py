@@ -62,6 +62,7 @@ commands = st.one_of(
     st.tuples(st.just("decide"), st.booleans()),
     st.tuples(st.just("tick"), st.integers(min_value=1, max_value=40)),
     st.tuples(st.just("replay")),
+    st.tuples(st.just("recover"), st.sampled_from([None, None, "a", "gate"]), st.booleans()),
 )
 
 def perform(engine: Engine, clock: Clock, run_id: str, command: tuple[Any, ...]) -> None:
@@ -89,6 +90,8 @@ def perform(engine: Engine, clock: Clock, run_id: str, command: tuple[Any, ...])
         engine.fire_due_timers()
     elif name == "replay":
         engine.replay(run_id, BOB)  # refused unless finished; a new run, the original unchanged
+    elif name == "recover":
+        engine.recover(run_id, BOB, from_step=command[1], force=command[2])  # refused unless failed or stopped
 
 
 def check_invariants(engine: Engine, run: Run) -> None:
@@ -160,11 +163,17 @@ def test_random_command_sequences_keep_runs_valid(sequence: list[tuple[Any, ...]
             if after.version != before.version:
                 assert len(engine.events(run.run_id)) > events_before, "a change without an event"
             check_invariants(engine, after)
-            # Once finished, a run stays finished with the same outcome, whatever comes next.
-            if ending is not None:
+            # Once finished, a run keeps its outcome, whatever comes next, but for an explicit
+            # recovery: that records run_recovered and the run goes on (or ends again at once).
+            recovered = [
+                e for e in engine.events(run.run_id)[events_before:] if e.type is EventType.RUN_RECOVERED
+            ]
+            if recovered:
+                assert command[0] == "recover" and before.status in (RunStatus.FAILED, RunStatus.STOPPED)
+                assert recovered[0].actor == BOB and after.run_id == before.run_id
+            if ending is not None and not recovered:
                 assert outcome_of(after) == ending, f"{command} changed a finished run"
-            elif after.status.terminal:
-                ending = outcome_of(after)
+            ending = outcome_of(after) if after.status.terminal else None
     finally:
         forget(connection, [namespace])
         connection.close()
