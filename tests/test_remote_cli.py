@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -21,8 +22,8 @@ from tests.test_cli import GATE_FIRST, run_id_of
 TOKENS = "alice:operator+approver:alice-token,bob:approver:bob-token,vic:viewer:vic-token"
 
 
-@pytest.fixture
-def server(namespace: str, tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def web_server(namespace: str, tmp_path: Path, tokens: str) -> Iterator[str]:
     """A real `switchboard web` on the shared Redis under the test's namespace; its URL."""
     folder = tmp_path / "workflows"
     folder.mkdir()
@@ -34,7 +35,7 @@ def server(namespace: str, tmp_path: Path) -> Iterator[str]:
         "SWITCHBOARD_KEY_PREFIX": f"{namespace}:",
         "SWITCHBOARD_QUEUE": namespace,
         "SWITCHBOARD_WORKFLOWS": str(folder),
-        "SWITCHBOARD_API_TOKENS": TOKENS,
+        "SWITCHBOARD_API_TOKENS": tokens,
     }
     log = tmp_path / "web.log"
     with log.open("wb") as sink:
@@ -58,6 +59,12 @@ def server(namespace: str, tmp_path: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def server(namespace: str, tmp_path: Path) -> Iterator[str]:
+    with web_server(namespace, tmp_path, TOKENS) as url:
+        yield url
 
 
 def remote(url: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -114,3 +121,10 @@ def test_a_server_it_cannot_reach_or_a_wrong_token_is_a_sentence(server: str) ->
     assert wrong.returncode == 2 and "switchboard: The bearer token is not valid." in wrong.stderr
     gone = remote(f"http://127.0.0.1:{free_port()}", "alice-token", "run", "list")
     assert gone.returncode == 5 and "Cannot reach Switchboard at http://127.0.0.1:" in gone.stderr
+
+
+def test_a_server_without_tokens_says_so(namespace: str, tmp_path: Path) -> None:
+    with web_server(namespace, tmp_path, "") as url:
+        refused = remote(url, "anything", "run", "list")
+    assert refused.returncode == 2
+    assert "no API tokens are configured. Set SWITCHBOARD_API_TOKENS" in refused.stderr

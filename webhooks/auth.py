@@ -82,6 +82,11 @@ class Tokens:
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an ``Authorization: Bearer <token>`` header, or a 401 problem."""
+        if not self._entries:
+            raise _unauthorized(
+                "The API refuses every request: no API tokens are configured. Set"
+                " SWITCHBOARD_API_TOKENS (name:role[+role]:token, comma separated) and restart the server."
+            )
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("This API needs an 'Authorization: Bearer <token>' header.")
