@@ -71,6 +71,8 @@ ENTRY_POINTS = [
     ("POST", "/v1/runs/{run_id}/tasks/{task_id}/complete"),
     ("POST", "/v1/workflows/{workflow_id}/runs/{run_id}/tasks/{task_id}/complete"),
     ("POST", "/v1/runs/{run_id}/replay"),
+    ("POST", "/v1/runs/{run_id}/recover"),
+    ("POST", "/v1/workflows/{workflow_id}/runs/{run_id}/recover"),
     ("GET", "/v1/workflows"),
     ("GET", "/v1/workflows/{workflow_id}"),
     ("GET", "/v1/workflows/{workflow_id}/runs"),
@@ -372,6 +374,7 @@ FUZZ_MORE = hypothesis_settings(FUZZ, max_examples=150)  # one route, many kinds
 REST_BODIES: dict[str, Any] = {
     "complete": {"approved": True, "result": {"service": "x"}, "comment": "ok"},
     "replay": {"inputs": {"service": "api", "replicas": 2}},
+    "recover": {"from_step": "approve", "inputs": {"replicas": 2}, "force": True},
     "runs": {"inputs": {"service": "api", "replicas": 2}},
     "command": {"command": "stop", "run_id": "00000000", "params": {"mode": "graceful", "inputs": {}}},
 }

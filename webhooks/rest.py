@@ -98,6 +98,14 @@ class ReplayBody(_Model):
     inputs: dict[str, Any] | None = None
 
 
+class RecoverBody(_Model):
+    from_step: str | None = Field(
+        default=None, min_length=1, max_length=63, description="run again from here (default: failed step)"
+    )
+    inputs: dict[str, Any] | None = Field(default=None, description="corrected inputs, validated as at start")
+    force: StrictBool = Field(default=False, description="run again steps that ran and are not idempotent")
+
+
 # -- shaping answers ---------------------------------------------------------------------
 
 
@@ -275,6 +283,22 @@ async def replay_run(request: web.Request) -> web.StreamResponse:
     ctx = context_of(request)
     run = await ENGINE.call(ctx.engine.replay, request.match_info["run_id"], actor_of(request), body.inputs)
     return _created(ctx, run)
+
+
+@routes.post("/v1/workflows/{workflow_id}/runs/{run_id}/recover")
+@routes.post("/v1/runs/{run_id}/recover")
+@endpoint(Role.OPERATOR, body=RecoverBody)
+async def recover_run(request: web.Request) -> web.StreamResponse:
+    """Continue a failed or stopped run, the same run, from its failed step (or `from_step`).
+
+    Succeeded steps keep their results; the rest run again as their next attempt, with `inputs`
+    corrected. 409 with the engine's sentence when the run cannot be recovered, e.g. a step that
+    already ran is not idempotent and `force` is not set.
+    """
+    body = await read_body(request, RecoverBody)
+    engine, run_id, actor = context_of(request).engine, await _run_in_path(request), actor_of(request)
+    run = await ENGINE.call(engine.recover, run_id, actor, body.from_step, body.inputs, body.force)
+    return web.json_response(run_json(run))
 
 
 # -- workflows -----------------------------------------------------------------------------

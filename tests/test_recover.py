@@ -1,0 +1,225 @@
+"""Recovery of a failed run, through the REST API, with steps executed by a real worker process.
+
+A local HTTP server stands in for an integration that fails and is then fixed (or is
+called at the wrong URL, corrected with the recovery's inputs). Each worker step appends
+a line to a marker file when it executes, so the tests count what ran again and what did not.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from aiohttp.test_utils import TestClient
+
+from engine.api import Engine
+from engine.catalog import load_folder
+from engine.model import EventType, RunStatus
+from tests.test_worker_e2e import Harness, marker_lines
+from tests.web_helpers import bearer, problem
+from webhooks.server import create_app
+from webhooks.settings import WebSettings
+
+SLOW_WRITE = "worker.actions:slow_write"
+
+
+def written(path: str, needs: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """An action step that appends its attempt to ``{{ inputs.marker }}.<path>`` when it executes."""
+    args = {"path": "{{ inputs.marker }}." + path, "seconds": 0}
+    return {"id": path, "type": "action", "action": SLOW_WRITE, "needs": needs or [], "args": args, **extra}
+
+
+# prepare (not idempotent) -> call (an idempotent HTTP call) -> finish
+RECOVERABLE: dict[str, Any] = {
+    "id": "recoverable",
+    "name": "Recoverable",
+    "inputs": {"marker": {"type": "string", "required": True}, "url": {"type": "string", "required": True}},
+    "steps": [
+        written("prepare"),
+        {
+            "id": "call",
+            "type": "http",
+            "needs": ["prepare"],
+            "http": {"method": "POST", "url": "{{ inputs.url }}", "json": {"run": "{{ run.id }}"}},
+            "timeout": 5,
+            "retry": {"max_attempts": 2, "backoff": 0.1, "idempotent": True},
+        },
+        written("finish", ["call"]),
+    ],
+}
+
+
+class Integration(BaseHTTPRequestHandler):
+    """``/flaky`` answers the server's current ``code`` (503 until fixed); ``/status/<n>`` answers n."""
+
+    def do_POST(self) -> None:
+        server: IntegrationServer = self.server  # type: ignore[assignment]
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        code = server.code if self.path == "/flaky" else int(self.path.rsplit("/", 1)[-1])
+        server.hits.append(self.path)
+        body = json.dumps({"path": self.path}).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class IntegrationServer(ThreadingHTTPServer):
+    code = 503
+    hits: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def integration() -> Iterator[IntegrationServer]:
+    server = IntegrationServer(("127.0.0.1", 0), Integration)
+    server.hits = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path, namespace: str, redis_conn: redis.Redis) -> Iterator[Harness]:
+    """The worker harness of the end-to-end tests, with the recoverable workflow added."""
+    h = Harness(tmp_path, namespace, redis_conn)
+    folder = tmp_path / "workflows"
+    (folder / "recoverable.yaml").write_text(yaml.safe_dump(RECOVERABLE))
+    catalog = load_folder(folder)
+    assert not catalog.errors, catalog.errors
+    h.engine = Engine(redis_conn, catalog, key_prefix=f"{namespace}:", queue_name=namespace)
+    h.start_worker()
+    yield h
+    h.stop_workers()
+
+
+@pytest.fixture
+async def api(aiohttp_client: Any, harness: Harness, settings: WebSettings) -> TestClient:
+    return await aiohttp_client(create_app(harness.engine, settings))
+
+
+async def start_failing(api: TestClient, harness: Harness, marker: Path, url: str) -> str:
+    """Start a run through REST and wait until its call step has failed twice and failed the run."""
+    body = {"inputs": {"marker": str(marker), "url": url}}
+    response = await api.post("/v1/workflows/recoverable/runs", json=body, headers=bearer("operator"))
+    assert response.status == 201, await response.text()
+    run_id: str = (await response.json())["run_id"]
+    run = harness.wait_until_finished(run_id)
+    assert run.status is RunStatus.FAILED and run.failure is not None and run.failure.step_id == "call"
+    assert (run.steps["call"].attempt, run.steps["finish"].status.value) == (2, "skipped")
+    return run_id
+
+
+async def recover(api: TestClient, run_id: str, **body: Any) -> Any:
+    return await api.post(f"/v1/runs/{run_id}/recover", json=body, headers=bearer("operator"))
+
+
+async def test_recovering_a_failed_run_continues_the_same_run_from_its_failed_step(
+    api: TestClient, harness: Harness, integration: IntegrationServer, tmp_path: Path
+) -> None:
+    marker = tmp_path / "m"
+    run_id = await start_failing(api, harness, marker, f"{integration.url}/flaky")
+    assert integration.hits == ["/flaky", "/flaky"] and marker_lines(Path(f"{marker}.prepare")) == ["1"]
+
+    await problem(await api.post(f"/v1/runs/{run_id}/recover", json={}, headers=bearer("viewer")), 403)
+    integration.code = 200  # the integration is fixed
+    response = await recover(api, run_id)
+    assert response.status == 200, await response.text()
+    document = await response.json()
+    assert document["run_id"] == run_id and document["status"] == "running"
+
+    run = harness.wait_until_finished(run_id)
+    assert run.status is RunStatus.COMPLETED and run.failure is None
+    assert marker_lines(Path(f"{marker}.prepare")) == ["1"], "a succeeded step ran again"
+    assert marker_lines(Path(f"{marker}.finish")) == ["1"]
+    assert run.steps["call"].attempt == 3 and run.steps["call"].result["status"] == 200
+    assert integration.hits == ["/flaky"] * 3
+    # The attempts before the recovery, and their errors, are still in the run's events.
+    events = harness.engine.events(run_id)
+    failures = [e for e in events if e.step_id == "call" and e.type is EventType.STEP_FAILED]
+    assert [e.data["attempt"] for e in failures] == [2]
+    assert failures[0].data["error"]["provider_status"] == 503
+    retried = [e for e in events if e.step_id == "call" and e.type is EventType.STEP_RETRY_SCHEDULED]
+    assert retried[0].data["error"]["code"] == "HTTP_REQUEST_FAILED"
+    [recovered] = [e for e in events if e.type is EventType.RUN_RECOVERED]
+    assert recovered.actor.ref == "api:ops-bot"
+    assert recovered.data | {"previous_failure": None} == {
+        "from_step": "call",
+        "steps": ["call", "finish"],
+        "inputs": {},
+        "force": False,
+        "previous_status": "failed",
+        "previous_failure": None,
+    }
+    assert recovered.data["previous_failure"]["code"] == "HTTP_REQUEST_FAILED"
+    started = [e.data["attempt"] for e in events if e.step_id == "call" and e.type is EventType.STEP_STARTED]
+    assert started == [1, 2, 3]
+
+    # A completed run has nothing to recover: 409 with the engine's sentence.
+    refused = await problem(await recover(api, run_id), 409)
+    assert "it completed" in refused["detail"] and "You can replay it" in refused["detail"]
+
+
+async def test_recovery_from_an_earlier_step_with_corrected_inputs_needs_force_for_a_step_that_is_not_idempotent(
+    api: TestClient, harness: Harness, integration: IntegrationServer, tmp_path: Path
+) -> None:
+    marker = tmp_path / "m"
+    run_id = await start_failing(api, harness, marker, f"{integration.url}/status/500")  # the wrong URL
+
+    bad = await problem(await recover(api, run_id, inputs={"bogus": 1}), 422)
+    assert bad["errors"] == [{"field": "bogus", "message": "unknown input (this workflow takes: marker, url)"}]
+    unknown = await problem(await recover(api, run_id, from_step="nope"), 422)
+    assert "has no step 'nope'" in unknown["detail"]
+    fixed = f"{integration.url}/status/200"
+    refused = await problem(await recover(api, run_id, from_step="prepare", inputs={"url": fixed}), 409)
+    assert "step 'prepare' already ran" in refused["detail"] and "not marked idempotent" in refused["detail"]
+    assert harness.engine.get_run(run_id).status is RunStatus.FAILED  # the refusal changed nothing
+
+    response = await recover(api, run_id, from_step="prepare", inputs={"url": fixed}, force=True)
+    assert response.status == 200, await response.text()
+    run = harness.wait_until_finished(run_id)
+    assert run.status is RunStatus.COMPLETED and run.inputs["url"] == fixed
+    assert marker_lines(Path(f"{marker}.prepare")) == ["1", "2"]  # named, so it ran again, as attempt 2
+    assert marker_lines(Path(f"{marker}.finish")) == ["1"]
+    assert integration.hits == ["/status/500", "/status/500", "/status/200"]
+    [recovered] = [e for e in harness.engine.events(run_id) if e.type is EventType.RUN_RECOVERED]
+    assert recovered.data["from_step"] == "prepare" and recovered.data["force"] is True
+    assert recovered.data["steps"] == ["prepare", "call", "finish"]
+    assert recovered.data["inputs"] == {"url": {"before": f"{integration.url}/status/500", "after": fixed}}
+
+
+async def test_recover_is_in_the_openapi_document_and_under_the_workflow_path(
+    api: TestClient, harness: Harness, integration: IntegrationServer, tmp_path: Path
+) -> None:
+    document = await (await api.get("/v1/openapi.json")).json()
+    operation = document["paths"]["/v1/runs/{run_id}/recover"]["post"]
+    assert operation["operationId"] == "recover_run"
+    assert "/v1/workflows/{workflow_id}/runs/{run_id}/recover" in document["paths"]
+
+    run_id = await start_failing(api, harness, tmp_path / "m", f"{integration.url}/flaky")
+    elsewhere = await api.post(
+        f"/v1/workflows/chain/runs/{run_id}/recover", json={}, headers=bearer("operator")
+    )
+    await problem(elsewhere, 404)  # a run of another workflow
+    integration.code = 200
+    response = await api.post(
+        f"/v1/workflows/recoverable/runs/{run_id}/recover", json={}, headers=bearer("operator")
+    )
+    assert response.status == 200, await response.text()
+    assert harness.wait_until_finished(run_id).status is RunStatus.COMPLETED
