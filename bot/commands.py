@@ -90,6 +90,11 @@ async def execute(bot: Bot, command: grammar.Command, actor: Actor, channel_id: 
                 for p in pending
             ]
             return f"*{len(pending)} pending* (decide on the cards or in App Home)\n" + "\n".join(lines)
+        case "recover":
+            corrected = dict(command.inputs) or None
+            run = await bot.call(engine.recover, target, actor, command.from_step, corrected, command.force)
+            follow = f"`{bot.settings.command} status {run.short_id}`"
+            return f"Recovered {_name(run)}: it is *{run.status.value}* again. Follow it with {follow}."
         case "replay":
             replay = await bot.call(engine.replay, target, actor)
             return f"Replaying run `{target}` as {_name(replay)}: it is *{replay.status.value}*."

@@ -52,6 +52,7 @@ PROGRESS_EVENTS = frozenset(
     {
         EventType.RUN_PAUSED,
         EventType.RUN_RESUMED,
+        EventType.RUN_RECOVERED,
         EventType.RUN_DRAINING,
         EventType.RUN_COMPLETED,
         EventType.RUN_FAILED,

@@ -22,11 +22,13 @@ FORMS: dict[str, str] = {
     "list": "list [status]",
     "tasks": "tasks",
     "replay": "replay <run>",
+    "recover": "recover <run> [--from <step>] [--force] [key=value ...]",
     "console": "console",
     "help": "help",
 }
 ONE_RUN = frozenset({"pause", "resume", "status", "replay"})
 STOP_FLAGS = ("--graceful", "--immediate")
+RECOVER_FLAGS = ("--from", "--force")
 # Slack clients turn quotes into typographic ones; shlex only knows the straight kind.
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
 
@@ -35,8 +37,10 @@ _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": 
 class Command:
     verb: str
     target: str | None = None  # the workflow for start, the run for run commands, the status for list
-    inputs: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)  # start inputs, or recover's corrections
     graceful: bool = False
+    from_step: str | None = None  # recover --from
+    force: bool = False  # recover --force
 
 
 class UsageError(ValueError):
@@ -72,6 +76,8 @@ def parse(text: str, slash: str = "/run") -> Command:
         return Command(verb, _one(verb, rest, slash))
     if verb == "stop":
         return _stop(rest, slash)
+    if verb == "recover":
+        return _recover(rest, slash)
     if verb == "list":
         return _list(rest, slash)
     if rest:
@@ -82,16 +88,49 @@ def parse(text: str, slash: str = "/run") -> Command:
 def _start(rest: list[str], slash: str) -> Command:
     if not rest or "=" in rest[0]:
         raise UsageError(f"Name the workflow to start. Usage: {form('start', slash)}")
+    return Command("start", rest[0], _inputs(rest[1:], "start", slash))
+
+
+def _inputs(words: list[str], verb: str, slash: str) -> dict[str, str]:
     inputs: dict[str, str] = {}
-    for word in rest[1:]:
+    for word in words:
         key, sep, value = word.partition("=")
         if not sep or not key:
             raise UsageError(
                 f'Expected `key=value`, got `{word}`. Quote values with spaces: `key="two words"`.'
-                f" Usage: {form('start', slash)}"
+                f" Usage: {form(verb, slash)}"
             )
         inputs[key] = value
-    return Command("start", rest[0], inputs)
+    return inputs
+
+
+def _recover(rest: list[str], slash: str) -> Command:
+    """``recover <run> [--from <step>] [--force] [key=value ...]``: options anywhere after the verb."""
+    runs: list[str] = []
+    assignments: list[str] = []
+    from_step: str | None = None
+    force = False
+    words = iter(rest)
+    for word in words:
+        flag, _, attached = word.partition("=")
+        if flag.lower() == "--force" and not attached:
+            force = True
+        elif flag.lower() == "--from":
+            from_step = attached or next(words, "")
+            if not from_step or from_step.startswith("-"):
+                raise UsageError(f"`--from` needs the step to recover from. Usage: {form('recover', slash)}")
+        elif word.startswith("-"):
+            choices = list(RECOVER_FLAGS)
+            raise UsageError(_unknown(word, choices, "option", lambda f: f"`{f}`", slash, "recover"))
+        elif "=" in word:
+            assignments.append(word)
+        else:
+            runs.append(word)
+    if len(runs) != 1:
+        what = "Name one run to recover" if not runs else f"`recover` takes one run, got {len(runs)}"
+        raise UsageError(f"{what}. Usage: {form('recover', slash)}")
+    inputs = _inputs(assignments, "recover", slash)
+    return Command("recover", runs[0], inputs, from_step=from_step, force=force)
 
 
 def _one(verb: str, rest: list[str], slash: str) -> str:

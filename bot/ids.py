@@ -10,6 +10,7 @@ RUN_RESUME = "run_resume"
 RUN_STOP_GRACEFUL = "run_stop_graceful"
 RUN_STOP_NOW = "run_stop_now"
 RUN_REPLAY = "run_replay"
+RUN_RECOVER = "run_recover"  # Retry from failed step, on a failure alert
 RUN_DETAILS = "run_details"
 
 REJECT_MODAL = "task_reject_modal"

@@ -90,6 +90,11 @@ def register(app: AsyncApp, bot: Bot) -> None:
         lambda r: f"Stopped run `{r.short_id}`.",
     )
     run_action(ids.RUN_REPLAY, engine.replay, lambda r: f"Replaying as run `{r.short_id}` (`{r.run_id}`).")
+    run_action(
+        ids.RUN_RECOVER,
+        engine.recover,  # the failed step and what it blocked run again; a refusal says why not
+        lambda r: f"Recovered run `{r.short_id}`: it is {r.status.value} again, from its failed step.",
+    )
 
     @app.action(ids.RUN_DETAILS)
     async def details(ack: AsyncAck, body: Body) -> None:

@@ -19,9 +19,12 @@ import redis
 import yaml
 from aiohttp.test_utils import TestClient
 
+from bot import ids
 from engine.api import Engine
 from engine.catalog import load_folder
-from engine.model import EventType, RunStatus
+from engine.model import EventType, FailureCode, Run, RunStatus, StepError, StepStatus
+from tests.engine_helpers import finish_step
+from tests.fake_slack import ALICE, BOB, Slack, all_text, write_workflows
 from tests.test_worker_e2e import Harness, marker_lines
 from tests.web_helpers import bearer, problem
 from webhooks.server import create_app
@@ -223,3 +226,106 @@ async def test_recover_is_in_the_openapi_document_and_under_the_workflow_path(
     )
     assert response.status == 200, await response.text()
     assert harness.wait_until_finished(run_id).status is RunStatus.COMPLETED
+
+
+# -- Slack: the failure alert's Retry from failed step, and /run recover --------------------------
+# The worker's part is played through the engine's worker API, as the other Slack tests do.
+
+
+def deploy(workflow_id: str, idempotent: bool) -> dict[str, Any]:
+    """build (idempotent) -> ship (its template needs the region input) in #deploys."""
+    return {
+        "id": workflow_id,
+        "name": workflow_id.title(),
+        "inputs": {"region": {"type": "string"}},
+        "settings": {"slack_channel": "#deploys"},
+        "steps": [
+            {"id": "build", "type": "action", "action": "worker.actions:echo", "retry": {"idempotent": True}},
+            {
+                "id": "ship",
+                "type": "action",
+                "action": "worker.actions:echo",
+                "needs": ["build"],
+                "args": {"region": "{{ inputs.region }}"},
+                "retry": {"idempotent": idempotent},
+            },
+        ],
+    }
+
+
+@pytest.fixture
+def slack_engine(redis_conn: redis.Redis, namespace: str, tmp_path: Path) -> Engine:
+    """The Slack fixture's engine, with the deploy workflows (overrides tests.fake_slack's)."""
+    workflows = {w: deploy(w, idempotent=w == "deploy") for w in ("deploy", "deploy-once")}
+    catalog = load_folder(write_workflows(tmp_path / "workflows", workflows))
+    assert not catalog.errors, catalog.errors
+    return Engine(redis_conn, catalog, key_prefix=f"{namespace}:", queue_name=namespace)
+
+
+async def failed_in_slack(slack: Slack, workflow_id: str) -> tuple[Run, tuple[str, str]]:
+    """Start a run from Slack whose ship step fails on the worker; the run and its failure alert."""
+    await slack.command(f"start {workflow_id} region=eu", user=ALICE)
+    run = finish_step(slack.engine, slack.engine.list_runs().runs[0], "build", {"built": True})
+    error = StepError(code=FailureCode.STEP_FAILED, message="registry unreachable")
+    run = finish_step(slack.engine, run, "ship", error=error)
+    assert run.status is RunStatus.FAILED
+    alert = await slack.fake.wait_for(lambda: slack.fake.message_with(ids.RUN_RECOVER, run.run_id))
+    assert "Retry from failed step" in all_text(slack.fake.messages[alert])
+    return run, alert
+
+
+async def test_retry_from_failed_step_on_the_alert_recovers_the_run(slack: Slack) -> None:
+    run, alert = await failed_in_slack(slack, "deploy")
+
+    answer_url = await slack.click(ids.RUN_RECOVER, run.run_id, user=BOB, message=alert)
+    reply = (await slack.fake.wait_for(lambda: slack.responses_to(answer_url)))[0]
+    assert f"Recovered run `{run.short_id}`: it is running again" in reply["text"]
+    recovered = slack.engine.get_run(run.run_id)
+    assert recovered.steps["build"].result == {"built": True}  # kept, not run again
+    assert recovered.steps["build"].attempt == 1
+    assert (recovered.steps["ship"].status, recovered.steps["ship"].attempt) == (StepStatus.QUEUED, 2)
+    done = finish_step(slack.engine, recovered, "ship", {"shipped": True})
+    assert done.status is RunStatus.COMPLETED and done.run_id == run.run_id
+    [event] = [e for e in slack.engine.events(run.run_id) if e.type is EventType.RUN_RECOVERED]
+    assert event.actor.ref == "slack:U0BOB" and event.data["from_step"] == "ship"
+
+    def thread() -> list[str]:
+        return [c.args["text"] for c in slack.fake.ok_calls("chat.postMessage") if "thread_ts" in c.args]
+
+    await slack.fake.wait_for(lambda: "✅ Completed" in thread())
+    assert any(line.startswith("🔁 Recovered by") and "`ship`" in line for line in thread())
+
+
+async def test_a_refused_retry_is_answered_ephemerally_and_run_recover_forces_it(slack: Slack) -> None:
+    run, alert = await failed_in_slack(slack, "deploy-once")
+
+    answer_url = await slack.click(ids.RUN_RECOVER, run.run_id, user=BOB, message=alert)
+    reply = (await slack.fake.wait_for(lambda: slack.responses_to(answer_url)))[0]
+    assert "step 'ship' already ran" in reply["text"] and "not marked idempotent" in reply["text"]
+    assert reply.get("response_type", "ephemeral") == "ephemeral"
+    assert slack.engine.get_run(run.run_id).status is RunStatus.FAILED
+
+    typo = await slack.command(f"recover {run.short_id} --froce", user=BOB)
+    assert "Did you mean `--force`?" in typo["text"]
+    forced = await slack.command(f"recover {run.short_id} --force", user=BOB)
+    assert f"run `{run.short_id}`" in forced["text"] and "is *running* again" in forced["text"]
+    assert slack.engine.get_run(run.run_id).steps["ship"].attempt == 2
+
+
+async def test_run_recover_corrects_inputs_and_starts_from_a_named_step(slack: Slack) -> None:
+    await slack.command("start deploy", user=ALICE)  # no region: ship's template fails
+    run = finish_step(slack.engine, slack.engine.list_runs().runs[0], "build", {"built": 1})
+    assert run.status is RunStatus.FAILED and run.failure is not None
+    assert run.failure.code is FailureCode.TEMPLATE_ERROR
+
+    bad = await slack.command(f"recover {run.short_id} colour=blue", user=BOB)
+    assert "unknown input" in bad["text"] and slack.engine.get_run(run.run_id).status is RunStatus.FAILED
+    reply = await slack.command(f"recover {run.short_id} --from build region=us", user=BOB)
+    assert "is *running* again" in reply["text"]
+    recovered = slack.engine.get_run(run.run_id)
+    assert recovered.inputs["region"] == "us"
+    assert (recovered.steps["build"].status, recovered.steps["build"].attempt) == (StepStatus.QUEUED, 2)
+    done = finish_step(slack.engine, finish_step(slack.engine, recovered, "build", {"built": 2}), "ship", "ok")
+    assert done.status is RunStatus.COMPLETED and done.steps["ship"].args == {"region": "us"}
+    completed = await slack.command(f"recover {run.short_id}", user=BOB)
+    assert "it completed" in completed["text"] and "You can replay it" in completed["text"]
