@@ -7,7 +7,6 @@ channel of a card, or as a notice at the top of App Home.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from bot.blocks import escape
 from bot.feed import publish_home
 from bot.runtime import Bot, slack_actor
 from engine.errors import SwitchboardError
+from engine.fields import from_text
 from engine.model import Actor, Run, RunStatus
 from engine.views import already_decided, no_such_task
 
@@ -238,8 +238,9 @@ class InvalidEdits(ValueError):
 def edits_from(view: Body, fields: dict[str, Any], editable: list[str]) -> dict[str, Any]:
     """The edit modal's values by field; a field the modal did not show keeps its value.
 
-    An edited value keeps the type of the field it edits (a number stays a number);
-    text that is not of that type raises :class:`InvalidEdits`.
+    An edited value keeps the type of the field it edits (a number stays a number, as the
+    engine requires: :mod:`engine.fields`); text that is not of that type raises
+    :class:`InvalidEdits`.
     """
     state = view.get("state", {}).get("values", {})
     edits: dict[str, Any] = {}
@@ -251,39 +252,10 @@ def edits_from(view: Body, fields: dict[str, Any], editable: list[str]) -> dict[
             continue
         text = (block.get(ids.FIELD_INPUT) or {}).get("value") or ""
         try:
-            edits[name] = typed_like(fields.get(name), text)
+            edits[name] = from_text(fields.get(name), text)
         except ValueError as exc:
             errors[block_id] = str(exc)
     if errors:
         raise InvalidEdits(errors)
     return edits
 
-
-def typed_like(original: Any, text: str) -> Any:
-    """``text`` as a value of the type of ``original``; ValueError says what to enter instead."""
-    if isinstance(original, str) or original is None:
-        return text
-    text = text.strip()
-    if isinstance(original, bool):
-        answer = {"true": True, "yes": True, "false": False, "no": False}.get(text.lower())
-        if answer is None:
-            raise ValueError("Enter true or false.")
-        return answer
-    if isinstance(original, int):
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError("Enter a whole number, like 3.") from None
-    if isinstance(original, float):
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError("Enter a number, like 2.5.") from None
-    kind, example = ("list", "[1, 2]") if isinstance(original, list) else ("object", '{"key": "value"}')
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
-    if type(value) is not type(original):
-        raise ValueError(f"Enter a JSON {kind}, like {example}.")
-    return value

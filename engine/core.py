@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from engine.errors import CommandRefused, InvalidInput, NotAllowed, NotFound
+from engine.fields import misfit
 from engine.model import (
     Actor,
     ActorKind,
@@ -612,17 +613,27 @@ class _Transition:
 
         The edits are merged into the step's result, which downstream steps read: any
         other key would let whoever decides overwrite what the workflow computed.
+        A value keeps the type of the field's current value (:mod:`engine.fields`): later
+        steps read it as the workflow wrote it.
         """
         refused = sorted(set(edits) - set(task.editable))
-        if not refused:
-            return
-        editable = ", ".join(task.editable)
-        can = f"its editable fields are {editable}" if editable else "it has no editable fields"
-        raise InvalidInput(
-            f"Task {task.task_id!r} of run {self.run.short_id} does not let you edit"
-            f" {', '.join(refused)}: {can}.",
-            {f"result.{name}": f"not an editable field of task {task.task_id!r}" for name in refused},
-        )
+        if refused:
+            editable = ", ".join(task.editable)
+            can = f"its editable fields are {editable}" if editable else "it has no editable fields"
+            raise InvalidInput(
+                f"Task {task.task_id!r} of run {self.run.short_id} does not let you edit"
+                f" {', '.join(refused)}: {can}.",
+                {f"result.{name}": f"not an editable field of task {task.task_id!r}" for name in refused},
+            )
+        misfits = {
+            name: why for name, value in edits.items() if (why := misfit(name, task.fields.get(name), value))
+        }
+        if misfits:
+            raise InvalidInput(
+                f"Task {task.task_id!r} of run {self.run.short_id} keeps the type of each field:"
+                f" {'; '.join(misfits.values())}.",
+                {f"result.{name}": why for name, why in misfits.items()},
+            )
 
     def _decide(
         self,

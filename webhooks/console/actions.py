@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.interactions import typed_like
 from engine.errors import InvalidInput, SwitchboardError
+from engine.fields import from_text
 from engine.model import Run, StopMode
 from webhooks.auth import Role
 from webhooks.console.access import FORM, SESSION, back, console, refusal
@@ -76,7 +76,7 @@ async def replay(request: web.Request) -> web.StreamResponse:
         if key == name or (key in original.inputs and text == field_text(original.inputs[key])):
             continue  # not an input, or unchanged: the replay keeps the original's value
         try:
-            inputs[key] = typed_like(original.inputs.get(key), text)
+            inputs[key] = from_text(original.inputs.get(key), text)
         except ValueError as exc:
             return await back(request, Flash(kind="error", text=f"Input {key}: {exc}"), here)
     try:
@@ -106,7 +106,7 @@ async def decide(request: web.Request) -> web.StreamResponse:
     if decision == "approve":
         for name, text in sent.items():
             try:
-                edits[name] = typed_like(fields.get(name), text)
+                edits[name] = from_text(fields.get(name), text)
             except ValueError as exc:
                 errors[name] = str(exc)
     if errors:
