@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -30,10 +31,13 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 
 from bot.app import build_app
 from bot.envelope import check_envelope
+from bot.feed import run_key
 from bot.runtime import Bot, build_bot
 from bot.service import running
 from bot.settings import SlackSettings, get_slack_settings
 from engine.api import Engine
+from engine.model import Run
+from engine.redis_idioms import text
 from webhooks.inbound import (
     Malformed,
     check_charset,
@@ -44,6 +48,7 @@ from webhooks.inbound import (
     read_body,
     utf8_text,
 )
+from webhooks.rest import add_evidence_source
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +68,21 @@ def attach(app: web.Application, engine: Engine, settings: SlackSettings | None 
     quiet_malformed_http()
     handler = events_handler(build_app(bot), settings.signing_secret or "")
     app.router.add_post(EVENTS_PATH, handler, expect_handler=expect_handler)
+    add_evidence_source(app, "slack_messages.json", lambda run: message_refs(bot, run))
 
     async def background(_app: web.Application) -> AsyncIterator[None]:
         async with running(bot):
             yield
 
     app.cleanup_ctx.append(background)
+
+
+async def message_refs(bot: Bot, run: Run) -> dict[str, Any]:
+    """Where the bot posted a run's messages (its first message, whose thread has the progress,
+    and each task's card): the references of the run's evidence pack, which the engine does not know."""
+    refs = await bot.redis.hgetall(bot.keys.refs(run_key(run.run_id)))
+    posted = {text(name): json.loads(value) for name, value in refs.items()}
+    return {"channel": run.notify_channel, "messages": posted}
 
 
 def events_handler(bolt: AsyncApp, signing_secret: str) -> Callable[[web.Request], Awaitable[web.Response]]:

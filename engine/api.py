@@ -14,7 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -26,7 +26,7 @@ from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
-from engine import analytics, core
+from engine import analytics, core, evidence
 from engine import retention as retention_rules
 from engine.catalog import Catalog
 from engine.core import Outcome
@@ -251,6 +251,32 @@ class Engine:
             except InputError as exc:
                 raise InvalidInput(str(exc), exc.problems) from exc
         return self._command(run.run_id, core.Recover(actor, from_step, corrected, force))
+
+    def evidence(
+        self, run_ref: str, actor: Actor, attachments: Mapping[str, Any] | None = None
+    ) -> evidence.EvidencePack:
+        """The run's evidence pack (see :mod:`engine.evidence`), its digest recorded in the run's events.
+
+        ``attachments`` are files the edges add (the Slack app's message references); the
+        ``evidence_exported`` event names the digest, the file and who exported it.
+        """
+        run = self.get_run(run_ref)
+        events: list[Event] = []
+        while page := self.events(run.run_id, events[-1].id if events else None, 1000):
+            events += page
+        now = self.clock()
+        pack = evidence.build_pack(run, self.workflow_of(run), events, actor, now, attachments)
+
+        def record(_pipe: Pipeline, current: Run) -> Outcome:
+            out = Outcome(run=current.clone())
+            data = {"digest": pack.digest, "filename": pack.filename, "bytes": len(pack.content)}
+            out.events.append(
+                Event(type=EventType.EVIDENCE_EXPORTED, at=now, actor=actor, run_id=run.run_id, data=data)
+            )
+            return out
+
+        self.store.transact(run.run_id, record)
+        return pack
 
     def deliver_event(self, name: str, key: str, payload: Any, actor: Actor) -> list[str]:
         """Hand an external event to every step waiting for it; returns the run ids woken.

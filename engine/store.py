@@ -23,6 +23,8 @@ from redis.client import Pipeline
 from rq import Queue
 from rq.job import Job
 from rq.results import Result
+from rq.utils import utcparse
+from rq.worker import Worker
 
 from engine import analytics
 from engine.core import Outcome, StepJob, Timer, TimerKind
@@ -225,6 +227,15 @@ class RunStore:
     def exists(self, run_id: str) -> bool:
         return bool(self.redis.exists(self.keys.run(run_id)))
 
+    def worker_heartbeats(self, names: list[str]) -> dict[str, datetime]:
+        """When each RQ worker named last sent a heartbeat (``last_heartbeat`` of RQ's own worker
+        hash, which a worker renews while it runs a job); a worker RQ no longer knows is left out."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(Worker.redis_worker_namespace_prefix + name, "last_heartbeat")
+            beats = pipe.execute()
+        return {name: utcparse(text(beat)) for name, beat in zip(names, beats, strict=True) if beat}
+
     def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
         found = self.redis.zrangebylex(self.keys.run_ids, f"[{prefix}", f"[{prefix}\xff", start=0, num=limit)
         return [text(r) for r in found]
@@ -294,16 +305,23 @@ class RunStore:
         return Workflow.model_validate_json(raw) if raw else None
 
     def scan_index(
-        self, key: str, newest_first: bool = True, chunk: int = 200, min_score: float | None = None
+        self,
+        key: str,
+        newest_first: bool = True,
+        chunk: int = 200,
+        min_score: float | None = None,
+        below: float | None = None,
     ) -> Iterator[str]:
-        """Run ids from a sorted-set index, in chunks, so a page never loads the whole set."""
+        """Run ids from a sorted-set index, in chunks, so a page never loads the whole set;
+        scored from ``min_score`` and below ``below`` (excluded) when given."""
         offset = 0
         low = "-inf" if min_score is None else min_score
+        high = "+inf" if below is None else f"({below}"
         while True:
             if newest_first:
-                ids = self.redis.zrevrangebyscore(key, "+inf", low, start=offset, num=chunk)
+                ids = self.redis.zrevrangebyscore(key, high, low, start=offset, num=chunk)
             else:
-                ids = self.redis.zrangebyscore(key, low, "+inf", start=offset, num=chunk)
+                ids = self.redis.zrangebyscore(key, low, high, start=offset, num=chunk)
             if not ids:
                 return
             yield from texts(ids)

@@ -71,7 +71,7 @@ class LocalBackend:
         self.engine = engine
 
     def workflows(self) -> list[dict[str, Any]]:
-        from webhooks.rest import workflow_summary
+        from webhooks.answers import workflow_summary
 
         return [workflow_summary(w) for w in self.engine.workflows()]
 
@@ -102,13 +102,13 @@ class LocalBackend:
     def list_runs(
         self, status: RunStatus | None, workflow_id: str | None, prefix: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        from webhooks.rest import run_summary
+        from webhooks.answers import run_summary
 
         page = self.engine.list_runs(status=status, workflow_id=workflow_id, prefix=prefix, limit=limit)
         return [run_summary(run) for run in page.runs]
 
     def pending_tasks(self, run_ref: str | None) -> list[dict[str, Any]]:
-        from webhooks.rest import task_json
+        from webhooks.answers import task_json
 
         return [task_json(pending) for pending in self.engine.pending_tasks(run_ref)]
 

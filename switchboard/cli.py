@@ -533,7 +533,7 @@ def next_commands(view: RunView) -> list[str]:
 
 def show_run(run: Run) -> None:
     if wants_json():
-        from webhooks.rest import run_json
+        from webhooks.answers import run_json
 
         emit(run_json(run))
         return

@@ -72,6 +72,8 @@ ENTRY_POINTS = [
     ("POST", "/v1/workflows/{workflow_id}/runs/{run_id}/tasks/{task_id}/complete"),
     ("POST", "/v1/runs/{run_id}/replay"),
     ("POST", "/v1/runs/{run_id}/recover"),
+    ("GET", "/v1/runs/{run_id}/evidence"),
+    ("GET", "/v1/workflows/{workflow_id}/runs/{run_id}/evidence"),
     ("POST", "/v1/workflows/{workflow_id}/runs/{run_id}/recover"),
     ("GET", "/v1/workflows"),
     ("GET", "/v1/workflows/{workflow_id}"),

@@ -9,6 +9,7 @@ documents in :mod:`webhooks.problems`; the role each route needs is declared wit
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from engine import evidence
 from engine.analytics import Bucket, Summary, Timeseries
 from engine.asyncio_bridge import EngineBridge
 from engine.errors import NotFound
@@ -34,6 +36,10 @@ from webhooks.context import WebContext, context_of
 from webhooks.routing import endpoint, read_body, read_query
 
 routes = web.RouteTableDef()
+# Files the edges add to a run's evidence pack (engine.evidence), by name: the Slack app adds its
+# message references (bot.web.attach), which the engine does not know.
+EvidenceSource = Callable[[Run], Awaitable[Any]]
+EVIDENCE_SOURCES: web.AppKey[dict[str, EvidenceSource]] = web.AppKey("switchboard_evidence_sources")
 PRINCIPAL = web.RequestKey("switchboard_principal", Principal)
 # Engine calls run on the loop's default executor: the web's own threads (webhooks.server).
 ENGINE = EngineBridge()
@@ -96,6 +102,14 @@ class CompleteBody(_Model):
 
 class ReplayBody(_Model):
     inputs: dict[str, Any] | None = None
+
+
+class RecoverBody(_Model):
+    from_step: str | None = Field(
+        default=None, min_length=1, max_length=63, description="run again from here (default: the failed step)"
+    )
+    inputs: dict[str, Any] | None = Field(default=None, description="corrected inputs, validated as at start")
+    force: StrictBool = Field(default=False, description="run again steps that ran and are not idempotent")
 
 
 class RecoverBody(_Model):
@@ -299,6 +313,53 @@ async def recover_run(request: web.Request) -> web.StreamResponse:
     engine, run_id, actor = context_of(request).engine, await _run_in_path(request), actor_of(request)
     run = await ENGINE.call(engine.recover, run_id, actor, body.from_step, body.inputs, body.force)
     return web.json_response(run_json(run))
+
+
+@routes.post("/v1/workflows/{workflow_id}/runs/{run_id}/recover")
+@routes.post("/v1/runs/{run_id}/recover")
+@endpoint(Role.OPERATOR, body=RecoverBody)
+async def recover_run(request: web.Request) -> web.StreamResponse:
+    """Continue a failed or stopped run, the same run, from its failed step (or `from_step`).
+
+    Succeeded steps keep their results; the rest run again as their next attempt, with `inputs`
+    corrected. 409 with the engine's sentence when the run cannot be recovered, e.g. a step that
+    already ran is not idempotent and `force` is not set.
+    """
+    body = await read_body(request, RecoverBody)
+    engine, run_id = context_of(request).engine, await _run_in_path(request)
+    run = await ENGINE.call(engine.recover, run_id, actor_of(request), body.from_step, body.inputs, body.force)
+    return web.json_response(run_json(run))
+
+
+def add_evidence_source(app: web.Application, name: str, source: EvidenceSource) -> None:
+    """Have ``source(run)`` answer file ``name`` (``*.json``) of every evidence pack ``app`` serves."""
+    app[EVIDENCE_SOURCES] = {**evidence_sources(app), name: source}
+
+
+def evidence_sources(app: web.Application) -> dict[str, EvidenceSource]:
+    none: dict[str, EvidenceSource] = {}
+    return app.get(EVIDENCE_SOURCES, none)
+
+
+@routes.get("/v1/workflows/{workflow_id}/runs/{run_id}/evidence")
+@routes.get("/v1/runs/{run_id}/evidence")
+@endpoint(Role.VIEWER, media_type=evidence.MEDIA_TYPE)
+async def run_evidence(request: web.Request) -> web.StreamResponse:
+    """Download the run's evidence pack: one zip of the run, its workflow, events, decisions and results.
+
+    `manifest.json` lists each file's SHA-256. The pack's own digest is answered in
+    `X-Evidence-Digest` and recorded in the run's events (`evidence_exported`, with who asked).
+    """
+    ctx = context_of(request)
+    run = await ENGINE.call(ctx.engine.get_run, await _run_in_path(request))
+    attachments = {name: await source(run) for name, source in evidence_sources(request.app).items()}
+    pack = await ENGINE.call(ctx.engine.evidence, run.run_id, actor_of(request), attachments)
+    headers = {
+        "Content-Disposition": f'attachment; filename="{pack.filename}"',
+        "X-Evidence-Digest": pack.digest,
+        "Cache-Control": "no-store",
+    }
+    return web.Response(body=pack.content, content_type=pack.media_type, headers=headers)
 
 
 # -- workflows -----------------------------------------------------------------------------

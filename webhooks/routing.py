@@ -8,8 +8,8 @@ bad request gets a 400 or 422 naming the problem and never reaches the engine.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from aiohttp import web
@@ -35,6 +35,8 @@ class Endpoint:
     media_type: str = "application/json"
     tag: str = "runs"
     response: type[BaseModel] | None = None  # the success answer's shape, for the OpenAPI document
+    also: Mapping[int, type[BaseModel] | None] = field(default_factory=dict)  # other success answers
+    idempotent: bool = False  # honours an Idempotency-Key header
 
 
 ENDPOINTS: dict[Handler, Endpoint] = {}
@@ -49,14 +51,31 @@ def endpoint(
     media_type: str = "application/json",
     tag: str = "runs",
     response: type[BaseModel] | None = None,
+    also: Mapping[int, type[BaseModel] | None] | None = None,
+    idempotent: bool = False,
 ) -> Callable[[Handler], Handler]:
-    """Declare a handler's role and models; its docstring becomes the OpenAPI summary."""
+    """Declare a handler's role and models; its docstring becomes the OpenAPI summary.
+
+    ``response`` is the answer at ``status``; ``also`` other success statuses it may answer
+    with theirs (a command's start answers 201); ``idempotent`` that it takes an
+    ``Idempotency-Key`` header. The OpenAPI document says all of it.
+    """
 
     def register(handler: Handler) -> Handler:
         doc = (handler.__doc__ or handler.__name__).strip()
         summary, _, description = doc.partition("\n")
         ENDPOINTS[handler] = Endpoint(
-            role, summary.strip(), description.strip(), body, query, status, media_type, tag, response
+            role,
+            summary.strip(),
+            description.strip(),
+            body,
+            query,
+            status,
+            media_type,
+            tag,
+            response,
+            dict(also or {}),
+            idempotent,
         )
         return handler
 

@@ -21,7 +21,7 @@ from engine.api import Engine
 from engine.background import start_task
 from engine.connection import async_client
 from engine.intake import Acceptor, Intake, Starter
-from webhooks import console, deliveries, rest
+from webhooks import console, deliveries, reference, rest
 from webhooks.auth import Tokens, forbidden
 from webhooks.context import CONTEXT, WebContext, context_of
 from webhooks.inbound import check_headers, expect_handler, quiet_malformed_http
@@ -140,6 +140,7 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
         web.get("/v1/runs/{run_id}/stream", stream_run),
         *console.routes,
         web.get("/v1/openapi.json", openapi),
+        web.get("/v1/docs", reference.api_reference),
         web.get("/healthz", healthz),
         web.get("/metrics", metrics),
         web.route("*", "/{path:.*}", no_route),  # matched last: more specific paths win
