@@ -192,11 +192,14 @@ class Queries:
         since: datetime | None = None,
         limit: int = 50,
         offset: int = 0,
+        until: datetime | None = None,
     ) -> RunPage:
         """Runs newest first, filtered; ``offset`` (a page's ``next_offset``) continues after a page.
 
+        ``since`` and ``until`` bound when a run was created (from ``since``, before ``until``).
         The narrowest index is read in batches and the other filters applied to each
-        batch, so a page costs a few round trips however many runs are stored.
+        batch, so a page costs a few round trips however many runs are stored; the indexes
+        scored by creation (all runs, a workflow's) are read only within the time range.
         """
         limit = max(1, min(limit, PAGE_LIMIT))
         keys = self.store.keys
@@ -205,16 +208,17 @@ class Queries:
             ids = iter(self.store.ids_with_prefix(prefix.lower(), limit=100_000))
         elif status is not None:
             ids = self.store.scan_index(keys.by_status(status))
-        elif workflow_id:
-            ids = self.store.scan_index(keys.by_workflow(workflow_id))
         else:
-            ids = self.store.scan_index(keys.runs, min_score=ts(since) if since else None)
+            index = keys.by_workflow(workflow_id) if workflow_id else keys.runs
+            low, below = (ts(since) if since else None), (ts(until) if until else None)
+            ids = self.store.scan_index(index, min_score=low, below=below)
 
         def keep(run: Run | None) -> bool:
             return run is not None and (
                 (status is None or run.status is status)
                 and (workflow_id is None or run.workflow_id == workflow_id)
                 and (since is None or run.created_at >= since)
+                and (until is None or run.created_at < until)
             )
 
         page: list[tuple[int, Run]] = []
@@ -226,6 +230,10 @@ class Queries:
         if len(page) <= limit:
             return RunPage([run for _, run in page], None)
         return RunPage([run for _, run in page[:limit]], page[limit][0])
+
+    def worker_heartbeats(self, names: list[str]) -> dict[str, datetime]:
+        """When each worker named (a step's ``worker``) last sent a heartbeat; one round trip."""
+        return self.store.worker_heartbeats(names) if names else {}
 
     def runs_with_status(self, status: RunStatus) -> Iterator[Run]:
         """Every run now in ``status``, newest first, loaded a batch at a time."""

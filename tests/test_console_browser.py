@@ -362,3 +362,38 @@ def test_logs_filtered_to_errors_and_the_analytics_page(page: Any, harness: Harn
     page.wait_for_url(re.compile(r"range=24h"))
     assert "Runs per hour" in page.inner_text(".charts")
     shot(page, "10-analytics-day")
+
+
+def test_running_now_shows_the_heartbeat_of_the_steps_worker(page: Any, harness: Harness) -> None:
+    """The in-flight step's worker and how long ago it last sent a heartbeat (RQ's record of the
+    worker, read through the engine), on the Command Center and the run's page."""
+    run = harness.engine.start("migrate", {}, OPS)
+    worker = harness.start_worker()
+    harness.wait_until_running(run.run_id, "migrate")
+    assert list(harness.engine.queries.worker_heartbeats([worker, "no-such-worker"])) == [worker]
+    sign_in_with_token(page, "viewer")
+    row = page.locator(f"#running tr[data-run='{run.short_id}']")
+    assert re.search(
+        rf"migrate running, started .+ on {worker} · last heartbeat (just now|.+ ago)", row.inner_text()
+    )
+    shot(page, "11-command-center-heartbeat")
+    page.goto(f"/runs/{run.run_id}")
+    assert re.search(rf"on {worker} · last heartbeat (just now|.+ ago)", page.inner_text("#in-flight"))
+    harness.engine.stop(run.run_id, OPS)
+
+
+def test_the_run_list_between_since_and_until(page: Any, harness: Harness) -> None:
+    made = backfill(harness, days=3)
+    since = made[0].created_at.replace(second=0, microsecond=0) + timedelta(days=1)
+    until = since + timedelta(hours=18)
+    inside = sorted((r for r in made if since <= r.created_at < until), key=lambda r: r.created_at)
+    assert 0 < len(inside) < len(made)
+    sign_in_with_token(page, "viewer")
+    page.goto("/runs")
+    page.fill("#since", since.strftime("%Y-%m-%dT%H:%M"))
+    page.fill("#until", until.strftime("%Y-%m-%dT%H:%M"))
+    page.click("button:has-text('Filter')")
+    page.wait_for_url(re.compile(r"until="))
+    shown = page.locator("#runs tbody tr").evaluate_all("rows => rows.map(r => r.dataset.run)")
+    assert shown == [r.short_id for r in reversed(inside)]
+    shot(page, "12-runs-since-until")

@@ -456,3 +456,67 @@ async def test_run_console_in_slack_answers_with_a_link_that_signs_in_as_that_us
     assert answer.status == 303
     home = await (await slack.client.get("/")).text()
     assert "alice" in home and "approver, operator" in home
+
+
+async def test_the_run_page_says_what_the_engines_run_view_says(
+    browser: TestClient, console_engine: Engine, clock: Clock
+) -> None:
+    """Outcomes are worded once (engine.views): a rejected task's decision with who and when, the
+    skip's meaning, progress and duration, the same marks as the Slack timeline."""
+    run = console_engine.start("deploy", {"service": "api"}, OPS)
+    clock.advance(90)
+    console_engine.complete_task(run.run_id, "review", BOB, False, comment="not today")
+    await sign_in_by_link(browser, console_engine)
+    text = await (await browser.get(f"/runs/{run.run_id}")).text()
+    assert "rejected by bob at 2026-11-23 09:01:30 UTC (“not today”)" in text
+    assert "skipped (blocked)" in text and "its approval was rejected" in text
+    assert "2 of 2 steps finished" in text and "1 min 30 s" in text
+    assert "⏭️ skipped (blocked)" in text  # the Slack timeline's mark for a skipped step
+    task_page = await (await browser.get(f"/runs/{run.run_id}/tasks/review")).text()
+    assert "This task was rejected by bob at 2026-11-23 09:01:30 UTC: “not today”." in task_page
+
+
+async def test_the_run_list_between_since_and_until(
+    browser: TestClient, console_engine: Engine, clock: Clock
+) -> None:
+    """``until`` bounds the list from above (excluded), alone, with ``since``, a workflow or a status."""
+    made = []
+    for hour in range(5):
+        made.append(console_engine.start("release", {"service": f"svc-{hour}"}, OPS))
+        clock.advance(3600)  # runs created at 09:00, 10:00, ... 13:00
+    await sign_in_by_link(browser, console_engine)
+
+    async def listed(query: str) -> list[str]:
+        answer = await browser.get(f"/runs?{query}")
+        assert answer.status == 200, await answer.text()
+        return re.findall(r'<tr data-run="([0-9a-f]{8})">', await answer.text())
+
+    ids = [r.short_id for r in made]
+    assert await listed("until=2026-11-23T11:00") == [ids[1], ids[0]]
+    assert await listed("since=2026-11-23T10:00&until=2026-11-23T12:00") == [ids[2], ids[1]]
+    assert await listed("workflow=release&until=2026-11-23T10:00") == [ids[0]]
+    waiting = await listed("status=waiting&since=2026-11-23T10:00&until=2026-11-23T11:30")
+    assert waiting == [ids[1], ids[2]]  # oldest task first
+    console_engine.stop(made[3].run_id, OPS)
+    assert await listed("status=stopped&until=2026-11-23T12:00") == []
+    assert await listed("status=stopped&until=2026-11-23T12:01") == [ids[3]]
+    answer = await browser.get("/runs?since=2026-11-23T12:00&until=2026-11-23T11:00")
+    assert answer.status == 400 and "until must be later than since" in await answer.text()
+
+
+async def test_a_task_with_an_expiry_shows_its_countdown_on_every_page(
+    aiohttp_client: Any, redis_conn: Any, namespace: str, clock: Clock, settings: WebSettings
+) -> None:
+    expiring = {**APPROVAL_WORKFLOW, "id": "expiring", "name": "Expiring"}
+    expiring["steps"] = [{**APPROVAL_WORKFLOW["steps"][0]}]
+    expiring["steps"][0]["task"] = {**expiring["steps"][0]["task"], "expires_in": "2h"}
+    engine = engine_for(redis_conn, namespace, expiring, clock=clock)
+    run = engine.start("expiring", {"service": "api"}, OPS)
+    client = await aiohttp_client(create_app(engine, settings))
+    await sign_in_by_link(client, engine)
+    for path in ("/", "/approvals", f"/runs/{run.run_id}", f"/runs/{run.run_id}/tasks/approve"):
+        answer = await client.get(path)
+        assert answer.status == 200, path
+        assert 'data-countdown data-past="expired" datetime="2026-11-23T11:00:00+00:00">in 2 h' in (
+            await answer.text()
+        ), path

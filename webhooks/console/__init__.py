@@ -7,7 +7,8 @@ checked on the server exactly as for REST. State-changing forms carry a CSRF tok
 Static assets are vendored in ``static/``: no CDN, no build step.
 
 ``routes`` is what :func:`webhooks.server.create_app` registers; :func:`mint_sign_in_link`
-is what ``/run console`` and ``switchboard up`` call to hand someone a way in.
+is what ``switchboard up`` calls to hand someone a way in (a one-time token minted by
+:mod:`engine.sign_in`, where ``/run console`` mints its own without importing the console).
 """
 
 from __future__ import annotations

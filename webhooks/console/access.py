@@ -20,7 +20,6 @@ from engine.errors import AmbiguousRunId, NotFound
 from engine.sign_in import SIGN_IN_PATH
 from webhooks import inbound
 from webhooks.auth import Role
-from webhooks.console import present
 from webhooks.console.keys import ConsoleKeys
 from webhooks.console.render import render
 from webhooks.console.sessions import SESSION_COOKIE, Flash, Session, SessionStore, same_secret
@@ -104,7 +103,6 @@ async def page(request: web.Request, template: str, status: int = 200, **values:
         path=request.path,
         here=request.path_qs,
         now=now,
-        duration=lambda run: present.duration(run, now),
         Role=Role,
         **values,
     )

@@ -31,6 +31,7 @@ from engine.errors import NotFound
 from engine.intake import AcceptedRun
 from engine.model import EventType, Run, RunStatus, Severity, StepStatus
 from engine.queries import EventFilter
+from engine.views import RunView, describe, no_such_task
 from webhooks.console import present
 from webhooks.console.access import console, page
 from webhooks.context import context_of
@@ -64,13 +65,26 @@ RANGE_LABELS = [
 async def command_center(request: web.Request) -> web.StreamResponse:
     center = await ENGINE.call(context_of(request).engine.command_center)
     counts = {name: center.counts.get(name, 0) for name in ("pending", "draining", "running", "failed")}
+    running = [describe(run) for run in center.running_now]
     return await page(
         request,
         "command_center.html",
         center=center,
         counts=counts,
         awaiting=by_run(center.awaiting_approval),
+        draining=[describe(run) for run in center.stopping_gracefully],
+        running=running,
+        failed=[describe(run) for run in center.failed_recently],
+        heartbeats=await _heartbeats(request, running),
     )
+
+
+async def _heartbeats(request: web.Request, runs: list[RunView]) -> dict[str, datetime]:
+    """When each worker running a step of ``runs`` last sent a heartbeat (one read for all)."""
+    workers = {s.worker for run in runs for s in run.current if s.worker and s.status is StepStatus.RUNNING}
+    if not workers:
+        return {}
+    return await ENGINE.call(context_of(request).engine.queries.worker_heartbeats, sorted(workers))
 
 
 def by_run(tasks: list[PendingTask]) -> list[tuple[Run, list[PendingTask]]]:
@@ -92,6 +106,7 @@ class TimeFilter(BaseModel):
 
     range: Literal["", "1h", "24h", "7d", "30d"] = ""
     since: datetime | None = None
+    until: datetime | None = None  # excluded: what happened before this moment
 
     @field_validator("*", mode="before")
     @classmethod
@@ -99,14 +114,24 @@ class TimeFilter(BaseModel):
         blank = isinstance(value, str) and not value.strip()
         return None if blank and info.field_name != "range" else value
 
-    @field_validator("since", "until", check_fields=False)
+    @field_validator("since", "until")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
+    @model_validator(mode="after")
+    def _until_after_since(self) -> TimeFilter:
+        if self.since and self.until and self.until <= self.since:
+            raise ValueError("until must be later than since")
+        return self
+
     @property
     def since_text(self) -> str:
         return local_input(self.since)
+
+    @property
+    def until_text(self) -> str:
+        return local_input(self.until)
 
     def earliest(self, now: datetime) -> datetime | None:
         span = RANGES[self.range]
@@ -159,7 +184,14 @@ async def runs(request: web.Request) -> web.StreamResponse:
         shown, following = await _waiting_runs(request, query, since)
     else:
         found = await ENGINE.call(
-            engine.list_runs, status, query.workflow, query.prefix, since, PAGE_SIZE, query.offset
+            engine.queries.list_runs,
+            status,
+            query.workflow,
+            query.prefix,
+            since,
+            PAGE_SIZE,
+            query.offset,
+            query.until,
         )
         shown, following = found.runs, found.next_offset
     if not shown and query.prefix and len(query.prefix) == RUN_ID_LENGTH:
@@ -167,7 +199,7 @@ async def runs(request: web.Request) -> web.StreamResponse:
             values["accepted"] = await ENGINE.call(engine.run_or_accepted, query.prefix)
     values.update(
         query=query,
-        runs=shown,
+        runs=[describe(run) for run in shown],
         next_url=str(request.rel_url.update_query(offset=following)) if following else None,
     )
     return await page(request, "runs.html", **values)
@@ -185,6 +217,7 @@ async def _waiting_runs(
         if (
             (query.workflow in (None, run.workflow_id))
             and (since is None or run.created_at >= since)
+            and (query.until is None or run.created_at < query.until)
             and (not query.prefix or run.run_id.startswith(query.prefix.lower()))
         ):
             seen.setdefault(run.run_id, run)
@@ -204,13 +237,14 @@ async def run_detail(request: web.Request) -> web.StreamResponse:
         return await page(request, "accepted.html", accepted=run)
     workflow = await ENGINE.call(engine.workflow_of, run)
     events = await ENGINE.call(engine.events, run.run_id, None, LOG_EVENTS)
+    view = describe(run, workflow)
     return await page(
         request,
         "run.html",
-        run=run,
+        run=view,
         inputs=workflow.inputs,
-        failed=present.failed_step(run) if run.status is RunStatus.FAILED or run.failure else None,
-        open_tasks=[s for s in run.open_tasks()],
+        failed=view.jump_to,
+        heartbeats=await _heartbeats(request, [view]),
         events=events,
         last_event_id=events[-1].id if events else "0-0",
         severities=present.SEVERITIES,
@@ -251,17 +285,17 @@ async def task_view(
 ) -> web.Response:
     """The task page; after a refused decision, with the refusal and the values as they were sent."""
     task_id = request.match_info["task_id"]
-    step = run.steps.get(task_id)
+    view = describe(run)
+    step = view.step(task_id)
     if step is None or step.task is None:
-        raise NotFound(f"Run {run.short_id} has no task {task_id!r}.")
+        raise no_such_task(run, task_id)
     return await page(
         request,
         "task.html",
         status,
-        run=run,
+        run=view,
         step=step,
         task=step.task,
-        pending=PendingTask(run, step.task) if step.status is StepStatus.WAITING else None,
         problem=problem,
         errors=errors or {},
         values=values or {},
@@ -278,12 +312,7 @@ class LogsFilter(TimeFilter):
     severity: Severity | None = None
     workflow: str | None = Field(default=None, max_length=200)
     run: str | None = Field(default=None, max_length=16, pattern=r"^[0-9a-fA-F]+$")
-    until: datetime | None = None
     before: str | None = Field(default=None, pattern=r"^\d{1,20}-\d{1,20}$")
-
-    @property
-    def until_text(self) -> str:
-        return local_input(self.until)
 
     def events(self, now: datetime) -> EventFilter:
         return EventFilter(

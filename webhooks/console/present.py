@@ -1,51 +1,40 @@
-"""How the console words and marks a run: badges, step outcomes, progress, the controls that fit.
+"""How the console marks a run: badge colours, the controls that fit, event severities, charts.
 
-One small place on purpose: the marks are the Slack cards' (``bot.cards``), so a run
-looks the same in both, and when the engine describes runs itself (a medium-neutral
-view of a run) the pages switch to it here, not template by template.
+What a run's state means (progress, durations, the failed step, why a step was skipped,
+what a failure code means, how a task ended) is the engine's :class:`~engine.views.RunView`,
+which every medium renders; so is the mark beside each status, the Slack cards' too. The
+console adds only what is HTML: the colour family of each badge (a CSS class), the buttons.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 
-from bot.cards import STEP_MARKS
 from engine.analytics import Timeseries
-from engine.model import (
-    FAILURE_MEANINGS,
-    Event,
-    EventType,
-    FailureCode,
-    Run,
-    RunStatus,
-    Severity,
-    SkipReason,
-    StepState,
-    StepStatus,
-)
+from engine.model import Event, EventType, RunStatus, Severity, StepStatus
+from engine.views import RunView, StepView
 from webhooks.auth import Role
 from webhooks.console.charts import Chart, Series, bar_chart
 
 
 @dataclass(frozen=True)
 class Badge:
-    mark: str  # the emoji the Slack cards use for the same state
+    mark: str  # the mark every medium shows for the state (engine.views)
     tone: str  # the CSS colour family: ok, bad, warn, info, drain, muted
     label: str
 
 
-RUN_BADGES: dict[RunStatus, Badge] = {
-    RunStatus.QUEUED: Badge("⏳", "muted", "queued"),
-    RunStatus.RUNNING: Badge("▶️", "info", "running"),
-    RunStatus.PAUSED: Badge("⏸️", "warn", "paused"),
-    RunStatus.DRAINING: Badge("🛑", "drain", "draining"),
-    RunStatus.COMPLETED: Badge("✅", "ok", "completed"),
-    RunStatus.FAILED: Badge("🔴", "bad", "failed"),
-    RunStatus.STOPPED: Badge("⏹️", "muted", "stopped"),
+RUN_TONES: dict[RunStatus, str] = {
+    RunStatus.QUEUED: "muted",
+    RunStatus.RUNNING: "info",
+    RunStatus.PAUSED: "warn",
+    RunStatus.DRAINING: "drain",
+    RunStatus.COMPLETED: "ok",
+    RunStatus.FAILED: "bad",
+    RunStatus.STOPPED: "muted",
 }
-_STEP_TONES = {
+STEP_TONES: dict[StepStatus, str] = {
     StepStatus.SUCCEEDED: "ok",
     StepStatus.FAILED: "bad",
     StepStatus.CANCELLED: "muted",
@@ -53,51 +42,14 @@ _STEP_TONES = {
     StepStatus.RUNNING: "info",
     StepStatus.WAITING: "warn",
 }
-SKIP_MEANINGS: dict[SkipReason, str] = {
-    SkipReason.BLOCKED: "an upstream step failed or was skipped, or its approval was rejected",
-    SkipReason.CONDITION: "its condition was false",
-    SkipReason.STOPPED: "the run was stopped before it could start",
-}
 
 
-def run_badge(run: Run) -> Badge:
-    return RUN_BADGES[run.status]
+def run_badge(run: RunView) -> Badge:
+    return Badge(run.mark, RUN_TONES[run.status], run.status.value)
 
 
-def step_badge(step: StepState) -> Badge:
-    label = step.status.value
-    if step.status is StepStatus.SKIPPED and step.reason:
-        label = f"skipped ({step.reason.value})"
-    elif step.status is StepStatus.WAITING and step.task is not None:
-        label = "awaiting approval"
-    return Badge(STEP_MARKS.get(step.status, "⏳"), _STEP_TONES.get(step.status, "muted"), label)
-
-
-def skip_meaning(step: StepState) -> str:
-    return SKIP_MEANINGS.get(step.reason, "") if step.reason else ""
-
-
-def failure_meaning(code: FailureCode | None) -> str:
-    return FAILURE_MEANINGS.get(code, "") if code else ""
-
-
-def progress(run: Run) -> tuple[int, int]:
-    """Steps finished (whatever their outcome) out of all steps."""
-    return sum(1 for s in run.steps.values() if s.status.finished), len(run.steps)
-
-
-def duration(run: Run, now: datetime) -> float | None:
-    """Seconds from start to finish, or to now for an active run; None before it starts."""
-    if run.started_at is None:
-        return None
-    return ((run.finished_at or now) - run.started_at).total_seconds()
-
-
-def failed_step(run: Run) -> StepState | None:
-    """The step that failed the run, to jump to; else the first step that failed."""
-    if run.failure and run.failure.step_id and run.failure.step_id in run.steps:
-        return run.steps[run.failure.step_id]
-    return next((s for s in run.steps.values() if s.status is StepStatus.FAILED), None)
+def step_badge(step: StepView) -> Badge:
+    return Badge(step.mark, STEP_TONES.get(step.status, "muted"), step.state)
 
 
 @dataclass(frozen=True)
@@ -139,7 +91,7 @@ _CONTROLS: dict[RunStatus, list[Control]] = {
 REPLAY = Control("replay", "Replay", "primary")
 
 
-def controls(run: Run) -> list[Control]:
+def controls(run: RunView) -> list[Control]:
     """The commands that fit the run's status (the engine refuses the others anyway)."""
     if run.status.terminal:
         return [REPLAY]
@@ -190,11 +142,11 @@ def analytics_charts(series: Timeseries) -> list[Chart]:
         starts,
         series.bucket,
         [
-            Series("Completed", RUN_BADGES[RunStatus.COMPLETED].tone, [p.runs_completed for p in points]),
-            Series("Failed", RUN_BADGES[RunStatus.FAILED].tone, [p.runs_failed for p in points]),
-            Series("Stopped", RUN_BADGES[RunStatus.STOPPED].tone, [p.runs_stopped for p in points]),
+            Series("Completed", RUN_TONES[RunStatus.COMPLETED], [p.runs_completed for p in points]),
+            Series("Failed", RUN_TONES[RunStatus.FAILED], [p.runs_failed for p in points]),
+            Series("Stopped", RUN_TONES[RunStatus.STOPPED], [p.runs_stopped for p in points]),
         ],
-        line=Series("Started", RUN_BADGES[RunStatus.RUNNING].tone, [p.runs_started for p in points]),
+        line=Series("Started", RUN_TONES[RunStatus.RUNNING], [p.runs_started for p in points]),
     )
     steps = bar_chart(
         f"Steps executed per {unit}",

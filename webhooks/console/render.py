@@ -47,7 +47,9 @@ def span(seconds: float | None) -> str:
         return NO_VALUE
     whole = int(seconds)
     if whole < 60:
-        return f"{whole} s" if whole or seconds == 0 else f"{seconds:.1f} s"
+        if whole or seconds == 0:
+            return f"{whole} s"
+        return f"{seconds:.1f} s" if seconds >= 0.05 else "under 0.1 s"
     minutes, secs = divmod(whole, 60)
     if minutes < 60:
         return f"{minutes} min {secs} s" if secs and minutes < 10 else f"{minutes} min"
@@ -103,9 +105,6 @@ ENVIRONMENT.filters.update(
 ENVIRONMENT.globals.update(
     run_badge=present.run_badge,
     step_badge=present.step_badge,
-    skip_meaning=present.skip_meaning,
-    failure_meaning=present.failure_meaning,
-    progress=present.progress,
     controls=present.controls,
     rate_tone=present.rate_tone,
 )
