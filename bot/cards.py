@@ -33,10 +33,26 @@ from bot.blocks import (
     when,
     who,
 )
-from engine.model import FAILURE_MEANINGS, Event, EventType, FailureCode, Run, Task
+from engine.model import (
+    FAILURE_MEANINGS,
+    ChangeRequest,
+    Event,
+    EventType,
+    FailureCode,
+    Run,
+    StepStatus,
+    Task,
+)
 from engine.views import FailureView, StepView, TaskOutcome, TaskView, describe, describe_task
 
 Message = dict[str, Any]  # chat.postMessage / chat.update arguments: text and blocks
+
+STEP_MARKS = {
+    StepStatus.SUCCEEDED: "✅",
+    StepStatus.FAILED: "🔴",
+    StepStatus.CANCELLED: "⚪",
+    StepStatus.SKIPPED: "⏭️",
+}
 
 
 def message(text: str, blocks: list[Block]) -> Message:
@@ -65,11 +81,16 @@ def approval_card(run: Run, task: Task) -> Message:
     ]
     if task.editable:
         buttons.append(button("Edit", ids.TASK_EDIT, value))
+    if task.changes_allowed:
+        buttons.append(button("Request changes", ids.TASK_CHANGES, value))
     expiry = f"expires {when(task.expires_at)}" if task.expires_at else "does not expire"
     view = describe_task(task)
     blocks = [*_task_body(run, view), context(f"Started by {who(run.started_by)} · {expiry}")]
     if view.quorum or view.rejections:
         blocks.append(section(quorum_text(view)))
+    step = run.steps.get(task.task_id)
+    if step is not None and step.changes:
+        blocks.append(section(changes_text(view, step.changes[-1])))
     blocks.append(actions(*buttons, block_id=f"task:{value}"))
     return message(f"{task.task_type.title()} needed: {escape(task.title)}", blocks)
 
@@ -95,6 +116,11 @@ def task_outcome(task: TaskView) -> str:
             return f"⌛ *Expired* {when(task.expires_at)}: nobody decided, so the run failed"
         case TaskOutcome.REJECTED_ON_EXPIRY:
             return f"⌛ *Expired* {when(task.decided_at)}: rejected automatically"
+        case TaskOutcome.CHANGES_REQUESTED:
+            text = f"🔁 *Changes requested* by {who(task.decided_by)} {when(task.decided_at)}"
+            if task.comment:
+                text += f"\n> {escape(truncate(task.comment, 1000))}"
+            return text
         case TaskOutcome.OPEN:
             return "⏳ *Awaiting a decision*"
         case TaskOutcome.APPROVED | TaskOutcome.REJECTED:
@@ -103,6 +129,15 @@ def task_outcome(task: TaskView) -> str:
             if task.comment:
                 text += f"\n> {escape(truncate(task.comment, 1000))}"
             return text
+
+
+def changes_text(task: TaskView, change: ChangeRequest) -> str:
+    """What the last change request asked, on the card of the round it opened."""
+    of = f" of {task.max_rounds + 1}" if task.max_rounds is not None else ""
+    return (
+        f"🔁 *Round {task.round}{of}*: {who(change.by)} asked for changes {when(change.at)}"
+        f"\n> {escape(truncate(change.comment, 1000))}"
+    )
 
 
 def quorum_text(task: TaskView) -> str:
@@ -145,19 +180,36 @@ def origin_of(view: Block) -> dict[str, Any]:
 
 
 def reject_modal(run: Run, task: Task, metadata: str) -> Block:
+    where = f"*{escape(task.title)}* (run `{run.short_id}`, step `{task.task_id}`)"
+    return _comment_modal(ids.REJECT_MODAL, "Reject task", "Reject", f"Reject {where}?", "Reason", metadata)
+
+
+def changes_modal(run: Run, task: Task, metadata: str) -> Block:
+    """Asks what should change; submitting sends the task back (see the workflow's on_changes_requested)."""
+    where = f"*{escape(task.title)}* (run `{run.short_id}`, step `{task.task_id}`)"
+    question = f"Send {where} back for changes?"
+    return _comment_modal(
+        ids.CHANGES_MODAL, "Request changes", "Send back", question, "What should change?", metadata
+    )
+
+
+def _comment_modal(
+    callback_id: str, title: str, submit: str, question: str, label: str, metadata: str
+) -> Block:
+    """A modal asking one question with a multiline answer (a reason, the changes wanted)."""
     return {
         "type": "modal",
-        "callback_id": ids.REJECT_MODAL,
+        "callback_id": callback_id,
         "private_metadata": metadata,
-        "title": plain("Reject task", MODAL_TITLE),
-        "submit": plain("Reject", MODAL_BUTTON),
+        "title": plain(title, MODAL_TITLE),
+        "submit": plain(submit, MODAL_BUTTON),
         "close": plain("Cancel", MODAL_BUTTON),
         "blocks": [
-            section(f"Reject *{escape(task.title)}* (run `{run.short_id}`, step `{task.task_id}`)?"),
+            section(question),
             {
                 "type": "input",
                 "block_id": ids.REASON_BLOCK,
-                "label": plain("Reason", INPUT_LABEL),
+                "label": plain(label, INPUT_LABEL),
                 "element": {"type": "plain_text_input", "action_id": ids.REASON_INPUT, "multiline": True},
             },
         ],
@@ -232,7 +284,8 @@ def failure_text(failure: FailureView) -> str:
 
 def step_line(step: StepView) -> str:
     """A step of the timeline: mark, id, type, status, attempts, then its error or detail below."""
-    line = f"{step.mark} `{step.step_id}` {step.type.value} *{step.status_label}*"
+    mark = STEP_MARKS.get(step.status, "⏳")
+    line = f"{mark} `{step.step_id}` {step.type.value} *{step.status_label}*"
     if step.attempt > 1:
         line += f" after {step.attempt} attempts"
     if step.failed and step.error:
@@ -268,8 +321,7 @@ def failure_alert(run: Run) -> Message:
         section(f"Run `{run.short_id}` started by {who(run.started_by)}", fields=fields),
         section(f"*Error*\n```{message_text}```"),
         actions(
-            button("Retry from failed step", ids.RUN_RECOVER, run.run_id, "primary"),
-            button("Replay", ids.RUN_REPLAY, run.run_id),
+            button("Replay", ids.RUN_REPLAY, run.run_id, "primary"),
             button("Details", ids.RUN_DETAILS, run.run_id),
         ),
     ]
@@ -302,8 +354,6 @@ def progress_line(event: Event, run: Run) -> str | None:
         case EventType.RUN_DRAINING:
             deadline = run.stop.drain_deadline if run.stop else None
             return f"🛑 Stopping gracefully (asked by {by}); in-flight steps finish until {when(deadline)}"
-        case EventType.RUN_RECOVERED:
-            return f"🔁 Recovered by {by}: running again from step `{event.data.get('from_step')}`"
         case EventType.RUN_COMPLETED:
             return "✅ Completed"
         case EventType.RUN_FAILED | EventType.RUN_STOPPED:

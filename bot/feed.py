@@ -63,6 +63,7 @@ TOLD_EVENTS = PROGRESS_EVENTS | {
     EventType.RUN_STARTED,
     EventType.TASK_OPENED,
     EventType.TASK_APPROVAL_RECORDED,
+    EventType.TASK_CHANGES_REQUESTED,
     EventType.TASK_COMPLETED,
     EventType.TASK_EXPIRED,
     EventType.STEP_CANCELLED,
@@ -229,6 +230,9 @@ def messages_for_run(event: Event, run: Run, channel: str) -> list[Outbound]:
             return [Outbound(method=post, args={"channel": channel, **card}, remember=card_ref(task.task_id))]
         case EventType.TASK_APPROVAL_RECORDED if task is not None and task.decided_at is None:
             return [_card_update(channel, cards.approval_card(run, task), task.task_id)]
+        case EventType.TASK_CHANGES_REQUESTED if step is not None:
+            closed = [c.task for c in step.changes if c.round == event.data.get("round")]
+            return [_card_update(channel, cards.decided_card(run, closed[0]), step.step_id)] if closed else []
         case EventType.TASK_COMPLETED | EventType.TASK_EXPIRED if task is not None:
             card = cards.decided_card(run, task)
             return [_card_update(channel, card, task.task_id)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 TASK_APPROVE = "task_approve"
 TASK_REJECT = "task_reject"
 TASK_EDIT = "task_edit"
+TASK_CHANGES = "task_request_changes"
 RUN_PAUSE = "run_pause"
 RUN_RESUME = "run_resume"
 RUN_STOP_GRACEFUL = "run_stop_graceful"
@@ -15,6 +16,7 @@ RUN_DETAILS = "run_details"
 
 REJECT_MODAL = "task_reject_modal"
 EDIT_MODAL = "task_edit_modal"
+CHANGES_MODAL = "task_changes_modal"
 DETAILS_MODAL = "run_details_modal"
 
 REASON_BLOCK = "reason"

@@ -51,6 +51,16 @@ def register(app: AsyncApp, bot: Bot) -> None:
         await ack()
         bot.after_ack(reject_task(bot, body, view))
 
+    @app.action(ids.TASK_CHANGES)
+    async def changes(ack: AsyncAck, body: Body) -> None:
+        await ack()
+        bot.after_ack(open_task_modal(bot, body, cards.changes_modal), urgent=True)
+
+    @app.view(ids.CHANGES_MODAL)
+    async def changes_requested(ack: AsyncAck, body: Body, view: Body) -> None:
+        await ack()
+        bot.after_ack(request_changes(bot, body, view))
+
     @app.view(ids.EDIT_MODAL)
     async def edited(ack: AsyncAck, body: Body, view: Body) -> None:
         # Read the edits before acking, so a value of the wrong type is shown on its input
@@ -122,6 +132,17 @@ async def reject_task(bot: Bot, body: Body, view: Body) -> None:
         return await bot.call(
             bot.engine.complete_task, origin["run"], origin["task"], actor, False, comment=reason
         )
+
+    await attempt(bot, body, decide, origin.get("channel"))
+
+
+async def request_changes(bot: Bot, body: Body, view: Body) -> None:
+    origin = cards.origin_of(view)
+    comment = _input(view, ids.REASON_BLOCK, ids.REASON_INPUT)
+    actor = slack_actor(body.get("user"))
+
+    async def decide() -> Run:
+        return await bot.call(bot.engine.request_changes, origin["run"], origin["task"], actor, comment)
 
     await attempt(bot, body, decide, origin.get("channel"))
 

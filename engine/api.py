@@ -197,8 +197,21 @@ class Engine:
         command = core.CompleteTask(actor, task_id, approved, result or {}, comment)
         return self._command(run_ref, command)
 
-    def replay(self, run_ref: str, actor: Actor, inputs: dict[str, Any] | None = None) -> Run:
-        """Run a finished run again as a new run, linked both ways, inputs optionally overridden."""
+    def request_changes(self, run_ref: str, task_id: str, actor: Actor, comment: str) -> Run:
+        """The third decision on a task: what the workflow does next is its ``on_changes_requested``."""
+        return self._command(run_ref, core.RequestChanges(actor, task_id, comment or ""))
+
+    def replay(
+        self,
+        run_ref: str,
+        actor: Actor,
+        inputs: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Run:
+        """Run a finished run again as a new run, linked both ways, inputs optionally overridden.
+
+        With an ``idempotency_key`` seen before, the replay that key started (linked once).
+        """
         original = self.get_run(run_ref)
         if not original.status.terminal:
             raise CommandRefused(
@@ -209,7 +222,11 @@ class Engine:
         # A replay runs the definition the original ran, not whatever the file says now.
         merged = {**original.inputs, **(inputs or {})}
         trigger = {"kind": "replay", "of": original.run_id}
-        replay = self._create(self.workflow_of(original), merged, actor, trigger, replay_of=original.run_id)
+        replay = self._create(
+            self.workflow_of(original), merged, actor, trigger, idempotency_key, replay_of=original.run_id
+        )
+        if replay.run_id in original.replays:
+            return replay  # a retry: that replay is linked already
 
         def link(_pipe: Pipeline, run: Run) -> Outcome:
             out = Outcome(run=run.clone())

@@ -22,6 +22,7 @@ from engine.fields import misfit
 from engine.model import (
     Actor,
     ActorKind,
+    ChangeRequest,
     Decision,
     Event,
     EventType,
@@ -74,6 +75,15 @@ class CompleteTask:
     approved: bool
     result: dict[str, Any] = field(default_factory=dict)
     comment: str | None = None
+
+
+@dataclass(frozen=True)
+class RequestChanges:
+    """The third decision on a human task: what to change, for the workflow to act on."""
+
+    actor: Actor
+    task_id: str
+    comment: str
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,7 @@ Command = (
     | Resume
     | Stop
     | CompleteTask
+    | RequestChanges
     | StepStarted
     | StepFinished
     | StepLost
@@ -303,6 +314,8 @@ class _Transition:
                 self._stop(actor, mode)
             case CompleteTask():
                 self._complete_task(command)
+            case RequestChanges():
+                self._request_changes(command)
             case StepStarted():
                 self._step_started(command)
             case StepFinished():
@@ -532,13 +545,13 @@ class _Transition:
                 f" could happen twice. Recover with force if running {it} again is safe, or replay the run."
             )
 
-    def _reset(self, st: StepState, actor: Actor) -> None:
+    def _reset(self, st: StepState, actor: Actor, why: str = "the run was recovered") -> None:
         """Make a finished step runnable again: it opens afresh, as its next attempt, needs met."""
         previous = st.status
         st.status = StepStatus.PENDING
         st.rerun = True
         st.reason = st.result = st.retry_at = st.job_id = st.worker = st.finished_at = st.task = None
-        st.detail = "runs again: the run was recovered"
+        st.detail = f"runs again: {why}"
         self._event(
             EventType.STEP_RESET,
             actor,
@@ -551,31 +564,85 @@ class _Transition:
     # -- human tasks ---------------------------------------------------------------------
 
     def _complete_task(self, cmd: CompleteTask) -> None:
-        st = self.run.steps.get(cmd.task_id)
+        st, task = self._decidable(cmd.actor, cmd.task_id)
+        self._check_edits(task, cmd.result)
+        self._record_decision(st, task, cmd)
+
+    def _decidable(self, actor: Actor, task_id: str) -> tuple[StepState, Task]:
+        """The open task ``actor`` may decide now; every refusal says why not."""
+        st = self.run.steps.get(task_id)
         if st is None or st.type is not StepType.HUMAN_TASK:
-            raise no_such_task(self.run, cmd.task_id)
+            raise no_such_task(self.run, task_id)
         task = st.task
         if task is not None and (decided := already_decided(task)) is not None:
             raise decided
         if task is None or st.status is not StepStatus.WAITING:
             state = st.status.value if task is None else f"{st.status.value} ({st.detail or 'closed'})"
-            raise CommandRefused(
-                f"Task {cmd.task_id!r} of run {self.run.short_id} is not open: it is {state}."
-            )
-        if not allowed(cmd.actor, task.approvers):
+            raise CommandRefused(f"Task {task_id!r} of run {self.run.short_id} is not open: it is {state}.")
+        if not allowed(actor, task.approvers):
             raise NotAllowed(
-                f"{cmd.actor.display} may not decide task {cmd.task_id!r};"
+                f"{actor.display} may not decide task {task_id!r};"
                 f" its approvers are {', '.join(task.approvers)}."
             )
-        if cmd.actor.same_as(self.run.started_by) and not self.workflow.settings.allow_self_approval:
+        if actor.same_as(self.run.started_by) and not self.workflow.settings.allow_self_approval:
             raise NotAllowed(
-                f"{cmd.actor.display} started run {self.run.short_id} and so may not decide its"
+                f"{actor.display} started run {self.run.short_id} and so may not decide its"
                 " tasks; someone else must."
             )
-        if (said := task.decision_of(cmd.actor)) is not None:
+        if (said := task.decision_of(actor)) is not None:
             raise CommandRefused(already_said(task, said))
-        self._check_edits(task, cmd.result)
-        self._record_decision(st, task, cmd)
+        return st, task
+
+    def _request_changes(self, cmd: RequestChanges) -> None:
+        """Close the task with a change request: rerun its upstream step and reopen it, or end it.
+
+        With ``{rerun: step}`` the named step, the steps between it and the task, and the task
+        run again (the comment is in ``steps.<task>.changes``); past ``max_rounds`` requests, or
+        with ``end``, the task ends as a rejection does and its branch stops.
+        """
+        st, task = self._decidable(cmd.actor, cmd.task_id)
+        spec = self.workflow.step(st.step_id).task
+        policy = spec.on_changes_requested if spec else None
+        if policy is None:
+            raise CommandRefused(
+                f"Task {cmd.task_id!r} of run {self.run.short_id} takes no change requests: its"
+                " workflow does not say what one would do (on_changes_requested)."
+                " You can approve or reject it."
+            )
+        comment = cmd.comment.strip()
+        if not comment:
+            raise InvalidInput(
+                "A change request needs a comment saying what to change.",
+                {"comment": "required when requesting changes"},
+            )
+        task.decisions.append(
+            Decision(by=cmd.actor, at=self.now, approved=False, comment=comment, changes_requested=True)
+        )
+        task.changes_requested = True
+        if policy == "end" or len(st.changes) >= policy.max_rounds:
+            self._decide(st, task, cmd.actor, False, {}, comment)
+            return
+        task.decided_by, task.decided_at, task.approved, task.comment = cmd.actor, self.now, False, comment
+        st.changes.append(
+            ChangeRequest(round=task.round, by=cmd.actor, at=self.now, comment=comment, task=task)
+        )
+        self._event(
+            EventType.TASK_CHANGES_REQUESTED,
+            cmd.actor,
+            st.step_id,
+            comment=comment,
+            round=task.round,
+            max_rounds=policy.max_rounds,
+            rerun=policy.rerun,
+        )
+        again = ({policy.rerun} | self.workflow.downstream_of(policy.rerun)) & (
+            self.workflow.upstream_of(st.step_id) | {st.step_id}
+        )
+        why = f"{cmd.actor.display} requested changes on task {st.step_id!r}"
+        for step in self.workflow.steps:
+            if step.id in again:
+                self._reset(self.run.steps[step.id], cmd.actor, why)
+        self._advance()
 
     def _record_decision(self, st: StepState, task: Task, cmd: CompleteTask) -> None:
         """Record one say; it decides the task once the quorum approved or enough rejected.
@@ -652,12 +719,18 @@ class _Transition:
         task.comment = comment
         editable_values = {name: task.fields.get(name) for name in task.editable}
         st.result = {**editable_values, **edits, "approved": approved}
+        if task.changes_requested:
+            st.result |= {"changes_requested": True, "comment": comment}
         if task.min_approvals > 1 or len(task.decisions) > 1:
             st.result["decisions"] = [d.model_dump(mode="json", exclude={"result"}) for d in task.decisions]
         if expired:
             st.result["expired"] = True
         outcome = "approved" if approved else "rejected"
         st.detail = f"{'expired, ' if expired else ''}{outcome} by {actor.display}"
+        if task.changes_requested:
+            st.detail = f"changes requested by {actor.display}"
+            if st.changes:
+                st.detail = f"rejected: {st.detail} after {len(st.changes)} rounds of changes"
         self._event(
             EventType.TASK_EXPIRED if expired else EventType.TASK_COMPLETED,
             actor,
@@ -1054,6 +1127,9 @@ class _Transition:
             expires_at=expires_at,
             min_approvals=spec.min_approvals,
             max_rejections=spec.rejections_to_end,
+            changes_allowed=spec.on_changes_requested is not None,
+            round=len(st.changes) + 1,
+            max_rounds=getattr(spec.on_changes_requested, "max_rounds", None),
         )
         st.status = StepStatus.WAITING
         st.started_at = self.now
@@ -1090,7 +1166,13 @@ def template_context(run: Run) -> dict[str, Any]:
     return {
         "inputs": run.inputs,
         "steps": {
-            sid: {"result": st.result, "status": st.status.value, "attempt": st.attempt}
+            sid: {
+                "result": st.result,
+                "status": st.status.value,
+                "attempt": st.attempt,
+                # The last change request on a human task: {comment, by, at, round}, else None.
+                "changes": _change_context(st.changes[-1]) if st.changes else None,
+            }
             for sid, st in run.steps.items()
         },
         "run": {
@@ -1099,3 +1181,8 @@ def template_context(run: Run) -> dict[str, Any]:
             "started_by": run.started_by.ref,
         },
     }
+
+
+def _change_context(change: ChangeRequest) -> dict[str, Any]:
+    at = change.at.isoformat()
+    return {"comment": change.comment, "by": change.by.ref, "at": at, "round": change.round}

@@ -159,6 +159,7 @@ class Decision(BaseModel):
     approved: bool
     comment: str | None = None
     result: dict[str, Any] = Field(default_factory=dict)  # the edits this person submitted
+    changes_requested: bool = False  # the third decision: neither approved nor rejected
 
 
 class Task(BaseModel):
@@ -186,6 +187,10 @@ class Task(BaseModel):
     min_approvals: int = 1
     max_rejections: int | None = 1
     decisions: list[Decision] = Field(default_factory=list)
+    changes_allowed: bool = False  # the workflow says what a change request does
+    changes_requested: bool = False  # closed by a change request (this round)
+    round: int = 1  # 1, then one more each time a change request reopened the task
+    max_rounds: int | None = None  # change requests that reopen it; past them, one ends it rejected
 
     @property
     def approvals(self) -> list[Decision]:
@@ -198,6 +203,16 @@ class Task(BaseModel):
     def decision_of(self, actor: Actor) -> Decision | None:
         """What ``actor`` already said on this task (identities compared canonically), if anything."""
         return next((d for d in self.decisions if d.by.same_as(actor)), None)
+
+
+class ChangeRequest(BaseModel):
+    """A change request that reopened a task: who asked for what, and the round it closed."""
+
+    round: int
+    by: Actor
+    at: datetime
+    comment: str
+    task: Task  # the task as it was closed, its decisions included
 
 
 class StepState(BaseModel):
@@ -219,6 +234,7 @@ class StepState(BaseModel):
     retry_at: datetime | None = None
     task: Task | None = None
     wait_event: str | None = None  # "name|key" for wait_event steps
+    changes: list[ChangeRequest] = Field(default_factory=list)  # a human task's change requests, in order
     # Set by a recovery: the step opens afresh (templates rendered again, a task reopened) on
     # its next start, as its next attempt; its earlier attempts stay in the events.
     rerun: bool = False
@@ -302,6 +318,7 @@ class EventType(StrEnum):
     STEP_RESET = "step_reset"  # a recovery made a finished step runnable again
     TASK_OPENED = "task_opened"
     TASK_APPROVAL_RECORDED = "task_approval_recorded"  # one say on a quorum task that did not decide it
+    TASK_CHANGES_REQUESTED = "task_changes_requested"  # closed for a new round; upstream runs again
     TASK_COMPLETED = "task_completed"
     TASK_EXPIRED = "task_expired"
     EVENT_RECEIVED = "event_received"  # a wait_event step got its event

@@ -49,25 +49,6 @@ RUN_ACTIONS: dict[RunStatus, str] = {
 }
 
 
-# The mark every medium shows beside a status (Slack's cards and timeline, the console's badges),
-# so a run looks the same wherever it is read. A step status without one shows HOURGLASS.
-RUN_MARKS: dict[RunStatus, str] = {
-    RunStatus.QUEUED: "⏳",
-    RunStatus.RUNNING: "▶️",
-    RunStatus.PAUSED: "⏸️",
-    RunStatus.DRAINING: "🛑",
-    RunStatus.COMPLETED: "✅",
-    RunStatus.FAILED: "🔴",
-    RunStatus.STOPPED: "⏹️",
-}
-STEP_MARKS: dict[StepStatus, str] = {
-    StepStatus.SUCCEEDED: "✅",
-    StepStatus.FAILED: "🔴",
-    StepStatus.CANCELLED: "⚪",
-    StepStatus.SKIPPED: "⏭️",
-}
-HOURGLASS = "⏳"
-
 # A step that ended in one of these shows its error (code and message) rather than its detail.
 ERROR_STATUSES = frozenset({StepStatus.FAILED, StepStatus.CANCELLED})
 
@@ -85,6 +66,7 @@ class TaskOutcome(StrEnum):
     OPEN = "open"  # waiting for a decision
     APPROVED = "approved"
     REJECTED = "rejected"
+    CHANGES_REQUESTED = "changes_requested"  # closed by a change request (reopened for a new round, or ended)
     REJECTED_ON_EXPIRY = "rejected_on_expiry"  # nobody decided in time; ``on_expire: reject``
     EXPIRED = "expired"  # nobody decided in time and the run failed (``on_expire: fail``)
     CANCELLED = "cancelled"  # the run ended before anyone decided
@@ -136,7 +118,10 @@ class TaskView:
     cancelled_because: str | None  # for a cancelled task: why the run ended
     min_approvals: int = 1
     approvals: tuple[Decision, ...] = ()  # who approved so far (all of them, once decided)
-    rejections: tuple[Decision, ...] = ()
+    rejections: tuple[Decision, ...] = ()  # change requests included
+    changes_allowed: bool = False  # a "request changes" decision is offered
+    round: int = 1
+    max_rounds: int | None = None
 
     @property
     def quorum(self) -> bool:
@@ -164,23 +149,10 @@ class TaskView:
         return self.decided_by.display if self.decided_by else "the system"
 
     @property
-    def verdict(self) -> str:
-        """How the task ended, in words: its decision (:attr:`decision`), or that it expired or
-        was cancelled, and why; "" while open."""
-        match self.outcome:
-            case TaskOutcome.OPEN:
-                return ""
-            case TaskOutcome.EXPIRED:
-                return "expired: nobody decided in time"
-            case TaskOutcome.CANCELLED:
-                return f"cancelled: {self.cancelled_because or 'the run ended'}"
-        return self.decision
-
-    @property
     def decision(self) -> str:
         """``approved by bob at 2026-11-23 09:00:00 UTC``: who decided and when (decided tasks)."""
-        verdict = "approved" if self.outcome is TaskOutcome.APPROVED else "rejected"
-        return f"{verdict} by {self.decider} at {utc_text(self.decided_at)}"
+        verdict = {TaskOutcome.APPROVED: "approved", TaskOutcome.CHANGES_REQUESTED: "sent back for changes"}
+        return f"{verdict.get(self.outcome, 'rejected')} by {self.decider} at {utc_text(self.decided_at)}"
 
 
 @dataclass(frozen=True)
@@ -200,20 +172,6 @@ class StepView:
     finished_at: datetime | None
     retry_at: datetime | None
     task: TaskView | None
-    args: Any = None  # the arguments it ran with (templates rendered)
-    result: Any = None
-
-    @property
-    def mark(self) -> str:
-        return STEP_MARKS.get(self.status, HOURGLASS)
-
-    @property
-    def state(self) -> str:
-        """Where the step is, in a few words: its status label, ``awaiting approval`` for an
-        open human task."""
-        if self.status is StepStatus.WAITING and self.task is not None and self.task.open:
-            return "awaiting approval"
-        return self.status_label
 
     @property
     def status_label(self) -> str:
@@ -270,16 +228,6 @@ class RunView:
     replay_of: str | None
     replays: tuple[str, ...]
     steps: tuple[StepView, ...]
-    updated_at: datetime | None = None
-
-    @property
-    def mark(self) -> str:
-        return RUN_MARKS[self.status]
-
-    @property
-    def ended_at(self) -> datetime | None:
-        """When a finished run ended (its last change if it has no end recorded); None while active."""
-        return (self.finished_at or self.updated_at) if self.finished else None
 
     @property
     def finished(self) -> bool:
@@ -318,11 +266,6 @@ class RunView:
         if self.failure and self.failure.step_id and (step := self.step(self.failure.step_id)):
             return step
         return next((step for step in self.steps if step.status is StepStatus.FAILED), None)
-
-    @property
-    def jump_to(self) -> StepView | None:
-        """The step to open first: the failed step of a run that failed (or ended with a failure)."""
-        return self.failed_step if self.status is RunStatus.FAILED or self.failure else None
 
     @property
     def next_actions(self) -> str:
@@ -364,7 +307,6 @@ def describe(run: Run, workflow: Workflow | None = None) -> RunView:
         replay_of=run.replay_of,
         replays=tuple(run.replays),
         steps=tuple(describe_step(step, specs.get(step.step_id)) for step in run.steps.values()),
-        updated_at=run.updated_at,
     )
 
 
@@ -387,8 +329,6 @@ def describe_step(step: StepState, spec: Step | None = None) -> StepView:
         finished_at=step.finished_at,
         retry_at=step.retry_at,
         task=describe_task(step.task, step) if step.task else None,
-        args=step.args,
-        result=step.result,
     )
 
 
@@ -417,6 +357,9 @@ def describe_task(task: Task, step: StepState | None = None, cancelled: str | No
         min_approvals=task.min_approvals,
         approvals=tuple(task.approvals),
         rejections=tuple(task.rejections),
+        changes_allowed=task.changes_allowed,
+        round=task.round,
+        max_rounds=task.max_rounds,
     )
 
 
@@ -427,6 +370,8 @@ def _task_outcome(task: Task, cancelled: str | None) -> TaskOutcome:
         return TaskOutcome.EXPIRED if task.expired else TaskOutcome.OPEN
     if task.expired:
         return TaskOutcome.REJECTED_ON_EXPIRY
+    if task.changes_requested:
+        return TaskOutcome.CHANGES_REQUESTED
     return TaskOutcome.APPROVED if task.approved else TaskOutcome.REJECTED
 
 

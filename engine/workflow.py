@@ -79,6 +79,17 @@ class HttpSpec(_Strict):
     expect_status: list[int] = Field(default_factory=lambda: [200, 201, 202, 204])
 
 
+class ChangesPolicy(_Strict):
+    """What a change request on a task does: run ``rerun`` (an upstream step) again, then reopen.
+
+    The steps between ``rerun`` and the task run again too. Past ``max_rounds`` change
+    requests, one more ends the branch as rejected.
+    """
+
+    rerun: Identifier
+    max_rounds: int = Field(default=3, ge=1, le=20)
+
+
 class TaskSpec(_Strict):
     task_type: Literal["approval", "edit"] = "approval"
     title: str
@@ -94,6 +105,10 @@ class TaskSpec(_Strict):
     min_approvals: int = Field(default=1, ge=1, le=50)
     reject_ends: bool = True
     max_rejections: int | None = Field(default=None, ge=1, le=50)
+    # A third decision beside approve and reject: "end" ends the branch (as a rejection
+    # does), {rerun: step, max_rounds: N} runs that upstream step again and reopens the task.
+    # None: the task takes no change requests.
+    on_changes_requested: ChangesPolicy | Literal["end"] | None = None
 
     @model_validator(mode="after")
     def _editable_fields_exist(self) -> TaskSpec:
@@ -199,7 +214,29 @@ class Workflow(_Strict):
             if missing:
                 raise ValueError(f"step {step.id!r} needs unknown steps {missing}")
         _topological_order(self.steps)
+        for step in self.steps:
+            policy = step.task.on_changes_requested if step.task else None
+            if isinstance(policy, ChangesPolicy) and policy.rerun not in self.upstream_of(step.id):
+                raise ValueError(
+                    f"step {step.id!r} reruns {policy.rerun!r} on a change request,"
+                    " which is not a step it needs (directly or through others)"
+                )
         return self
+
+    def downstream_of(self, step_id: str) -> set[str]:
+        """Every step that needs ``step_id``, directly or through other steps."""
+        return {step.id for step in self.steps if step_id in self.upstream_of(step.id)}
+
+    def upstream_of(self, step_id: str) -> set[str]:
+        """Every step ``step_id`` needs, directly or through other steps."""
+        found: set[str] = set()
+        todo = list(self.step(step_id).needs)
+        while todo:
+            need = todo.pop()
+            if need not in found:
+                found.add(need)
+                todo.extend(self.step(need).needs)
+        return found
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:

@@ -29,10 +29,25 @@ from engine.asyncio_bridge import EngineBridge
 from engine.errors import NotFound
 from engine.intake import AcceptedRun
 from engine.model import Actor, EventType, Run, RunStatus, Severity, StopMode
-from engine.queries import CommandCenter, EventFilter, EventPage, PendingTask, RunPage
-from engine.workflow import Workflow
+from engine.queries import EventFilter, EventPage, RunPage
+from webhooks.answers import (
+    AcceptedDocument,
+    CommandCenterAnswer,
+    EventsAnswer,
+    RunContext,
+    RunDocument,
+    RunsPage,
+    TasksAnswer,
+    WorkflowDocument,
+    WorkflowsAnswer,
+    run_json,
+    task_json,
+    workflow_json,
+    workflow_summary,
+)
 from webhooks.auth import Principal, Role
 from webhooks.context import WebContext, context_of
+from webhooks.problems import Problem
 from webhooks.routing import endpoint, read_body, read_query
 
 routes = web.RouteTableDef()
@@ -40,6 +55,7 @@ routes = web.RouteTableDef()
 # message references (bot.web.attach), which the engine does not know.
 EvidenceSource = Callable[[Run], Awaitable[Any]]
 EVIDENCE_SOURCES: web.AppKey[dict[str, EvidenceSource]] = web.AppKey("switchboard_evidence_sources")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 PRINCIPAL = web.RequestKey("switchboard_principal", Principal)
 # Engine calls run on the loop's default executor: the web's own threads (webhooks.server).
 ENGINE = EngineBridge()
@@ -95,21 +111,24 @@ class CommandBody(_Model):
 
 
 class CompleteBody(_Model):
-    approved: StrictBool
+    approved: StrictBool | None = None
+    decision: Literal["approve", "reject", "request_changes"] | None = Field(
+        default=None, description="instead of approved; request_changes needs a comment"
+    )
     result: dict[str, Any] = Field(default_factory=dict)
     comment: str | None = Field(default=None, max_length=4000)
+
+    @model_validator(mode="after")
+    def _one_decision(self) -> CompleteBody:
+        if self.approved is None and self.decision is None:
+            raise ValueError("say approved: true or false, or decision: approve, reject or request_changes")
+        if self.approved is not None and self.decision is not None:
+            raise ValueError("send approved or decision, not both")
+        return self
 
 
 class ReplayBody(_Model):
     inputs: dict[str, Any] | None = None
-
-
-class RecoverBody(_Model):
-    from_step: str | None = Field(
-        default=None, min_length=1, max_length=63, description="run again from here (default: the failed step)"
-    )
-    inputs: dict[str, Any] | None = Field(default=None, description="corrected inputs, validated as at start")
-    force: StrictBool = Field(default=False, description="run again steps that ran and are not idempotent")
 
 
 class RecoverBody(_Model):
@@ -123,55 +142,14 @@ class RecoverBody(_Model):
 # -- shaping answers ---------------------------------------------------------------------
 
 
-def run_json(run: Run) -> dict[str, Any]:
-    return {"short_id": run.short_id, **run.model_dump(mode="json")}
-
-
-def run_summary(run: Run) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "short_id": run.short_id,
-        "workflow_id": run.workflow_id,
-        "workflow_name": run.workflow_name,
-        "status": run.status.value,
-        "started_by": run.started_by.model_dump(mode="json"),
-        "created_at": run.created_at.isoformat(),
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "failure": run.failure.model_dump(mode="json") if run.failure else None,
-    }
-
-
-def task_json(pending: PendingTask) -> dict[str, Any]:
-    return {
-        "run_id": pending.run.run_id,
-        "short_id": pending.run.short_id,
-        "workflow_id": pending.run.workflow_id,
-        "workflow_name": pending.run.workflow_name,
-        "step_id": pending.task.task_id,
-        **pending.task.model_dump(mode="json"),
-    }
-
-
-def workflow_summary(workflow: Workflow) -> dict[str, Any]:
-    return {
-        "id": workflow.id,
-        "name": workflow.name,
-        "version": workflow.version,
-        "description": workflow.description,
-        "digest": workflow.digest,
-        "inputs": {k: v.model_dump(mode="json") for k, v in workflow.inputs.items()},
-    }
-
-
-def command_center_json(center: CommandCenter) -> dict[str, Any]:
-    return {
-        "counts": center.counts,
-        "awaiting_approval": [task_json(t) for t in center.awaiting_approval],
-        "stopping_gracefully": [run_summary(r) for r in center.stopping_gracefully],
-        "running_now": [run_summary(r) for r in center.running_now],
-        "failed_recently": [run_summary(r) for r in center.failed_recently],
-    }
+def idempotency_key(request: web.Request) -> str | None:
+    """The request's ``Idempotency-Key``, scoped to who sends it: a retry with it starts nothing twice."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not 0 < len(key) <= 255 or not key.isprintable():
+        raise Problem(400, f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable characters.", "bad-request")
+    return f"{actor_of(request).ref}:{key}"
 
 
 def actor_of(request: web.Request) -> Actor:
@@ -204,16 +182,14 @@ def _offset(cursor: str | None) -> int:
 def _page(request: web.Request, page: RunPage) -> web.Response:
     cursor = str(page.next_offset) if page.next_offset is not None else None
     next_url = str(request.rel_url.update_query(cursor=cursor)) if cursor else None
-    return web.json_response(
-        {"runs": [run_summary(r) for r in page.runs], "next_cursor": cursor, "next": next_url}
-    )
+    return web.json_response(RunsPage.of(page, next_url).model_dump(mode="json"))
 
 
 # -- runs ----------------------------------------------------------------------------------
 
 
 @routes.get("/v1/runs")
-@endpoint(Role.VIEWER, query=RunsQuery)
+@endpoint(Role.VIEWER, query=RunsQuery, response=RunsPage)
 async def list_runs(request: web.Request) -> web.StreamResponse:
     """List runs, newest first.
 
@@ -227,8 +203,9 @@ async def list_runs(request: web.Request) -> web.StreamResponse:
     return _page(request, page)
 
 
+@routes.get("/v1/workflows/{workflow_id}/runs/{run_id}")
 @routes.get("/v1/runs/{run_id}")
-@endpoint(Role.VIEWER)
+@endpoint(Role.VIEWER, response=RunDocument, also={202: AcceptedDocument})
 async def get_run(request: web.Request) -> web.StreamResponse:
     """Get a run by its id or a unique prefix of at least 8 characters.
 
@@ -236,25 +213,31 @@ async def get_run(request: web.Request) -> web.StreamResponse:
     """
     ctx = context_of(request)
     found = await ENGINE.call(ctx.engine.run_or_accepted, request.match_info["run_id"])
+    if "workflow_id" in request.match_info:
+        workflow_id = request.match_info["workflow_id"]
+        await ENGINE.call(ctx.engine.workflow, workflow_id)
+        if found.workflow_id != workflow_id:
+            short, other = found.run_id[:8], found.workflow_id
+            raise NotFound(f"Run {short} is a run of {other!r}, not of {workflow_id!r}.")
     if isinstance(found, AcceptedRun):
-        return web.json_response(found.as_dict(), status=202)
+        return web.json_response(AcceptedDocument.of(found).model_dump(mode="json"), status=202)
     return web.json_response(run_json(found))
 
 
 @routes.get("/v1/workflows/{workflow_id}/runs/{run_id}/events")
 @routes.get("/v1/runs/{run_id}/events")
-@endpoint(Role.VIEWER, query=EventsQuery)
+@endpoint(Role.VIEWER, query=EventsQuery, response=EventsAnswer)
 async def run_events(request: web.Request) -> web.StreamResponse:
     """The run's audit trail: every event, oldest first; `after` continues from an event id."""
     q = read_query(request, EventsQuery)
     engine = context_of(request).engine
     events = await ENGINE.call(engine.events, await _run_in_path(request), q.after, q.limit)
-    return web.json_response({"events": [e.model_dump(mode="json") for e in events]})
+    return web.json_response(EventsAnswer(events=events).model_dump(mode="json"))
 
 
 @routes.get("/v1/workflows/{workflow_id}/runs/{run_id}/context")
 @routes.get("/v1/runs/{run_id}/context")
-@endpoint(Role.VIEWER)
+@endpoint(Role.VIEWER, response=RunContext)
 async def run_context(request: web.Request) -> web.StreamResponse:
     """What the run's templates see: inputs and each step's status, arguments and result."""
     context = await ENGINE.call(context_of(request).engine.context, await _run_in_path(request))
@@ -263,7 +246,7 @@ async def run_context(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/v1/workflows/{workflow_id}/runs/{run_id}/tasks/pending")
 @routes.get("/v1/runs/{run_id}/tasks/pending")
-@endpoint(Role.VIEWER, tag="tasks")
+@endpoint(Role.VIEWER, tag="tasks", response=TasksAnswer)
 async def run_pending_tasks(request: web.Request) -> web.StreamResponse:
     """Human tasks of one run still waiting for a decision."""
     tasks = await ENGINE.call(context_of(request).engine.pending_tasks, await _run_in_path(request))
@@ -272,36 +255,37 @@ async def run_pending_tasks(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/v1/workflows/{workflow_id}/runs/{run_id}/tasks/{task_id}/complete")
 @routes.post("/v1/runs/{run_id}/tasks/{task_id}/complete")
-@endpoint(Role.APPROVER, body=CompleteBody, tag="tasks")
+@endpoint(Role.APPROVER, body=CompleteBody, tag="tasks", response=RunDocument)
 async def complete_task(request: web.Request) -> web.StreamResponse:
-    """Approve or reject a human task; `result` carries the edited fields of an edit task."""
+    """Approve, reject or request changes on a human task; `result` carries an edit task's edits."""
     body = await read_body(request, CompleteBody)
     ctx = context_of(request)
+    run_id, task_id = await _run_in_path(request), request.match_info["task_id"]
+    if body.decision == "request_changes":
+        comment = body.comment or ""
+        run = await ENGINE.call(ctx.engine.request_changes, run_id, task_id, actor_of(request), comment)
+        return web.json_response(run_json(run))
+    approved = body.approved if body.approved is not None else body.decision == "approve"
     run = await ENGINE.call(
-        ctx.engine.complete_task,
-        await _run_in_path(request),
-        request.match_info["task_id"],
-        actor_of(request),
-        body.approved,
-        body.result,
-        body.comment,
+        ctx.engine.complete_task, run_id, task_id, actor_of(request), approved, body.result, body.comment
     )
     return web.json_response(run_json(run))
 
 
 @routes.post("/v1/runs/{run_id}/replay")
-@endpoint(Role.OPERATOR, body=ReplayBody, status=201)
+@endpoint(Role.OPERATOR, body=ReplayBody, status=201, response=RunDocument, idempotent=True)
 async def replay_run(request: web.Request) -> web.StreamResponse:
     """Run a finished run again as a new run, inputs optionally overridden."""
     body = await read_body(request, ReplayBody)
     ctx = context_of(request)
-    run = await ENGINE.call(ctx.engine.replay, request.match_info["run_id"], actor_of(request), body.inputs)
+    actor, key = actor_of(request), idempotency_key(request)
+    run = await ENGINE.call(ctx.engine.replay, request.match_info["run_id"], actor, body.inputs, key)
     return _created(ctx, run)
 
 
 @routes.post("/v1/workflows/{workflow_id}/runs/{run_id}/recover")
 @routes.post("/v1/runs/{run_id}/recover")
-@endpoint(Role.OPERATOR, body=RecoverBody)
+@endpoint(Role.OPERATOR, body=RecoverBody, response=RunDocument)
 async def recover_run(request: web.Request) -> web.StreamResponse:
     """Continue a failed or stopped run, the same run, from its failed step (or `from_step`).
 
@@ -312,22 +296,6 @@ async def recover_run(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, RecoverBody)
     engine, run_id, actor = context_of(request).engine, await _run_in_path(request), actor_of(request)
     run = await ENGINE.call(engine.recover, run_id, actor, body.from_step, body.inputs, body.force)
-    return web.json_response(run_json(run))
-
-
-@routes.post("/v1/workflows/{workflow_id}/runs/{run_id}/recover")
-@routes.post("/v1/runs/{run_id}/recover")
-@endpoint(Role.OPERATOR, body=RecoverBody)
-async def recover_run(request: web.Request) -> web.StreamResponse:
-    """Continue a failed or stopped run, the same run, from its failed step (or `from_step`).
-
-    Succeeded steps keep their results; the rest run again as their next attempt, with `inputs`
-    corrected. 409 with the engine's sentence when the run cannot be recovered, e.g. a step that
-    already ran is not idempotent and `force` is not set.
-    """
-    body = await read_body(request, RecoverBody)
-    engine, run_id = context_of(request).engine, await _run_in_path(request)
-    run = await ENGINE.call(engine.recover, run_id, actor_of(request), body.from_step, body.inputs, body.force)
     return web.json_response(run_json(run))
 
 
@@ -366,7 +334,7 @@ async def run_evidence(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/v1/workflows")
-@endpoint(Role.VIEWER, tag="workflows")
+@endpoint(Role.VIEWER, tag="workflows", response=WorkflowsAnswer)
 async def list_workflows(request: web.Request) -> web.StreamResponse:
     """List the workflows this server knows."""
     workflows = await ENGINE.call(context_of(request).engine.workflows)
@@ -374,15 +342,15 @@ async def list_workflows(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/v1/workflows/{workflow_id}")
-@endpoint(Role.VIEWER, tag="workflows")
+@endpoint(Role.VIEWER, tag="workflows", response=WorkflowDocument)
 async def get_workflow(request: web.Request) -> web.StreamResponse:
     """Get a workflow's full definition."""
     workflow = await ENGINE.call(context_of(request).engine.workflow, request.match_info["workflow_id"])
-    return web.json_response({**workflow.model_dump(mode="json", by_alias=True), "digest": workflow.digest})
+    return web.json_response(workflow_json(workflow))
 
 
 @routes.get("/v1/workflows/{workflow_id}/runs")
-@endpoint(Role.VIEWER, query=WorkflowRunsQuery, tag="workflows")
+@endpoint(Role.VIEWER, query=WorkflowRunsQuery, tag="workflows", response=RunsPage)
 async def list_workflow_runs(request: web.Request) -> web.StreamResponse:
     """List one workflow's runs, newest first."""
     q = read_query(request, WorkflowRunsQuery)
@@ -396,30 +364,45 @@ async def list_workflow_runs(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post("/v1/workflows/{workflow_id}/runs")
-@endpoint(Role.OPERATOR, body=StartBody, status=201, tag="workflows")
+@endpoint(Role.OPERATOR, body=StartBody, status=201, tag="workflows", response=RunDocument, idempotent=True)
 async def start_run(request: web.Request) -> web.StreamResponse:
-    """Start a run of the workflow with `inputs`."""
+    """Start a run of the workflow with `inputs`.
+
+    With an `Idempotency-Key`, a retry answers the run the first request started.
+    """
     body = await read_body(request, StartBody)
     ctx = context_of(request)
     workflow_id = request.match_info["workflow_id"]
-    run = await ENGINE.call(ctx.engine.start, workflow_id, body.inputs, actor_of(request))
+    actor, key = actor_of(request), idempotency_key(request)
+    run = await ENGINE.call(ctx.engine.start, workflow_id, body.inputs, actor, idempotency_key=key)
     return _created(ctx, run)
 
 
 @routes.post("/v1/workflows/{workflow_id}/command")
-@endpoint(Role.OPERATOR, body=CommandBody, tag="workflows")
+@endpoint(
+    Role.OPERATOR,
+    body=CommandBody,
+    tag="workflows",
+    response=RunDocument,
+    also={201: RunDocument},
+    idempotent=True,
+)
 async def workflow_command(request: web.Request) -> web.StreamResponse:
     """Send a run command: start, pause, resume or stop (`params.mode` immediate or graceful).
 
     Every command but start names the run (`run_id`, or a unique prefix), which must be
-    a run of this workflow.
+    a run of this workflow. Start answers 201 with the new run (with an `Idempotency-Key`, a
+    retry answers the run the first request started); the others 200 with the run.
     """
     body = await read_body(request, CommandBody)
     ctx = context_of(request)
     workflow_id = request.match_info["workflow_id"]
     actor = actor_of(request)
     if body.command == "start":
-        run = await ENGINE.call(ctx.engine.start, workflow_id, body.params.inputs or {}, actor)
+        key = idempotency_key(request)
+        run = await ENGINE.call(
+            ctx.engine.start, workflow_id, body.params.inputs or {}, actor, idempotency_key=key
+        )
         return _created(ctx, run)
     assert body.run_id is not None
     target = await _run_of_workflow(ctx, workflow_id, body.run_id)
@@ -437,7 +420,7 @@ async def workflow_command(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/v1/tasks/pending")
-@endpoint(Role.VIEWER, tag="tasks")
+@endpoint(Role.VIEWER, tag="tasks", response=TasksAnswer)
 async def pending_tasks(request: web.Request) -> web.StreamResponse:
     """Human tasks waiting for a decision, oldest first, across all runs."""
     tasks = await ENGINE.call(context_of(request).engine.pending_tasks)
@@ -445,11 +428,11 @@ async def pending_tasks(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/v1/command-center")
-@endpoint(Role.VIEWER, tag="inbox")
+@endpoint(Role.VIEWER, tag="inbox", response=CommandCenterAnswer)
 async def command_center(request: web.Request) -> web.StreamResponse:
     """The operator inbox: awaiting approval, stopping gracefully, running now, failed recently."""
     center = await ENGINE.call(context_of(request).engine.command_center)
-    return web.json_response(command_center_json(center))
+    return web.json_response(CommandCenterAnswer.of(center).model_dump(mode="json"))
 
 
 # -- across runs: events and analytics ---------------------------------------------------------
