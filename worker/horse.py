@@ -15,9 +15,9 @@ gave is kept:
   ``max_rss`` bytes resident;
 - a job's timeout is the horse's own alarm (RQ's death penalty), as in a forked horse.
 
-The worker and its horse talk over a socket pair: an :class:`Assignment` per job (ids:
-the horse reads the job from Redis, as RQ's spawned horses do) and a :class:`Report`
-once RQ has recorded the job's end. Death is seen on a pidfd (Linux), or by polling.
+The worker and its horse talk over a socket pair: an :class:`Assignment` per job (the
+job as its worker read and prepared it, so the horse needs no Redis call to start) and a
+:class:`Report` once RQ has recorded the job's end. Death is seen on a pidfd (Linux), or by polling.
 This module keeps the process; :class:`worker.process.SwitchboardWorker` does the RQ side.
 """
 
@@ -49,9 +49,10 @@ RETIRE_SECONDS = 5.0  # how long a retired horse may take to leave before it is 
 
 @dataclass(frozen=True)
 class Assignment:
-    """One job for the horse: what it needs to rebuild RQ's objects on its side."""
+    """One job for the horse: what it needs to rebuild RQ's objects on its side, as its worker read them."""
 
     job_id: str
+    job: dict[bytes, bytes]  # the job's hash (``Job.restore``), prepared for execution
     queue_name: str
     execution_id: str
     execution_created_at: datetime

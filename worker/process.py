@@ -32,10 +32,11 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 from redis.client import Pipeline, PubSub, PubSubWorkerThread
 from rq import worker_registration
 from rq.command import handle_command, parse_payload
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import InvalidJobOperation
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.registry import StartedJobRegistry
 from rq.utils import now, utcformat
 from rq.worker import Worker, WorkerStatus
 
@@ -134,6 +135,8 @@ class SwitchboardWorker(Worker):
     # RQ's own backoff, for the one case its dequeue loop catches itself (a blocking
     # dequeue cut off by the outage); the next heartbeat then waits in ours.
     max_connection_wait_time = LONGEST_RETRY_SECONDS
+    # RQ's worker record is written several times per job; once a second is plenty.
+    beat_at_most_every = 1.0
     # Past its timeout a step is ended by its horse's alarm; a horse that does not answer
     # the alarm (stuck in C code that blocks signals) is killed this much later.
     timeout_kill_grace = 5.0
@@ -158,6 +161,9 @@ class SwitchboardWorker(Worker):
         self._running_job_id: str | None = None
         self._running_execution_id: str | None = None
         self.timed_out_job_id: str | None = None  # the job whose horse was killed for its timeout
+        self._prepared_job_id: str | None = None  # in the horse: the job its worker prepared
+        self._last_beat = 0.0
+        self._next_suspension_check = 0.0
 
     def _through_outage(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` tried until Redis answers; in a work horse for ``report_patience`` at most."""
@@ -170,7 +176,7 @@ class SwitchboardWorker(Worker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)
-        assignment = Assignment(job.id, queue.name, execution.id, execution.created_at)
+        assignment = Assignment(job.id, job_record(job), queue.name, execution.id, execution.created_at)
         with self._horse_lock:
             self._running_job_id, self._running_execution_id = job.id, execution.id
             horse = self._ready_horse()
@@ -304,12 +310,9 @@ class SwitchboardWorker(Worker):
             conn.send(Report(rss=resident_bytes()))
 
     def _perform(self, assignment: Assignment, queues: dict[str, Queue]) -> None:
-        try:
-            fetch = self.job_class.fetch
-            job = self._through_outage(fetch, assignment.job_id, self.connection, self.serializer)
-        except NoSuchJobError:
-            log.info("assigned job is gone", extra={"job_id": assignment.job_id})
-            return
+        job = self.job_class(assignment.job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(assignment.job)
+        self._prepared_job_id = job.id
         queue = queues.get(assignment.queue_name) or Queue(assignment.queue_name, connection=self.connection)
         execution = Execution(assignment.execution_id, job.id, self.connection, worker_name=self.name)
         execution.created_at = assignment.execution_created_at
@@ -323,12 +326,15 @@ class SwitchboardWorker(Worker):
         if pipeline is not None:  # only queued on the caller's pipeline: nothing to retry here
             super().heartbeat(timeout, pipeline)
             return
+        if timeout is None and time.monotonic() - self._last_beat < self.beat_at_most_every:
+            return  # RQ beats several times per job; its record lives worker_ttl + 60 s
         self._through_outage(self._beat, timeout)
 
     def _beat(self, timeout: int | None) -> None:
         with self.connection.pipeline() as pipe:
             super().heartbeat(timeout, pipeline=pipe)
             recreated = pipe.execute()[0] == 1  # HSET made a new hash: Redis had lost ours
+        self._last_beat = time.monotonic()
         if recreated:
             self.rejoin()
 
@@ -350,20 +356,89 @@ class SwitchboardWorker(Worker):
         if pipeline is not None:
             super().set_state(state, pipeline)
             return
+        if state == self._state:
+            return  # RQ says idle after a job and again before the next dequeue
         self._through_outage(super().set_state, state)
 
     def check_for_suspension(self, burst: bool) -> None:
+        # ``rq suspend`` takes effect within a second, not one Redis call per job.
+        if time.monotonic() < self._next_suspension_check:
+            return
+        self._next_suspension_check = time.monotonic() + self.beat_at_most_every
         self._through_outage(super().check_for_suspension, burst)
 
     def run_maintenance_tasks(self) -> None:
         self._through_outage(super().run_maintenance_tasks)
 
     def prepare_execution(self, job: Job) -> Execution:
-        return self._through_outage(super().prepare_execution, job)
+        return self._through_outage(self._prepare_execution, job)
+
+    def _prepare_execution(self, job: Job) -> Execution:
+        """RQ's preparation of a job in one round trip: the worker's part and the horse's.
+
+        RQ's worker records the execution (and its own busy state), then its horse marks
+        the job started (heartbeats, status, out of the intermediate list). The horse is
+        this worker's own child now, so the worker does both, and hands the job over as read.
+        """
+        ttl = self.get_heartbeat_ttl(job)
+        with self.connection.pipeline() as pipe:
+            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            self.heartbeat(ttl, pipeline=pipe)
+            job.heartbeat(now(), ttl, pipeline=pipe)
+            job.prepare_for_execution(self.name, pipeline=pipe)
+            pipe.persist(job.key)
+            if len(self.queues) == 1:
+                pipe.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+            pipe.execute()
+        self.executions[execution.id] = execution
+        return execution
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        if job.id == self._prepared_job_id:  # by the worker, with the execution
+            self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
+            return
         # In the work horse, before the step: wait (bounded) rather than fail the job.
         self._through_outage(super().prepare_job_execution, job, remove_from_intermediate_queue)
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        if job.func_name != STEP_JOB:
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
+            return
+        job.ended_at = now()  # no callbacks to keep the job alive for: its end is recorded next
+
+    def handle_job_success(
+        self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry, execution: Execution
+    ) -> None:
+        """A step job's success in one round trip.
+
+        RQ first watches and reads the job's dependents (to enqueue them) and, for a result
+        kept no time at all, reads the job's status and executions (to delete it): three to
+        seven round trips. A step job has no dependents, repeats or rate limit (the engine
+        enqueues what follows in the step's own transaction), so RQ's writes are all there
+        is: its counters, the job finished with its result for ``result_ttl``, the
+        execution cleaned up.
+        """
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        if job.func_name != STEP_JOB or result_ttl <= 0 or job.repeats_left or job.has_rate_limit:
+            super().handle_job_success(job, queue, started_job_registry, execution)
+            return
+        assert job.started_at is not None and job.ended_at is not None
+        with self.connection.pipeline() as pipe:
+            self.increment_successful_job_count(pipeline=pipe)
+            self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+            job._handle_success(
+                result_ttl,
+                pipeline=pipe,
+                worker_name=self.name,
+                execution_id=execution.id,
+                execution_started_at=execution.created_at,
+                execution_ended_at=job.ended_at,
+            )
+            job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            pipe.execute()
+        job._status = JobStatus.FINISHED
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
         # Between polls of a running horse: a missed beat is retried at the next poll, and
@@ -432,6 +507,16 @@ class SwitchboardWorker(Worker):
             log.info("no work horse to kill", extra={"worker": self.name})
             return
         super().kill_horse(sig)
+
+
+def job_record(job: Job) -> dict[bytes, bytes]:
+    """The job as its Redis hash holds it (what ``Job.restore`` reads), for the horse to rebuild."""
+    record: dict[bytes, bytes] = {}
+    for key, value in job.to_dict(include_result=False).items():
+        if isinstance(value, str):  # str enums too (the status): their value, as redis-py writes them
+            value = value.encode()
+        record[key.encode()] = value if isinstance(value, bytes) else str(value).encode()
+    return record
 
 
 def patient(queue_class: type[Queue], outage: Outage) -> type[Queue]:
