@@ -60,6 +60,20 @@ SKIP_MEANINGS: dict[SkipReason, str] = {
 }
 
 
+class RunOutcome(StrEnum):
+    """How a finished run ended, in words a person reads beside its status.
+
+    A run whose approval was rejected ends ``completed`` (the rejection ended its branch, as
+    designed), but it did not do what it was started for: its outcome is ``rejected``, so
+    nobody reads a refused deploy as a deployed one.
+    """
+
+    SUCCEEDED = "succeeded"
+    REJECTED = "rejected"  # completed, but a human task said no (or expired with on_expire: reject)
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
 class TaskOutcome(StrEnum):
     """How a human task ended, or that it has not."""
 
@@ -271,6 +285,26 @@ class RunView:
     def next_actions(self) -> str:
         """What can still be done with the run: ``pause it or stop it …``, ``replay it``."""
         return RUN_ACTIONS[self.status]
+
+    @property
+    def rejected_task(self) -> TaskView | None:
+        """The human task whose rejection (or expiry into one) ended the run's branch, if any."""
+        rejected = (TaskOutcome.REJECTED, TaskOutcome.REJECTED_ON_EXPIRY)
+        return next(
+            (step.task for step in self.steps if step.task is not None and step.task.outcome in rejected),
+            None,
+        )
+
+    @property
+    def outcome(self) -> RunOutcome | None:
+        """How the run ended (None while it is not finished); every medium shows it beside the status."""
+        if not self.finished:
+            return None
+        if self.status is RunStatus.FAILED:
+            return RunOutcome.FAILED
+        if self.status is RunStatus.STOPPED:
+            return RunOutcome.STOPPED
+        return RunOutcome.REJECTED if self.rejected_task is not None else RunOutcome.SUCCEEDED
 
     def step(self, step_id: str) -> StepView | None:
         return next((step for step in self.steps if step.step_id == step_id), None)

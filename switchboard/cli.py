@@ -41,7 +41,7 @@ from engine.catalog import load_folder
 from engine.errors import InvalidInput, SwitchboardError
 from engine.model import Actor, ActorKind, Event, Run, RunStatus
 from engine.settings import Settings, get_settings
-from engine.views import RunView, TaskOutcome, describe, utc_text
+from engine.views import RunOutcome, RunView, describe, utc_text
 from engine.workflow import InputError
 from switchboard import logs
 from switchboard.backends import Accepted, Backend, LocalBackend, RemoteBackend, RemoteError
@@ -497,9 +497,11 @@ def workflows_list() -> None:
 def format_run(view: RunView) -> str:
     """A run's view (engine.views) as plain text: the header, its failure, a line per step."""
     lines = [
-        f"run {view.run_id}  {view.workflow_id} v{view.workflow_version}  {view.status.value.upper()}",
+        f"run {view.run_id}  {view.workflow_id} v{view.workflow_version}  {status_text(view).upper()}",
         f"started by {view.started_by.display} at {utc_text(view.created_at)}",
     ]
+    if (rejected := view.rejected_task) is not None and view.finished:
+        lines.append(f"outcome: rejected: {rejected.task_id} ({rejected.title}) {rejected.verdict}")
     if view.inputs:
         lines.append("inputs: " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in view.inputs.items()))
     if view.replay_of:
@@ -517,6 +519,15 @@ def format_run(view: RunView) -> str:
             note = f"{note}: {step.task.title}"
         lines.append(f"  {step.step_id:20} {step.status_label:20} {note}".rstrip())
     return "\n".join(lines)
+
+
+def status_text(view: RunView) -> str:
+    """``completed (rejected)``: the status, and the outcome where it says more (engine.views)."""
+    return status_with_outcome(view.status.value, view.outcome)
+
+
+def status_with_outcome(status: str, outcome: str | None) -> str:
+    return f"{status} ({outcome})" if outcome and outcome != status else status
 
 
 def next_commands(view: RunView) -> list[str]:
@@ -542,20 +553,17 @@ def show_run(run: Run) -> None:
     hint(*next_commands(view))
 
 
-def rejected(view: RunView) -> bool:
-    return any(
-        step.task is not None and step.task.outcome in (TaskOutcome.REJECTED, TaskOutcome.REJECTED_ON_EXPIRY)
-        for step in view.steps
-    )
+EXIT_CODES = {
+    RunOutcome.SUCCEEDED: EXIT_OK,
+    RunOutcome.FAILED: EXIT_FAILED,
+    RunOutcome.STOPPED: EXIT_STOPPED,
+    RunOutcome.REJECTED: EXIT_REJECTED,
+}
 
 
 def exit_code_of(view: RunView) -> int:
-    """A finished run's exit code: 0 completed, 1 failed, 3 stopped, 4 an approval was rejected."""
-    if view.status is RunStatus.FAILED:
-        return EXIT_FAILED
-    if view.status is RunStatus.STOPPED:
-        return EXIT_STOPPED
-    return EXIT_REJECTED if rejected(view) else EXIT_OK
+    """A finished run's exit code, from its outcome: 0 succeeded, 1 failed, 3 stopped, 4 rejected."""
+    return EXIT_CODES[view.outcome] if view.outcome is not None else EXIT_OK
 
 
 def event_line(event: Event) -> str:
@@ -750,7 +758,7 @@ def run_follow(run_ref: str) -> int:
     """Tail a run's events with a progress line until it finishes; exit code from its outcome."""
     view = follow(run_ref)
     if not wants_json():
-        click.echo(f"run {view.short_id} {view.status.value}")
+        click.echo(f"run {view.short_id} {status_text(view)}")
     return exit_code_of(view)
 
 
@@ -779,7 +787,8 @@ def run_list(status: str | None, workflow: str | None, prefix: str | None, limit
         created = datetime.fromisoformat(row["created_at"])
         who = row["started_by"].get("name") or row["started_by"].get("id")
         when = f"{created:%Y-%m-%d %H:%M:%S}"
-        click.echo(f"{row['short_id']}  {row['status']:10} {row['workflow_id']:24} {when}  {who}")
+        status = status_with_outcome(row["status"], row.get("outcome"))
+        click.echo(f"{row['short_id']}  {status:22} {row['workflow_id']:24} {when}  {who}")
     if not runs:
         click.echo("no runs")
     else:

@@ -237,6 +237,13 @@ def test_wait_and_follow_exit_with_the_outcome(env: dict[str, str], tmp_path: Pa
     assert refused.returncode == 0, refused.stderr
 
     assert following.wait(timeout=60) == 4  # rejected
+    status = switchboard("run", "status", run_id, env=env).stdout
+    assert (
+        "COMPLETED (REJECTED)" in status
+        and "outcome: rejected: sign-off (Release 7?) rejected by bob" in status
+    )
+    assert f"{run_id[:8]}  completed (rejected)" in switchboard("run", "list", env=env).stdout
+    assert json.loads(switchboard("run", "status", run_id, "--json", env=env).stdout)["outcome"] == "rejected"
     assert "task_completed [sign-off]  by bob" in out.read_text()
     assert "2/2 steps done" in err.read_text() and "Traceback" not in err.read_text()
     lines, _ = waiter.communicate(timeout=60)

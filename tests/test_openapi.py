@@ -146,3 +146,23 @@ async def test_the_reference_page_is_the_document_rendered_without_scripts(clien
             assert f'id="{operation["operationId"]}"' in html and path in html
     assert 'id="schema-RunDocument"' in html and "<code>short_id</code>" in html
     assert "<script" not in html and "https://" not in html  # nothing fetched from elsewhere
+
+
+async def test_a_rejected_run_says_so_beside_completed(client: TestClient) -> None:
+    outcomes = {}
+    for service, approved in (("api", True), ("db", False)):
+        started = await client.post(
+            "/v1/workflows/release/runs", json={"inputs": {"service": service}}, headers=bearer("operator")
+        )
+        run_id = (await started.json())["run_id"]
+        decided = await client.post(
+            f"/v1/runs/{run_id}/tasks/approve/complete",
+            json={"approved": approved},
+            headers=bearer("approver"),
+        )
+        run = await decided.json()
+        assert run["status"] == "completed"
+        outcomes[run_id] = run["outcome"]
+    assert sorted(outcomes.values()) == ["rejected", "succeeded"]
+    listed = await (await client.get("/v1/runs", headers=bearer("viewer"))).json()
+    assert {r["run_id"]: r["outcome"] for r in listed["runs"]} == outcomes

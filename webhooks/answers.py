@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, compu
 from engine.intake import AcceptedRun
 from engine.model import Actor, Event, Failure, Run, RunStatus, Task
 from engine.queries import CommandCenter, PendingTask, RunPage
+from engine.views import RunOutcome, describe
 from engine.workflow import InputSpec, Workflow
 
 
@@ -25,6 +26,12 @@ class RunDocument(Run):
     def short_id(self) -> str:
         """The run id's first 8 characters: enough to name it anywhere a run id goes."""
         return self.run_id[:8]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def outcome(self) -> RunOutcome | None:
+        """How the run ended, beside its status (None while active): a rejected approval says so."""
+        return describe(self).outcome
 
     @classmethod
     def of(cls, run: Run) -> RunDocument:
@@ -48,6 +55,7 @@ class RunSummary(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     failure: Failure | None
+    outcome: RunOutcome | None = Field(description="how the run ended (None while active)")
 
     @classmethod
     def of(cls, run: Run) -> RunSummary:
@@ -62,6 +70,7 @@ class RunSummary(BaseModel):
             started_at=run.started_at,
             finished_at=run.finished_at,
             failure=run.failure,
+            outcome=describe(run).outcome,
         )
 
 
