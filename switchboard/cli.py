@@ -501,7 +501,7 @@ def format_run(view: RunView) -> str:
         f"started by {view.started_by.display} at {utc_text(view.created_at)}",
     ]
     if (rejected := view.rejected_task) is not None and view.finished:
-        lines.append(f"outcome: rejected: {rejected.task_id} ({rejected.title}) {rejected.verdict}")
+        lines.append(f"outcome: rejected: {rejected.task_id} ({rejected.title}) {rejected.decision}")
     if view.inputs:
         lines.append("inputs: " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in view.inputs.items()))
     if view.replay_of:
