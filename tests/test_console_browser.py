@@ -397,3 +397,21 @@ def test_the_run_list_between_since_and_until(page: Any, harness: Harness) -> No
     shown = page.locator("#runs tbody tr").evaluate_all("rows => rows.map(r => r.dataset.run)")
     assert shown == [r.short_id for r in reversed(inside)]
     shot(page, "12-runs-since-until")
+
+
+def test_a_decided_task_says_who_decided_it_and_when(page: Any, harness: Harness) -> None:
+    run = harness.engine.start("release", {"service": "ledger"}, OPS)
+    lead = Actor(kind=ActorKind.API, id="lead")
+    decided = harness.engine.complete_task(run.run_id, "approve", lead, False, comment="freeze week")
+    at = decided.steps["approve"].task.decided_at  # type: ignore[union-attr]
+    sign_in_with_token(page, "viewer")
+    page.goto(f"/runs/{run.run_id}/tasks/approve")
+    verdict = page.inner_text("#verdict")
+    assert f"This task was rejected by api:lead at {at:%Y-%m-%d %H:%M:%S} UTC: “freeze week”." in verdict
+    assert page.locator(".badge.bad").all_inner_texts() == ["❌ rejected", "❌ rejected"]  # title and verdict
+    shot(page, "13-task-decided")
+    page.goto(f"/runs/{run.run_id}")
+    assert "its approval was rejected" in page.inner_text("#step-announce")
+    assert page.inner_text("#step-approve .badge.bad") == "❌ rejected"
+    assert page.locator("#run-status .badge").all_inner_texts() == ["✅ completed", "❌ rejected"]
+    shot(page, "14-run-rejected")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from engine.analytics import Timeseries
 from engine.model import Event, EventType, RunStatus, Severity, StepStatus
-from engine.views import RunView, StepView
+from engine.views import TASK_MARKS, RunOutcome, RunView, StepView, TaskOutcome
 from webhooks.auth import Role
 from webhooks.console.charts import Chart, Series, bar_chart
 
@@ -48,7 +48,28 @@ def run_badge(run: RunView) -> Badge:
     return Badge(run.mark, RUN_TONES[run.status], run.status.value)
 
 
+def outcome_badge(run: RunView) -> Badge | None:
+    """Beside the status, an outcome the status does not say: a completed run a person rejected."""
+    if run.outcome is RunOutcome.REJECTED:
+        return Badge(TASK_MARKS[TaskOutcome.REJECTED], "bad", run.outcome.value)
+    return None
+
+
+TASK_TONES: dict[TaskOutcome, str] = {
+    TaskOutcome.OPEN: "warn",
+    TaskOutcome.APPROVED: "ok",
+    TaskOutcome.REJECTED: "bad",
+    TaskOutcome.REJECTED_ON_EXPIRY: "bad",
+    TaskOutcome.EXPIRED: "bad",
+    TaskOutcome.CANCELLED: "muted",
+}
+
+
 def step_badge(step: StepView) -> Badge:
+    """A step's badge; a decided human task's says how it was decided (a rejection is not green)."""
+    task = step.task
+    if task is not None and not task.open and step.status is not StepStatus.SKIPPED:
+        return Badge(task.mark, TASK_TONES.get(task.outcome, "warn"), step.state)
     return Badge(step.mark, STEP_TONES.get(step.status, "muted"), step.state)
 
 

@@ -104,6 +104,7 @@ ENVIRONMENT.filters.update(
 )
 ENVIRONMENT.globals.update(
     run_badge=present.run_badge,
+    outcome_badge=present.outcome_badge,
     step_badge=present.step_badge,
     controls=present.controls,
     rate_tone=present.rate_tone,
