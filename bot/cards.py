@@ -40,19 +40,11 @@ from engine.model import (
     EventType,
     FailureCode,
     Run,
-    StepStatus,
     Task,
 )
 from engine.views import FailureView, StepView, TaskOutcome, TaskView, describe, describe_task
 
 Message = dict[str, Any]  # chat.postMessage / chat.update arguments: text and blocks
-
-STEP_MARKS = {
-    StepStatus.SUCCEEDED: "✅",
-    StepStatus.FAILED: "🔴",
-    StepStatus.CANCELLED: "⚪",
-    StepStatus.SKIPPED: "⏭️",
-}
 
 
 def message(text: str, blocks: list[Block]) -> Message:
@@ -284,8 +276,7 @@ def failure_text(failure: FailureView) -> str:
 
 def step_line(step: StepView) -> str:
     """A step of the timeline: mark, id, type, status, attempts, then its error or detail below."""
-    mark = STEP_MARKS.get(step.status, "⏳")
-    line = f"{mark} `{step.step_id}` {step.type.value} *{step.status_label}*"
+    line = f"{step.mark} `{step.step_id}` {step.type.value} *{step.status_label}*"
     if step.attempt > 1:
         line += f" after {step.attempt} attempts"
     if step.failed and step.error:

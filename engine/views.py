@@ -49,6 +49,25 @@ RUN_ACTIONS: dict[RunStatus, str] = {
 }
 
 
+# The mark every medium shows beside a status (Slack's cards and timeline, the console's badges),
+# so a run looks the same wherever it is read. A step status without one shows HOURGLASS.
+RUN_MARKS: dict[RunStatus, str] = {
+    RunStatus.QUEUED: "⏳",
+    RunStatus.RUNNING: "▶️",
+    RunStatus.PAUSED: "⏸️",
+    RunStatus.DRAINING: "🛑",
+    RunStatus.COMPLETED: "✅",
+    RunStatus.FAILED: "🔴",
+    RunStatus.STOPPED: "⏹️",
+}
+STEP_MARKS: dict[StepStatus, str] = {
+    StepStatus.SUCCEEDED: "✅",
+    StepStatus.FAILED: "🔴",
+    StepStatus.CANCELLED: "⚪",
+    StepStatus.SKIPPED: "⏭️",
+}
+HOURGLASS = "⏳"
+
 # A step that ended in one of these shows its error (code and message) rather than its detail.
 ERROR_STATUSES = frozenset({StepStatus.FAILED, StepStatus.CANCELLED})
 
@@ -84,6 +103,16 @@ class TaskOutcome(StrEnum):
     REJECTED_ON_EXPIRY = "rejected_on_expiry"  # nobody decided in time; ``on_expire: reject``
     EXPIRED = "expired"  # nobody decided in time and the run failed (``on_expire: fail``)
     CANCELLED = "cancelled"  # the run ended before anyone decided
+
+
+# The mark of each way a human task ends, as the Slack task card shows it.
+TASK_MARKS: dict[TaskOutcome, str] = {
+    TaskOutcome.APPROVED: "✅",
+    TaskOutcome.REJECTED: "❌",
+    TaskOutcome.REJECTED_ON_EXPIRY: "⌛",
+    TaskOutcome.EXPIRED: "⌛",
+    TaskOutcome.CANCELLED: "⚪",
+}
 
 
 @dataclass(frozen=True)
@@ -138,6 +167,11 @@ class TaskView:
     max_rounds: int | None = None
 
     @property
+    def mark(self) -> str:
+        """The mark of how the task ended (the Slack task card's), the hourglass while open."""
+        return TASK_MARKS.get(self.outcome, HOURGLASS)
+
+    @property
     def quorum(self) -> bool:
         """Whether several approvers must approve (the card then shows who has so far)."""
         return self.min_approvals > 1
@@ -163,6 +197,19 @@ class TaskView:
         return self.decided_by.display if self.decided_by else "the system"
 
     @property
+    def verdict(self) -> str:
+        """How the task ended, in words: its decision (:attr:`decision`), or that it expired or
+        was cancelled, and why; "" while open."""
+        match self.outcome:
+            case TaskOutcome.OPEN:
+                return ""
+            case TaskOutcome.EXPIRED:
+                return "expired: nobody decided in time"
+            case TaskOutcome.CANCELLED:
+                return f"cancelled: {self.cancelled_because or 'the run ended'}"
+        return self.decision
+
+    @property
     def decision(self) -> str:
         """``approved by bob at 2026-11-23 09:00:00 UTC``: who decided and when (decided tasks)."""
         verdict = {TaskOutcome.APPROVED: "approved", TaskOutcome.CHANGES_REQUESTED: "sent back for changes"}
@@ -186,6 +233,22 @@ class StepView:
     finished_at: datetime | None
     retry_at: datetime | None
     task: TaskView | None
+    args: Any = None  # the arguments it ran with (templates rendered)
+    result: Any = None
+
+    @property
+    def mark(self) -> str:
+        return STEP_MARKS.get(self.status, HOURGLASS)
+
+    @property
+    def state(self) -> str:
+        """Where the step is, in a few words: its status label, but for a human task how it
+        was decided (``approved``, ``rejected``), ``awaiting approval`` while open."""
+        if self.task is not None and self.status is not StepStatus.SKIPPED:
+            if self.task.open:
+                return "awaiting approval" if self.status is StepStatus.WAITING else self.status_label
+            return self.task.outcome.value.replace("_", " ")
+        return self.status_label
 
     @property
     def status_label(self) -> str:
@@ -242,6 +305,16 @@ class RunView:
     replay_of: str | None
     replays: tuple[str, ...]
     steps: tuple[StepView, ...]
+    updated_at: datetime | None = None
+
+    @property
+    def mark(self) -> str:
+        return RUN_MARKS[self.status]
+
+    @property
+    def ended_at(self) -> datetime | None:
+        """When a finished run ended (its last change if it has no end recorded); None while active."""
+        return (self.finished_at or self.updated_at) if self.finished else None
 
     @property
     def finished(self) -> bool:
@@ -280,6 +353,11 @@ class RunView:
         if self.failure and self.failure.step_id and (step := self.step(self.failure.step_id)):
             return step
         return next((step for step in self.steps if step.status is StepStatus.FAILED), None)
+
+    @property
+    def jump_to(self) -> StepView | None:
+        """The step to open first: the failed step of a run that failed (or ended with a failure)."""
+        return self.failed_step if self.status is RunStatus.FAILED or self.failure else None
 
     @property
     def next_actions(self) -> str:
@@ -341,6 +419,7 @@ def describe(run: Run, workflow: Workflow | None = None) -> RunView:
         replay_of=run.replay_of,
         replays=tuple(run.replays),
         steps=tuple(describe_step(step, specs.get(step.step_id)) for step in run.steps.values()),
+        updated_at=run.updated_at,
     )
 
 
@@ -363,6 +442,8 @@ def describe_step(step: StepState, spec: Step | None = None) -> StepView:
         finished_at=step.finished_at,
         retry_at=step.retry_at,
         task=describe_task(step.task, step) if step.task else None,
+        args=step.args,
+        result=step.result,
     )
 
 
