@@ -80,11 +80,29 @@ def approval_card(run: Run, task: Task) -> Message:
     blocks = [*_task_body(run, view), context(f"Started by {who(run.started_by)} · {expiry}")]
     if view.quorum or view.rejections:
         blocks.append(section(quorum_text(view)))
+    if task.escalated:
+        to = ", ".join(ref_text(ref) for ref in task.approvers)
+        blocks.append(section(f"⏫ *Escalated* to {to}: nobody decided in time"))
     step = run.steps.get(task.task_id)
     if step is not None and step.changes:
         blocks.append(section(changes_text(view, step.changes[-1])))
     blocks.append(actions(*buttons, block_id=f"task:{value}"))
     return message(f"{task.task_type.title()} needed: {escape(task.title)}", blocks)
+
+
+def reminder(run: Run, task: Task, escalated: bool = False) -> Message:
+    """A direct message to an approver who has not decided: why, then the card with its buttons."""
+    why = "was escalated to you" if escalated else "is waiting for your decision"
+    expiry = f", and expires {when(task.expires_at)}" if task.expires_at else ""
+    card = approval_card(run, task)
+    lead = section(f"⏰ *{escape(task.title)}* (run `{run.short_id}`) {why}{expiry}.")
+    return message(f"Reminder: {escape(task.title)} {why}", [lead, *card.get("blocks", [])])
+
+
+def ref_text(ref: str) -> str:
+    """An identity ref as Slack shows it: a mention for ``slack:U123``, the ref otherwise."""
+    kind, _, ident = ref.partition(":")
+    return f"<@{ident}>" if kind.casefold() == "slack" and ident else escape(ref)
 
 
 def decided_card(run: Run, task: Task, cancelled: str | None = None) -> Message:
@@ -312,8 +330,7 @@ def failure_alert(run: Run) -> Message:
         section(f"Run `{run.short_id}` started by {who(run.started_by)}", fields=fields),
         section(f"*Error*\n```{message_text}```"),
         actions(
-            button("Retry from failed step", ids.RUN_RECOVER, run.run_id, "primary"),
-            button("Replay", ids.RUN_REPLAY, run.run_id),
+            button("Replay", ids.RUN_REPLAY, run.run_id, "primary"),
             button("Details", ids.RUN_DETAILS, run.run_id),
         ),
     ]
@@ -346,8 +363,6 @@ def progress_line(event: Event, run: Run) -> str | None:
         case EventType.RUN_DRAINING:
             deadline = run.stop.drain_deadline if run.stop else None
             return f"🛑 Stopping gracefully (asked by {by}); in-flight steps finish until {when(deadline)}"
-        case EventType.RUN_RECOVERED:
-            return f"🔁 Recovered by {by}: running again from step `{event.data.get('from_step')}`"
         case EventType.RUN_COMPLETED:
             return "✅ Completed"
         case EventType.RUN_FAILED | EventType.RUN_STOPPED:

@@ -64,6 +64,8 @@ TOLD_EVENTS = PROGRESS_EVENTS | {
     EventType.TASK_OPENED,
     EventType.TASK_APPROVAL_RECORDED,
     EventType.TASK_CHANGES_REQUESTED,
+    EventType.TASK_REMINDED,
+    EventType.TASK_ESCALATED,
     EventType.TASK_COMPLETED,
     EventType.TASK_EXPIRED,
     EventType.STEP_CANCELLED,
@@ -233,6 +235,14 @@ def messages_for_run(event: Event, run: Run, channel: str) -> list[Outbound]:
         case EventType.TASK_CHANGES_REQUESTED if step is not None:
             closed = [c.task for c in step.changes if c.round == event.data.get("round")]
             return [_card_update(channel, cards.decided_card(run, closed[0]), step.step_id)] if closed else []
+        case EventType.TASK_REMINDED | EventType.TASK_ESCALATED if task and task.decided_at is None:
+            escalated = event.type is EventType.TASK_ESCALATED
+            dm = cards.reminder(run, task, escalated)
+            users = [ref.partition(":")[2] for ref in event.data.get("to", []) if ref.startswith("slack:")]
+            sent = [Outbound(method=post, args={"channel": user, **dm}) for user in users]
+            if escalated:
+                sent.insert(0, _card_update(channel, cards.approval_card(run, task), task.task_id))
+            return sent
         case EventType.TASK_COMPLETED | EventType.TASK_EXPIRED if task is not None:
             card = cards.decided_card(run, task)
             return [_card_update(channel, card, task.task_id)]

@@ -40,7 +40,7 @@ from engine.model import (
 )
 from engine.templating import RenderError, render, truthy
 from engine.views import RUN_ACTIONS, already_decided, already_said, describe_task, no_such_task
-from engine.workflow import Step, StepType, Workflow
+from engine.workflow import Step, StepType, TaskSpec, Workflow
 
 # --- commands -----------------------------------------------------------------------------
 
@@ -114,8 +114,17 @@ class StepLost:
 
 
 TimerKind = Literal[
-    "task_expiry", "sleep", "wait_timeout", "step_timeout", "retry", "drain_timeout", "run_timeout"
+    "task_expiry",
+    "task_reminder",  # token: attempt * 10 + the reminder's number (1-4; 5-8 after an escalation)
+    "task_escalation",  # the deadline of an escalated task
+    "sleep",
+    "wait_timeout",
+    "step_timeout",
+    "retry",
+    "drain_timeout",
+    "run_timeout",
 ]
+REMINDERS_PER_ATTEMPT = 10
 
 
 @dataclass(frozen=True)
@@ -884,11 +893,18 @@ class _Transition:
             )
             st.wait_event = None
             self._fail(st, error)
-        elif cmd.kind == "task_expiry" and st.status is StepStatus.WAITING and st.task is not None:
+        elif cmd.kind == "task_reminder" and st.status is StepStatus.WAITING and st.task is not None:
+            if st.task.decided_at is None and cmd.token // REMINDERS_PER_ATTEMPT == st.attempt:
+                to = st.task.undecided()
+                expires_at = st.task.expires_at.isoformat() if st.task.expires_at else None
+                self._event(EventType.TASK_REMINDED, step_id=st.step_id, to=to, expires_at=expires_at)
+        elif cmd.kind in ("task_expiry", "task_escalation") and st.status is StepStatus.WAITING and st.task:
             if st.task.decided_at is not None or st.attempt != cmd.token:
                 return
             spec = self.workflow.step(st.step_id).task
-            if spec is not None and spec.on_expire == "fail":
+            if spec is not None and spec.on_expire == "escalate" and cmd.kind == "task_expiry":
+                self._escalate(st, st.task, spec)
+            elif spec is not None and spec.on_expire == "fail":
                 st.task.expired = True
                 error = StepError(
                     code=FailureCode.APPROVAL_EXPIRED,
@@ -898,6 +914,27 @@ class _Transition:
                 self._fail(st, error)
             else:
                 self._decide(st, st.task, Actor.system("expiry"), False, {}, None, expired=True)
+
+    def _remind(self, st: StepState, shares: list[float], seconds: float, first: int) -> None:
+        """Reminders at shares of ``seconds``; numbered from ``first`` so each has its own timer."""
+        for number, share in enumerate(shares, first):
+            token = st.attempt * REMINDERS_PER_ATTEMPT + number
+            self._timer(seconds * share, "task_reminder", st.step_id, token)
+
+    def _escalate(self, st: StepState, task: Task, spec: TaskSpec) -> None:
+        """Nobody decided in time: the task passes to ``escalate_to`` with a deadline of its own."""
+        seconds = spec.escalate_expires_in or spec.expires_in or 0
+        task.approvers = list(spec.escalate_to or [])
+        task.escalated = True
+        task.expires_at = self._timer(seconds, "task_escalation", st.step_id, st.attempt)
+        self._remind(st, spec.remind_at, seconds, first=5)
+        st.detail = f"escalated to {', '.join(task.approvers)}"
+        self._event(
+            EventType.TASK_ESCALATED,
+            step_id=st.step_id,
+            to=task.approvers,
+            expires_at=task.expires_at.isoformat(),
+        )
 
     def _escalate_drain(self) -> None:
         failure = Failure(
@@ -1136,6 +1173,7 @@ class _Transition:
         st.detail = "awaiting approval" if spec.task_type == "approval" else "awaiting edits"
         if spec.expires_in:
             self._timer(spec.expires_in, "task_expiry", st.step_id, st.attempt)
+            self._remind(st, spec.remind_at, spec.expires_in, first=1)
         self._event(
             EventType.TASK_OPENED,
             step_id=st.step_id,

@@ -191,6 +191,12 @@ class Task(BaseModel):
     changes_requested: bool = False  # closed by a change request (this round)
     round: int = 1  # 1, then one more each time a change request reopened the task
     max_rounds: int | None = None  # change requests that reopen it; past them, one ends it rejected
+    escalated: bool = False  # it expired once and passed to the workflow's escalate_to
+
+    def undecided(self) -> list[str]:
+        """The approvers named one by one (no wildcard) who have not said anything yet."""
+        said = {d.by.identity for d in self.decisions}
+        return [ref for ref in self.approvers if "*" not in ref and identity(ref) not in said]
 
     @property
     def approvals(self) -> list[Decision]:
@@ -320,6 +326,8 @@ class EventType(StrEnum):
     TASK_APPROVAL_RECORDED = "task_approval_recorded"  # one say on a quorum task that did not decide it
     TASK_CHANGES_REQUESTED = "task_changes_requested"  # closed for a new round; upstream runs again
     TASK_COMPLETED = "task_completed"
+    TASK_REMINDED = "task_reminded"  # a reminder to the approvers who have not decided
+    TASK_ESCALATED = "task_escalated"  # expired, and passed to the workflow's escalate_to
     TASK_EXPIRED = "task_expired"
     EVENT_RECEIVED = "event_received"  # a wait_event step got its event
     NOTIFICATION = "notification"  # a notify step's message

@@ -33,6 +33,21 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def parse_fraction(value: Any) -> float:
+    """A point of a task's life: ``"50%"`` or ``0.5`` (strictly between 0 and 1)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            value = float(value.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"expected a percentage such as '50%', got {value!r}") from None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1:
+        raise ValueError(f"expected a share of the expiry between 0% and 100% such as '50%', got {value!r}")
+    return float(value)
+
+
+Fraction = Annotated[float, BeforeValidator(parse_fraction)]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")]
 
 
@@ -98,7 +113,13 @@ class TaskSpec(_Strict):
     editable: list[str] = Field(default_factory=list)
     approvers: list[str] | None = None
     expires_in: Duration | None = None
-    on_expire: Literal["reject", "fail"] = "reject"
+    # escalate: the task passes to escalate_to with a new deadline (escalate_expires_in, by
+    # default expires_in); when that one passes too, the task is rejected.
+    on_expire: Literal["reject", "fail", "escalate"] = "reject"
+    escalate_to: list[str] | None = None
+    escalate_expires_in: Duration | None = None
+    # Reminders to the approvers who have not decided, at these shares of the time to expiry.
+    remind_at: list[Fraction] = Field(default_factory=list, max_length=4)
     # Quorum: this many distinct approvers must approve. One rejection ends the task
     # (reject_ends), unless max_rejections says how many do; reject_ends: false without
     # max_rejections records rejections and leaves the task open until expiry.
@@ -125,6 +146,14 @@ class TaskSpec(_Strict):
             raise ValueError(f"min_approvals is {self.min_approvals} but {len(named)} approvers are named")
         if "reject_ends" in self.model_fields_set and self.reject_ends and (self.max_rejections or 1) > 1:
             raise ValueError("reject_ends: true ends the task at the first rejection; drop max_rejections")
+        return self
+
+    @model_validator(mode="after")
+    def _deadlines_fit(self) -> TaskSpec:
+        if (self.remind_at or self.on_expire == "escalate") and self.expires_in is None:
+            raise ValueError("remind_at and on_expire: escalate need expires_in")
+        if self.on_expire == "escalate" and not self.escalate_to:
+            raise ValueError("on_expire: escalate needs escalate_to (who the task passes to)")
         return self
 
     @property
