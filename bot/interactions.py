@@ -17,6 +17,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from bot import cards, ids
 from bot.blocks import escape
 from bot.feed import publish_home
+from bot.groups import task_actor
 from bot.runtime import Bot, slack_actor
 from engine.errors import SwitchboardError
 from engine.fields import from_text
@@ -119,14 +120,14 @@ def register(app: AsyncApp, bot: Bot) -> None:
 
 async def approve_task(bot: Bot, body: Body) -> None:
     run_id, task_id = ids.parse_task_value(_value(body))
-    actor = slack_actor(body.get("user"))
+    actor = await task_actor(bot, slack_actor(body.get("user")), run_id, task_id)
     await attempt(bot, body, lambda: bot.call(bot.engine.complete_task, run_id, task_id, actor, True))
 
 
 async def reject_task(bot: Bot, body: Body, view: Body) -> None:
     origin = cards.origin_of(view)
     reason = _input(view, ids.REASON_BLOCK, ids.REASON_INPUT) or None
-    actor = slack_actor(body.get("user"))
+    actor = await task_actor(bot, slack_actor(body.get("user")), origin["run"], origin["task"])
 
     async def decide() -> Run:
         return await bot.call(
@@ -139,7 +140,7 @@ async def reject_task(bot: Bot, body: Body, view: Body) -> None:
 async def request_changes(bot: Bot, body: Body, view: Body) -> None:
     origin = cards.origin_of(view)
     comment = _input(view, ids.REASON_BLOCK, ids.REASON_INPUT)
-    actor = slack_actor(body.get("user"))
+    actor = await task_actor(bot, slack_actor(body.get("user")), origin["run"], origin["task"])
 
     async def decide() -> Run:
         return await bot.call(bot.engine.request_changes, origin["run"], origin["task"], actor, comment)
@@ -149,7 +150,7 @@ async def request_changes(bot: Bot, body: Body, view: Body) -> None:
 
 async def approve_edits(bot: Bot, body: Body, origin: dict[str, Any], edits: dict[str, Any]) -> None:
     """The edit modal's submission: approve, with the edited fields as the task's result."""
-    actor = slack_actor(body.get("user"))
+    actor = await task_actor(bot, slack_actor(body.get("user")), origin["run"], origin["task"])
 
     async def decide() -> Run:
         return await bot.call(

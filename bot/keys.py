@@ -45,6 +45,10 @@ class SlackKeys:
         """An Events API delivery handled already: Slack retries it with the same ``event_id``."""
         return f"{self.prefix}slack:event:{event_id}"
 
+    def group_members(self, group: str) -> str:
+        """The user ids of a Slack user group, cached with a TTL (see ``bot.groups``)."""
+        return f"{self.prefix}slack:group:{group}"
+
     @property
     def home_viewers(self) -> str:
         return f"{self.prefix}slack:home:viewers"

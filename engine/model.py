@@ -105,12 +105,28 @@ def identity(ref: str) -> str:
     return f"{kind.strip().casefold()}:{ident.strip().casefold()}"
 
 
+GROUP_KIND = "slack_group"  # a role list's ref to a Slack user group: slack_group:S123
+
+
+def group_refs(refs: list[str]) -> list[str]:
+    """The user group ids (``S123``) a role list names, as written."""
+    found = []
+    for ref in refs:
+        kind, _, ident = ref.strip().partition(":")
+        if kind.casefold() == GROUP_KIND and ident.strip():
+            found.append(ident.strip())
+    return found
+
+
 class Actor(BaseModel):
     """Who asked for a change: recorded on every event, checked against workflow roles."""
 
     kind: ActorKind
     id: str
     name: str | None = None
+    # The Slack user groups (``S123``) the edge found this person in, among those a role list
+    # names: the engine never asks Slack. Not stored: membership is checked when they act.
+    groups: list[str] = Field(default_factory=list, exclude=True)
 
     @property
     def ref(self) -> str:
@@ -125,9 +141,12 @@ class Actor(BaseModel):
         return self.identity == other.identity
 
     def matches(self, refs: list[str]) -> bool:
-        """Whether a role list (``slack:U123``, ``api:*``, ``*``) names this actor."""
+        """Whether a role list (``slack:U123``, ``api:*``, ``*``, ``slack_group:S123``) names this actor."""
         names = {identity(ref) for ref in refs}
-        return bool(names & {"*", self.identity, f"{self.kind.value}:*"})
+        mine = {"*", self.identity, f"{self.kind.value}:*"}
+        if self.kind is ActorKind.SLACK:
+            mine |= {identity(f"{GROUP_KIND}:{group}") for group in self.groups}
+        return bool(names & mine)
 
     @property
     def display(self) -> str:

@@ -74,6 +74,7 @@ class FakeSlack:
     url: str = ""
     socket_acks: list[dict[str, Any]] = field(default_factory=list)  # what the app sent back over Socket Mode
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
+    usergroups: dict[str, list[str]] = field(default_factory=dict)  # user group id: its members
     _ts: int = 0
 
     # -- control -------------------------------------------------------------------------
@@ -217,6 +218,14 @@ class FakeSlack:
             "view": {"id": "V" + uuid.uuid4().hex[:8], **view},
         }
 
+    def _usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        problem = _require(args, "usergroup")
+        if problem:
+            return problem
+        if args["usergroup"] not in self.usergroups:
+            return {"ok": False, "error": "no_such_subteam"}
+        return {"ok": True, "users": list(self.usergroups[args["usergroup"]])}
+
     def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
         problem = _require(args, "user_id", "view")
         if problem:
@@ -226,6 +235,8 @@ class FakeSlack:
 
 
 async def _arguments(request: web.Request) -> dict[str, Any]:
+    if request.method == "GET":
+        return dict(request.query)
     if request.content_type == "application/json":
         body = await request.json()
         return body if isinstance(body, dict) else {}
@@ -656,6 +667,7 @@ async def serve_fake_slack() -> tuple[FakeSlack, TestServer]:
     fake = FakeSlack()
     app = web.Application()
     app.router.add_post("/api/{method}", fake.api)
+    app.router.add_get("/api/{method}", fake.api)  # read methods the SDK sends as GET (usergroups.users.list)
     app.router.add_post("/response/{id}", fake.record_response)
     app.router.add_get("/socket", fake.socket)
     server = TestServer(app)
