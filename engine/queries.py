@@ -471,3 +471,8 @@ class LiveQueries:
         pipe.xlen(self.keys.intake)
         *counts, pending, intake = await pipe.execute()
         return Gauges(dict(zip(statuses, counts, strict=True)), pending, intake)
+
+    async def step_durations(self) -> dict[str, int]:
+        """The all-time step-duration counters (:mod:`engine.metrics`), as stored."""
+        counted: dict[Any, Any] = await self.redis.hgetall(self.keys.step_durations)
+        return {text(name): int(value) for name, value in counted.items()}

@@ -26,7 +26,7 @@ from rq.results import Result
 from rq.utils import utcparse
 from rq.worker import Worker
 
-from engine import analytics
+from engine import analytics, metrics
 from engine.core import Outcome, StepJob, Timer, TimerKind
 from engine.errors import NotFound
 from engine.model import (
@@ -126,6 +126,11 @@ class Keys:
 
     def intake_delivery(self, delivery: str) -> str:
         return f"{self.prefix}intake:delivery:{delivery}"
+
+    @property
+    def step_durations(self) -> str:
+        """Step durations for Prometheus, for all time (:mod:`engine.metrics`)."""
+        return f"{self.prefix}metrics:step_durations"
 
     def stats_hour(self, hour: int) -> str:
         """An hour's analytics counters (:mod:`engine.analytics`); ``hour`` counts from the epoch."""
@@ -406,6 +411,8 @@ class RunStore:
             for name, amount in counts.items():
                 pipe.hincrby(keys.stats_hour(hour), name, amount)
             pipe.expire(keys.stats_hour(hour), analytics.KEEP_SECONDS)
+        for name, amount in metrics.tally(run, outcome.events).items():
+            pipe.hincrby(keys.step_durations, name, amount)
         for timer in outcome.timers:
             pipe.zadd(keys.timers, {timer_member(run.run_id, timer): ts(timer.due)})
         for wait_key, step_id in outcome.waits_added:

@@ -6,6 +6,7 @@ running instance instead of an empty system."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -371,3 +372,27 @@ def test_up_says_where_things_are_and_signs_its_user_in(env: dict[str, str], tmp
         up.wait(timeout=60)
     assert up.returncode == 0, out.read_text()
     assert not record.exists()  # it stopped: commands elsewhere no longer find it
+
+
+def test_services_log_json_to_a_collector_and_text_to_a_terminal(env: dict[str, str]) -> None:
+    redirected = switchboard("worker", "--burst", env=env)
+    assert redirected.returncode == 0, redirected.stderr
+    first = json.loads(redirected.stderr.splitlines()[0])  # stderr is a pipe: JSON lines
+    assert {"time", "level", "logger", "message"} <= set(first)
+
+    main, attached = os.openpty()  # stderr a terminal: readable text
+    try:
+        process = popen("worker", "--burst", env=env, stdout=subprocess.DEVNULL, stderr=attached)
+        os.close(attached)
+        assert process.wait(timeout=60) == 0
+        seen = b""
+        with contextlib.suppress(OSError):  # EIO once the writer is gone and all was read
+            while chunk := os.read(main, 4096):
+                seen += chunk
+    finally:
+        os.close(main)
+    line = seen.decode().splitlines()[0]
+    assert line.startswith("info") and not line.startswith("{")
+
+    chosen = switchboard("worker", "--burst", env={**env, "SWITCHBOARD_LOG_FORMAT": "text"})
+    assert chosen.stderr.splitlines()[0].startswith("info")

@@ -62,6 +62,7 @@ ENTRY_POINTS = [
     ("POST", "/webhooks/{source}"),
     ("GET", "/v1/runs"),
     ("GET", "/v1/runs/{run_id}"),
+    ("GET", "/v1/workflows/{workflow_id}/runs/{run_id}"),
     ("GET", "/v1/runs/{run_id}/events"),
     ("GET", "/v1/workflows/{workflow_id}/runs/{run_id}/events"),
     ("GET", "/v1/runs/{run_id}/context"),
@@ -87,6 +88,7 @@ ENTRY_POINTS = [
     ("GET", "/v1/analytics/timeseries"),
     ("GET", "/v1/runs/{run_id}/stream"),
     ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/docs"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     *CONSOLE_ENTRY_POINTS,
@@ -119,7 +121,8 @@ class Site:
             "task_id": st.sampled_from(["approve", "announce", "nope"]) | weird,
             "source": st.sampled_from(["releases", "github", "payments", "vector", "unset", "nope"]) | weird,
             # Paths nothing serves, and served paths (reached by a method they do not take).
-            "path": st.sampled_from(["nowhere", "v1/nope", "healthz", "v1/openapi.json", "slack/events"]) | weird,
+            "path": st.sampled_from(["nowhere", "v1/nope", "healthz", "v1/openapi.json", "slack/events"])
+            | weird,
         }
 
 
@@ -260,9 +263,7 @@ extra_headers = st.dictionaries(
     st.sampled_from(["Accept", "Last-Event-ID", "X-GitHub-Event", "webhook-id", "Content-Language"]),
     header_bytes,
     max_size=2,
-) | st.fixed_dictionaries(
-    {"Expect": st.sampled_from([b"100-continue", b"nothing"]) | header_bytes}
-)
+) | st.fixed_dictionaries({"Expect": st.sampled_from([b"100-continue", b"nothing"]) | header_bytes})
 
 
 @dataclass

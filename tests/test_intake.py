@@ -118,12 +118,12 @@ async def test_with_workers_expected_the_web_process_starts_only_what_waited_too
     assert pending.status == 202 and (await pending.json())["status"] == "accepted"
     intake = client.app[CONTEXT].intake
     assert 0 < await asyncio.to_thread(intake.waiting_for) < 0.6
-    assert "\nswitchboard_intake_waiting 1\n" in await (await client.get("/metrics")).text()
+    assert "\nswitchboard_intake_waiting 1.0\n" in await (await client.get("/metrics")).text()
     # No worker took it: the standby starter steps in once it has waited 0.6 s.
     runs = await wait_for_runs(web_engine, 1, timeout=5)
     assert [r.run_id for r in runs] == [answer["run_id"]]
     for _ in range(100):  # the entry leaves the intake just after its run exists
-        if "\nswitchboard_intake_waiting 0\n" in await (await client.get("/metrics")).text():
+        if "\nswitchboard_intake_waiting 0.0\n" in await (await client.get("/metrics")).text():
             break
         await asyncio.sleep(0.02)
     else:

@@ -299,10 +299,10 @@ async def test_deliveries_are_counted_by_outcome_in_metrics(client: TestClient, 
     await client.post("/webhooks/releases", data=b"{}", headers=standard_headers(body, at=clock.now))
     await client.post("/webhooks/ghost", data=b"{}")
     text = await (await client.get("/metrics")).text()
-    assert 'switchboard_webhook_deliveries_total{source="releases",outcome="accepted"} 1' in text
-    assert 'switchboard_webhook_deliveries_total{source="releases",outcome="duplicate"} 1' in text
-    assert 'switchboard_webhook_deliveries_total{source="releases",outcome="bad_signature"} 1' in text
-    assert 'switchboard_webhook_deliveries_total{source="_unknown",outcome="unknown_source"} 1' in text
+    assert 'switchboard_webhook_deliveries_total{outcome="accepted",source="releases"} 1.0' in text
+    assert 'switchboard_webhook_deliveries_total{outcome="duplicate",source="releases"} 1.0' in text
+    assert 'switchboard_webhook_deliveries_total{outcome="bad_signature",source="releases"} 1.0' in text
+    assert 'switchboard_webhook_deliveries_total{outcome="unknown_source",source="_unknown"} 1.0' in text
 
 
 async def test_webhooks_need_no_bearer_token_and_tokens_do_not_replace_signatures(client: TestClient) -> None:

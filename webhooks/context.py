@@ -11,7 +11,7 @@ from engine.api import Engine
 from engine.intake import Acceptor, Intake
 from engine.queries import LiveQueries
 from webhooks.auth import Tokens
-from webhooks.metrics import DeliveryCounts, StepDurations
+from webhooks.metrics import DeliveryCounts
 from webhooks.settings import WebSettings
 from webhooks.sources import Source
 
@@ -23,8 +23,7 @@ class WebContext:
     sources: dict[str, Source]
     tokens: Tokens
     aredis: aioredis.Redis  # for what must not hold a thread: health, counters
-    live: LiveQueries  # the engine's reads that wait without a thread: SSE, the metrics feed, gauges
-    durations: StepDurations
+    live: LiveQueries  # the engine's reads that wait without a thread: SSE, gauges, counters
     intake: Intake
     acceptor: Acceptor
     deliveries: DeliveryCounts

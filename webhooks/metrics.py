@@ -1,43 +1,52 @@
-"""Prometheus metrics, written in the text exposition format by hand.
+"""Prometheus metrics at ``/metrics``: one scrape model, the whole system seen from Redis.
 
-What each metric means:
+Every ``switchboard_*`` metric is read from Redis when scraped, so any web process answers
+the same figures for the whole deployment (scrape one of them, or any behind a load
+balancer; do not sum them across processes). Only the ``process_*`` metrics
+(prometheus_client's ProcessCollector: CPU, memory, open files, start time) describe the
+process that answered. Workers expose nothing: what they do is in Redis.
 
-- ``switchboard_runs{status}``: runs now in each status, from the status indexes
-  (a ZCARD each, never a scan of runs). Shared by every process.
-- ``switchboard_tasks_pending``: human tasks waiting for a decision (index size).
-- ``switchboard_intake_waiting``: runs accepted from webhooks and not started yet (the
-  intake stream's length); growing means no worker is starting them.
-- ``switchboard_webhook_deliveries_total{source,outcome}``: webhook deliveries by what
-  became of them, counted in a Redis hash, so it is the total over every web process
-  and survives restarts. Unknown sources are counted under ``source="_unknown"``.
+- ``switchboard_runs{status}``: runs now in each status (the status indexes' sizes).
+- ``switchboard_tasks_pending``: human tasks waiting for a decision.
+- ``switchboard_queue_depth``: step jobs waiting in the RQ queue for a worker.
+- ``switchboard_workers``: RQ workers alive on the queue (their heartbeat keys exist).
+- ``switchboard_intake_waiting``: runs accepted from webhooks and not started yet; growing
+  means no worker is starting them.
+- ``switchboard_slack_outbox_backlog``: Slack conversations with messages still to send.
+- ``switchboard_webhook_deliveries_total{source,outcome}``: webhook deliveries by what became
+  of them, counted in a Redis hash (unknown sources under ``source="_unknown"``).
 - ``switchboard_step_duration_seconds{workflow,type,outcome}``: a histogram of step
-  durations (started to succeeded or failed, from the run's own timestamps; human
-  tasks measure how long people took). Only steps that finished while this web
-  process followed the global event feed count, like any per-process counter.
+  durations counted in Redis as steps finish (:mod:`engine.metrics`): it survives restarts
+  and every process reports all of it. Human tasks measure how long people took.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
-from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from rq import Worker
 
-from engine.model import EventType, Run, StepStatus
-from engine.queries import LiveQueries
+from bot.keys import SlackKeys
+from engine import metrics
+from engine.api import Engine
+from engine.asyncio_bridge import EngineBridge
+from engine.queries import Gauges, LiveQueries
 from engine.redis_idioms import text
 from webhooks.keys import WebKeys
 
 log = logging.getLogger(__name__)
 
-BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0)
-FINISHED_EVENTS = frozenset({EventType.STEP_COMPLETED, EventType.STEP_FAILED})
 UNKNOWN_SOURCE = "_unknown"
+BRIDGE = EngineBridge()  # RQ's calls are synchronous: on the loop's default executor
 
 
 @dataclass
@@ -83,100 +92,88 @@ class DeliveryCounts:
         return {text(name): int(value) for name, value in counted.items()}
 
 
-@dataclass
-class _Histogram:
-    buckets: list[int] = field(default_factory=lambda: [0] * len(BUCKETS))
-    count: int = 0
-    total: float = 0.0
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one scrape reports about the system, read from Redis."""
 
-    def observe(self, value: float) -> None:
-        index = bisect.bisect_left(BUCKETS, value)
-        if index < len(BUCKETS):
-            self.buckets[index] += 1
-        self.count += 1
-        self.total += value
+    gauges: Gauges
+    queue_depth: int
+    workers: int
+    outbox_backlog: int
+    deliveries: dict[str, int]
+    steps: dict[tuple[str, str, str], metrics.Histogram]
 
 
-@dataclass
-class StepDurations:
-    """Step durations observed by following the global event feed."""
+class SnapshotCollector(Collector):
+    """The snapshot as Prometheus metric families (prometheus_client renders the text)."""
 
-    series: dict[tuple[str, str, str], _Histogram] = field(default_factory=lambda: defaultdict(_Histogram))
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
 
-    def observe_runs(self, finished: Iterable[tuple[str, int]], runs: dict[str, Run]) -> None:
-        for key, attempt in finished:
-            run_id, step_id = key.split("|", 1)
-            run = runs.get(run_id)
-            step = run.steps.get(step_id) if run else None
-            if run is None or step is None or step.attempt != attempt:
-                continue
-            if step.started_at is None or step.finished_at is None:
-                continue
-            if step.status not in (StepStatus.SUCCEEDED, StepStatus.FAILED):
-                continue
-            seconds = (step.finished_at - step.started_at).total_seconds()
-            self.series[(run.workflow_id, step.type.value, step.status.value)].observe(max(seconds, 0.0))
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        runs = GaugeMetricFamily("switchboard_runs", "Runs now in each status.", labels=["status"])
+        for status, count in snap.gauges.runs.items():
+            runs.add_metric([status.value], count)
+        yield runs
+        yield GaugeMetricFamily(
+            "switchboard_tasks_pending",
+            "Human tasks waiting for a decision.",
+            value=snap.gauges.pending_tasks,
+        )
+        yield GaugeMetricFamily(
+            "switchboard_queue_depth", "Step jobs waiting in the queue for a worker.", value=snap.queue_depth
+        )
+        yield GaugeMetricFamily("switchboard_workers", "Workers alive on the queue.", value=snap.workers)
+        yield GaugeMetricFamily(
+            "switchboard_intake_waiting",
+            "Runs accepted from webhooks and not started yet.",
+            value=snap.gauges.intake_waiting,
+        )
+        yield GaugeMetricFamily(
+            "switchboard_slack_outbox_backlog",
+            "Slack conversations with messages still to send.",
+            value=snap.outbox_backlog,
+        )
+        deliveries = CounterMetricFamily(
+            "switchboard_webhook_deliveries",
+            "Webhook deliveries by source and outcome.",
+            labels=["source", "outcome"],
+        )
+        for name, count in sorted(snap.deliveries.items()):
+            source, _, outcome = name.partition("|")
+            deliveries.add_metric([source, outcome], count)
+        yield deliveries
+        steps = HistogramMetricFamily(
+            "switchboard_step_duration_seconds",
+            "Step durations, started to finished, by workflow, step type and outcome (all time).",
+            labels=["workflow", "type", "outcome"],
+        )
+        for labels, histogram in sorted(snap.steps.items()):
+            steps.add_metric(list(labels), histogram.cumulative(), histogram.total_seconds)
+        yield steps
 
-    async def follow(self, live: LiveQueries, stop: asyncio.Event, block_ms: int = 1000) -> None:
-        """Tail the global feed from now on, until ``stop`` is set."""
-        last = "$"
-        while not stop.is_set():
-            try:
-                events = await live.feed_events(last, block_ms, 500)
-            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
-                log.warning("metrics feed unavailable", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
-                continue
-            finished: list[tuple[str, int]] = []
-            for event in events:
-                last = event.id or last
-                if event.type in FINISHED_EVENTS and event.step_id and not event.data.get("skipped"):
-                    finished.append((f"{event.run_id}|{event.step_id}", int(event.data.get("attempt", 0))))
-            if finished:
-                runs = await live.runs(sorted({key.split("|", 1)[0] for key, _ in finished}))
-                self.observe_runs(finished, runs)
 
-
-async def exposition(live: LiveQueries, durations: StepDurations, deliveries: DeliveryCounts) -> str:
-    """The whole ``/metrics`` page."""
+async def snapshot(
+    engine: Engine, live: LiveQueries, aredis: aioredis.Redis, deliveries: DeliveryCounts
+) -> Snapshot:
+    """Read what a scrape reports: index sizes and counters (a handful of round trips, no scan)."""
     await deliveries.flush()
     gauges = await live.gauges()
-    delivered = await deliveries.totals()
-    lines = [
-        "# HELP switchboard_runs Runs now in each status (from the status indexes).",
-        "# TYPE switchboard_runs gauge",
-        *(f'switchboard_runs{{status="{s.value}"}} {n}' for s, n in gauges.runs.items()),
-        "# HELP switchboard_tasks_pending Human tasks waiting for a decision.",
-        "# TYPE switchboard_tasks_pending gauge",
-        f"switchboard_tasks_pending {gauges.pending_tasks}",
-        "# HELP switchboard_intake_waiting Runs accepted from webhooks and not started yet.",
-        "# TYPE switchboard_intake_waiting gauge",
-        f"switchboard_intake_waiting {gauges.intake_waiting}",
-        "# HELP switchboard_webhook_deliveries_total Webhook deliveries by source and outcome.",
-        "# TYPE switchboard_webhook_deliveries_total counter",
-    ]
-    for field_name, value in sorted(delivered.items()):
-        source, _, outcome = field_name.partition("|")
-        lines.append(
-            f'switchboard_webhook_deliveries_total{{source="{_label(source)}",outcome="{_label(outcome)}"}}'
-            f" {int(value)}"
-        )
-    lines += [
-        "# HELP switchboard_step_duration_seconds Step durations, started to finished,"
-        " for steps that finished while this process ran.",
-        "# TYPE switchboard_step_duration_seconds histogram",
-    ]
-    for (workflow, step_type, outcome), hist in sorted(durations.series.items()):
-        labels = f'workflow="{_label(workflow)}",type="{step_type}",outcome="{outcome}"'
-        cumulative = 0
-        for bound, n in zip(BUCKETS, hist.buckets, strict=True):
-            cumulative += n
-            lines.append(f'switchboard_step_duration_seconds_bucket{{{labels},le="{bound:g}"}} {cumulative}')
-        lines.append(f'switchboard_step_duration_seconds_bucket{{{labels},le="+Inf"}} {hist.count}')
-        lines.append(f"switchboard_step_duration_seconds_sum{{{labels}}} {hist.total:.6f}")
-        lines.append(f"switchboard_step_duration_seconds_count{{{labels}}} {hist.count}")
-    return "\n".join(lines) + "\n"
+    steps = metrics.histograms(await live.step_durations())
+    backlog = await aredis.zcard(SlackKeys(engine.keys.prefix).outbox_due)
+    depth, workers = await BRIDGE.call(_queue_and_workers, engine)
+    return Snapshot(gauges, depth, workers, int(backlog), await deliveries.totals(), steps)
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _queue_and_workers(engine: Engine) -> tuple[int, int]:
+    """RQ's own answers: the queue's length and its live workers (whose keys have not expired)."""
+    return engine.queue.count, len(Worker.all(queue=engine.queue))
+
+
+def exposition(snap: Snapshot) -> bytes:
+    """The ``/metrics`` page: the snapshot and this process's own figures, in the text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snap))
+    ProcessCollector(registry=registry)
+    return generate_latest(registry)

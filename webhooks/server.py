@@ -26,7 +26,7 @@ from webhooks.auth import Tokens, forbidden
 from webhooks.context import CONTEXT, WebContext, context_of
 from webhooks.inbound import check_headers, expect_handler, quiet_malformed_http
 from webhooks.keys import WebKeys
-from webhooks.metrics import DeliveryCounts, StepDurations, exposition
+from webhooks.metrics import DeliveryCounts, exposition, snapshot
 from webhooks.openapi import build_openapi
 from webhooks.problems import RETRY_AFTER_SECONDS, Handler, Problem, problem_middleware
 from webhooks.routing import endpoint, endpoint_of
@@ -90,11 +90,14 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 @endpoint(None, media_type="text/plain", tag="operations")
 async def metrics(request: web.Request) -> web.StreamResponse:
-    """Prometheus metrics: runs by status, pending tasks, webhook deliveries, step durations."""
+    """Prometheus metrics of the whole system, read from Redis (see webhooks.metrics), and this process's."""
     ctx = context_of(request)
-    text = await exposition(ctx.live, ctx.durations, ctx.deliveries)
+    body = exposition(await snapshot(ctx.engine, ctx.live, ctx.aredis, ctx.deliveries))
     return web.Response(
-        text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"}
+        body=body,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
     )
 
 
@@ -128,7 +131,6 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
         tokens,
         aredis,
         engine.live_queries(aredis),
-        StepDurations(),
         Intake(engine),
         Acceptor(aredis, engine.keys),
         DeliveryCounts(aredis, WebKeys(engine.keys.prefix)),
@@ -162,7 +164,6 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     loop.set_default_executor(executor)
     stop = asyncio.Event()
     tasks = [
-        start_task(ctx.durations.follow(ctx.live, stop), "metrics-feed"),
         start_task(ctx.deliveries.flush_every(stop), "delivery-counts"),
     ]
     starter = Starter(ctx.intake, f"web-{socket.gethostname()}-{os.getpid()}", ctx.settings.starts_after)
