@@ -330,7 +330,8 @@ def failure_alert(run: Run) -> Message:
         section(f"Run `{run.short_id}` started by {who(run.started_by)}", fields=fields),
         section(f"*Error*\n```{message_text}```"),
         actions(
-            button("Replay", ids.RUN_REPLAY, run.run_id, "primary"),
+            button("Retry from failed step", ids.RUN_RECOVER, run.run_id, "primary"),
+            button("Replay", ids.RUN_REPLAY, run.run_id),
             button("Details", ids.RUN_DETAILS, run.run_id),
         ),
     ]
@@ -363,6 +364,8 @@ def progress_line(event: Event, run: Run) -> str | None:
         case EventType.RUN_DRAINING:
             deadline = run.stop.drain_deadline if run.stop else None
             return f"🛑 Stopping gracefully (asked by {by}); in-flight steps finish until {when(deadline)}"
+        case EventType.RUN_RECOVERED:
+            return f"🔁 Recovered by {by}: running again from step `{event.data.get('from_step')}`"
         case EventType.RUN_COMPLETED:
             return "✅ Completed"
         case EventType.RUN_FAILED | EventType.RUN_STOPPED:

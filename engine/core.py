@@ -1080,7 +1080,7 @@ class _Transition:
             return True
         if st.attempt == 0 or st.rerun:  # never opened, or reset by a recovery
             context = self._context()
-            st.rerun, opened = False, False
+            st.rerun, st.detail, opened = False, None, False  # a reset step's "runs again" is over
             try:
                 if step.when is not None and not truthy(step.when, context, f"{step.id}.if"):
                     self._skip(st, SkipReason.CONDITION, f"condition is false: {step.when}")

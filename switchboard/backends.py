@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 
 from engine.api import Engine
 from engine.errors import SwitchboardError
+from engine.evidence import EvidencePack
 from engine.model import Actor, Event, Run, RunStatus
 
 StopMode = Literal["immediate", "graceful"]
@@ -40,6 +41,15 @@ class Backend(Protocol):
     def resume(self, run_ref: str, actor: Actor | None) -> Run: ...
     def stop(self, run_ref: str, actor: Actor | None, mode: StopMode) -> Run: ...
     def replay(self, run_ref: str, actor: Actor | None, inputs: dict[str, Any] | None) -> Run: ...
+    def recover(
+        self,
+        run_ref: str,
+        actor: Actor | None,
+        from_step: str | None,
+        inputs: dict[str, Any] | None,
+        force: bool,
+    ) -> Run: ...
+    def evidence(self, run_ref: str, actor: Actor | None) -> EvidencePack: ...
     def get_run(self, run_ref: str) -> Run: ...
     def run_or_accepted(self, run_ref: str) -> Run | Accepted: ...
     def events(self, run_ref: str, after: str | None = None) -> list[Event]: ...
@@ -89,6 +99,20 @@ class LocalBackend:
 
     def replay(self, run_ref: str, actor: Actor | None, inputs: dict[str, Any] | None) -> Run:
         return self.engine.replay(run_ref, _needs(actor), inputs)
+
+    def recover(
+        self,
+        run_ref: str,
+        actor: Actor | None,
+        from_step: str | None,
+        inputs: dict[str, Any] | None,
+        force: bool,
+    ) -> Run:
+        return self.engine.recover(run_ref, _needs(actor), from_step, inputs, force)
+
+    def evidence(self, run_ref: str, actor: Actor | None) -> EvidencePack:
+        # Locally the pack has what the engine knows; through a server it also has the Slack refs.
+        return self.engine.evidence(run_ref, _needs(actor))
 
     def get_run(self, run_ref: str) -> Run:
         return self.engine.get_run(run_ref)
@@ -167,17 +191,24 @@ class RemoteBackend:
 
     def call(self, method: str, path: str, body: Any = None, **query: Any) -> tuple[int, Any]:
         """One request; a problem document (4xx/5xx) raises :class:`RemoteError` with its detail."""
+        status, _headers, raw = self.send(method, path, body, "application/json", **query)
+        return status, json.loads(raw)
+
+    def send(
+        self, method: str, path: str, body: Any = None, accept: str = "application/json", **query: Any
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request: status, headers and body as bytes; a problem document raises :class:`RemoteError`."""
         params = {k: v for k, v in query.items() if v is not None}
         url = self.url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self.token}")
-        request.add_header("Accept", "application/json")
+        request.add_header("Accept", accept)
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.status, json.load(response)
+                return response.status, dict(response.headers.items()), response.read()
         except urllib.error.HTTPError as answer:
             try:
                 problem = json.load(answer)
@@ -220,6 +251,24 @@ class RemoteBackend:
 
     def replay(self, run_ref: str, actor: Actor | None, inputs: dict[str, Any] | None) -> Run:
         return self._run("POST", f"/v1/runs/{self._quoted(run_ref)}/replay", {"inputs": inputs})
+
+    def recover(
+        self,
+        run_ref: str,
+        actor: Actor | None,
+        from_step: str | None,
+        inputs: dict[str, Any] | None,
+        force: bool,
+    ) -> Run:
+        body = {"from_step": from_step, "inputs": inputs, "force": force}
+        return self._run("POST", f"/v1/runs/{self._quoted(run_ref)}/recover", body)
+
+    def evidence(self, run_ref: str, actor: Actor | None) -> EvidencePack:
+        path = f"/v1/runs/{self._quoted(run_ref)}/evidence"
+        _status, headers, content = self.send("GET", path, accept="application/zip")
+        disposition = headers.get("Content-Disposition", "")
+        filename = disposition.partition('filename="')[2].rstrip('"') or f"evidence-{run_ref}.zip"
+        return EvidencePack(filename, content, headers.get("X-Evidence-Digest", ""), files={})
 
     def get_run(self, run_ref: str) -> Run:
         found = self.run_or_accepted(run_ref)

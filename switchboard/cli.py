@@ -678,7 +678,7 @@ def wait_options(f: F) -> F:
 
 @cli.group()
 def run() -> None:
-    """Start, pause, resume, stop, replay, follow or inspect runs.
+    """Start, pause, resume, stop, replay, recover, follow or inspect runs.
 
     RUN is a run id or its first 8 or more characters.
     """
@@ -735,6 +735,41 @@ def run_replay(run_ref: str, inputs: tuple[str, ...], follow_it: bool, wait_it: 
     """Run a finished run again as a new run, inputs optionally overridden."""
     replayed = backend().replay(run_ref, actor(), assignments(inputs) or None)
     return finish(replayed, follow_it=follow_it, wait_it=wait_it)
+
+
+@run.command("recover")
+@click.argument("run_ref", metavar="RUN")
+@click.argument("inputs", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--from", "from_step", metavar="STEP", help="Run again from STEP and what follows it.")
+@click.option("--force", is_flag=True, help="Run again steps that already ran though not idempotent.")
+@wait_options
+@as_option
+@json_option
+def run_recover(
+    run_ref: str, inputs: tuple[str, ...], from_step: str | None, force: bool, follow_it: bool, wait_it: bool
+) -> int:
+    """Continue a failed or stopped run, the same run, from its failed step.
+
+    Succeeded steps keep their results; KEY=VALUE pairs correct its inputs.
+    """
+    recovered = backend().recover(run_ref, actor(), from_step, assignments(inputs) or None, force)
+    return finish(recovered, follow_it=follow_it, wait_it=wait_it)
+
+
+@run.command("evidence")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Where to write it (default: here).")
+@as_option
+@json_option
+def run_evidence(run_ref: str, output: Path | None) -> None:
+    """Download a run's evidence pack: one zip; its digest is recorded in the run's events."""
+    pack = backend().evidence(run_ref, actor())
+    path = output or Path(pack.filename)
+    path.write_bytes(pack.content)
+    if wants_json():
+        emit({"path": str(path), "digest": pack.digest, "bytes": len(pack.content)})
+    else:
+        click.echo(f"Wrote {path} ({len(pack.content):,} bytes, {pack.digest}).")
 
 
 @run.command("status")

@@ -7,8 +7,10 @@ a line to a marker file when it executes, so the tests count what ran again and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,8 +25,10 @@ from bot import ids
 from engine.api import Engine
 from engine.catalog import load_folder
 from engine.model import EventType, FailureCode, Run, RunStatus, StepError, StepStatus
+from tests.conftest import REDIS_URL
 from tests.engine_helpers import finish_step
 from tests.fake_slack import ALICE, BOB, Slack, all_text, write_workflows
+from tests.test_cli import run_id_of, switchboard
 from tests.test_worker_e2e import Harness, marker_lines
 from tests.web_helpers import bearer, problem
 from webhooks.server import create_app
@@ -329,3 +333,52 @@ async def test_run_recover_corrects_inputs_and_starts_from_a_named_step(slack: S
     assert done.status is RunStatus.COMPLETED and done.steps["ship"].args == {"region": "us"}
     completed = await slack.command(f"recover {run.short_id}", user=BOB)
     assert "it completed" in completed["text"] and "You can replay it" in completed["text"]
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+NOTICE = {
+    "id": "notice",
+    "name": "Notice",
+    "inputs": {"region": {"type": "string"}},
+    "steps": [
+        {"id": "draft", "type": "notify", "notify": {"text": "drafted"}},
+        {"id": "send", "type": "notify", "needs": ["draft"], "notify": {"text": "to {{ inputs.region }}"}},
+    ],
+}
+
+
+def test_the_cli_recovers_a_run_and_downloads_its_evidence(tmp_path: Path, namespace: str) -> None:
+    env = {
+        "REDIS_URL": REDIS_URL,
+        "SWITCHBOARD_KEY_PREFIX": f"{namespace}:",
+        "SWITCHBOARD_QUEUE": namespace,
+        "SWITCHBOARD_WORKFLOWS": str(write_workflows(tmp_path / "workflows", {"notice": NOTICE})),
+    }
+    started = switchboard("--as", "alice", "run", "start", "notice", env=env)
+    run_id = run_id_of(started.stdout)
+    assert "FAILED" in started.stdout and "TEMPLATE_ERROR" in started.stdout, started.stdout
+
+    typo = switchboard("--as", "bob", "run", "recover", run_id, "colour=red", env=env)
+    assert typo.returncode != 0 and "unknown input" in typo.stderr and "Traceback" not in typo.stderr
+    recovered = switchboard("--as", "bob", "run", "recover", run_id[:8], "region=eu", "--wait", env=env)
+    assert recovered.returncode == 0, recovered.stderr
+    assert f"run {run_id}" in recovered.stdout and "COMPLETED" in recovered.stdout
+    assert "runs again" not in recovered.stdout  # the reset step's note ended with its new attempt
+    again = switchboard("--as", "bob", "run", "recover", run_id, env=env)
+    assert again.returncode != 0 and "it completed" in again.stderr and "You can replay it" in again.stderr
+
+    pack = tmp_path / "pack.zip"
+    exported = switchboard("--as", "carol", "--json", "run", "evidence", run_id, "-o", str(pack), env=env)
+    assert exported.returncode == 0, exported.stderr
+    answer = json.loads(exported.stdout)
+    assert answer["digest"] == f"sha256:{hashlib.sha256(pack.read_bytes()).hexdigest()}"
+    with zipfile.ZipFile(pack) as archive:
+        run = json.loads(archive.read("run.json"))
+        decisions = json.loads(archive.read("decisions.json"))
+    assert run["run_id"] == run_id and run["inputs"] == {"region": "eu"}
+    recovery = next(d for d in decisions if d["type"] == "run_recovered")
+    assert (recovery["by"], recovery["medium"], recovery["data"]["from_step"]) == ("cli:bob", "cli", "send")
+    events = switchboard("--json", "run", "events", run_id, env=env)
+    exports = [e for e in map(json.loads, events.stdout.splitlines()) if e["type"] == "evidence_exported"]
+    assert [(e["actor"]["id"], e["data"]["digest"]) for e in exports] == [("carol", answer["digest"])]
