@@ -40,6 +40,8 @@ from engine.model import (
     EventType,
     FailureCode,
     Run,
+    StepState,
+    StepStatus,
     Task,
 )
 from engine.views import FailureView, StepView, TaskOutcome, TaskView, describe, describe_task
@@ -88,6 +90,31 @@ def approval_card(run: Run, task: Task) -> Message:
         blocks.append(section(changes_text(view, step.changes[-1])))
     blocks.append(actions(*buttons, block_id=f"task:{value}"))
     return message(f"{task.task_type.title()} needed: {escape(task.title)}", blocks)
+
+
+def question_message(run: Run, step: StepState) -> Message:
+    """An ``ask`` step's question: answered by a reply in its thread or the Answer button."""
+    question = step.question
+    assert question is not None
+    where = f"*{escape(run.workflow_name)}* · run `{run.short_id}` · step `{step.step_id}`"
+    blocks = [section(f"❓ {escape(question.text)}"), context(where)]
+    if question.answered_by is not None:
+        answer = escape(truncate(question.answer or "", 2500))
+        by = f"{who(question.answered_by)} {when(question.answered_at)}"
+        blocks.append(section(f"✅ *Answered* by {by}\n> {answer}"))
+    elif step.status is StepStatus.WAITING:
+        expiry = f" · expires {when(question.expires_at)}" if question.expires_at else ""
+        blocks.append(context(f"Reply in this thread, or click Answer{expiry}"))
+        value = ids.task_value(run.run_id, step.step_id)
+        blocks.append(actions(button("Answer", ids.QUESTION_ANSWER, value, "primary")))
+    else:
+        blocks.append(section(f"⌛ *Not answered*: {escape(step.detail or step.status.value)}"))
+    return message(f"Question: {escape(question.text)}", blocks)
+
+
+def answer_modal(run: Run, step: StepState, metadata: str) -> Block:
+    question = f"❓ {escape(step.question.text if step.question else '')}"
+    return _comment_modal(ids.ANSWER_MODAL, "Answer", "Answer", question, "Your answer", metadata)
 
 
 def reminder(run: Run, task: Task, escalated: bool = False) -> Message:

@@ -66,6 +66,8 @@ TOLD_EVENTS = PROGRESS_EVENTS | {
     EventType.TASK_CHANGES_REQUESTED,
     EventType.TASK_REMINDED,
     EventType.TASK_ESCALATED,
+    EventType.QUESTION_ASKED,
+    EventType.QUESTION_ANSWERED,
     EventType.TASK_COMPLETED,
     EventType.TASK_EXPIRED,
     EventType.STEP_CANCELLED,
@@ -243,6 +245,15 @@ def messages_for_run(event: Event, run: Run, channel: str) -> list[Outbound]:
             if escalated:
                 sent.insert(0, _card_update(channel, cards.approval_card(run, task), task.task_id))
             return sent
+        case EventType.QUESTION_ASKED if step is not None and step.question is not None:
+            to = step.question.to
+            where = to.partition(":")[2] if to.startswith("slack:") else to
+            asked = cards.question_message(run, step)
+            index = f"{run.run_id}:{step.step_id}"
+            ref = card_ref(step.step_id)
+            return [Outbound(method=post, args={"channel": where, **asked}, remember=ref, index=index)]
+        case EventType.QUESTION_ANSWERED | EventType.TASK_EXPIRED if step is not None and step.question:
+            return [_card_update(channel, cards.question_message(run, step), step.step_id)]
         case EventType.TASK_COMPLETED | EventType.TASK_EXPIRED if task is not None:
             card = cards.decided_card(run, task)
             return [_card_update(channel, card, task.task_id)]

@@ -22,6 +22,7 @@ from bot.runtime import Bot, slack_actor
 from engine.errors import SwitchboardError
 from engine.fields import from_text
 from engine.model import Actor, Run, RunStatus
+from engine.redis_idioms import text
 from engine.views import already_decided, no_such_task
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,27 @@ def register(app: AsyncApp, bot: Bot) -> None:
         await ack()
         bot.after_ack(open_details(bot, body), urgent=True)
 
+    @app.action(ids.QUESTION_ANSWER)
+    async def answer(ack: AsyncAck, body: Body) -> None:
+        await ack()
+        bot.after_ack(open_answer_modal(bot, body), urgent=True)
+
+    @app.view(ids.ANSWER_MODAL)
+    async def answered(ack: AsyncAck, body: Body, view: Body) -> None:
+        await ack()
+        origin = cards.origin_of(view)
+        given = _input(view, ids.REASON_BLOCK, ids.REASON_INPUT)
+        actor = slack_actor(body.get("user"))
+
+        async def do() -> Run:
+            return await bot.call(engine.answer, origin["run"], origin["task"], actor, given)
+
+        bot.after_ack(attempt(bot, body, do, origin.get("channel")))
+
+    @app.event("message")
+    async def message(event: Body) -> None:
+        bot.after_ack(thread_reply(bot, event))
+
     @app.event("app_home_opened")
     async def home_opened(event: Body) -> None:
         if event.get("tab", "home") == "home":
@@ -158,6 +180,37 @@ async def approve_edits(bot: Bot, body: Body, origin: dict[str, Any], edits: dic
         )
 
     await attempt(bot, body, decide, origin.get("channel"))
+
+
+async def thread_reply(bot: Bot, event: Body) -> None:
+    """A person's reply in the thread of a posted question answers it (other messages are not ours)."""
+    thread, channel, user = event.get("thread_ts"), event.get("channel"), event.get("user")
+    if not thread or thread == event.get("ts") or event.get("subtype") or event.get("bot_id") or not user:
+        return
+    asked = await bot.redis.hget(bot.keys.threads, f"{channel}:{thread}")
+    if asked is None:
+        return
+    run_id, _, step_id = text(asked).partition(":")
+    actor = slack_actor(None, user_id=user)
+    body: Body = {"user": {"id": user}}
+    answer = str(event.get("text") or "")
+    await attempt(bot, body, lambda: bot.call(bot.engine.answer, run_id, step_id, actor, answer), channel)
+
+
+async def open_answer_modal(bot: Bot, body: Body) -> None:
+    run_id, step_id = ids.parse_task_value(_value(body))
+    try:
+        run = await bot.call(bot.engine.get_run, run_id)
+    except SwitchboardError as exc:
+        await tell(bot, body, str(exc))
+        return
+    step = run.steps.get(step_id)
+    if step is None or step.question is None:
+        await tell(bot, body, f"Run {run.short_id} has no question {step_id!r}.")
+        return
+    channel = (body.get("channel") or {}).get("id")
+    metadata = cards.origin_metadata(run_id, step_id, channel)
+    await bot.client.views_open(trigger_id=body["trigger_id"], view=cards.answer_modal(run, step, metadata))
 
 
 async def open_details(bot: Bot, body: Body) -> None:

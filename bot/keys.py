@@ -45,6 +45,11 @@ class SlackKeys:
         """An Events API delivery handled already: Slack retries it with the same ``event_id``."""
         return f"{self.prefix}slack:event:{event_id}"
 
+    @property
+    def threads(self) -> str:
+        """``channel:ts`` of a posted question: ``run_id:step_id``, so a thread reply answers it."""
+        return f"{self.prefix}slack:threads"
+
     def group_members(self, group: str) -> str:
         """The user ids of a Slack user group, cached with a TTL (see ``bot.groups``)."""
         return f"{self.prefix}slack:group:{group}"

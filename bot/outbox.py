@@ -64,6 +64,7 @@ class Outbound(BaseModel):
     method: str
     args: dict[str, Any] = Field(default_factory=dict)
     remember: str | None = None  # save the posted message's channel and ts under this ref
+    index: str | None = None  # save this under the posted message's "channel:ts" (keys.threads)
     update: str | None = None  # chat.update the message saved under this ref (post it if missing)
     thread: str | None = None  # reply in the thread of this ref (become it if missing)
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
@@ -221,6 +222,12 @@ class Outbox:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self.keys.refs(key), remember, ref_value)
                 pipe.expire(self.keys.refs(key), REFS_TTL_SECONDS)
+                await pipe.execute()
+        if message.index and response.get("ts"):
+            where = f"{response.get('channel') or args.get('channel')}:{response['ts']}"
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.keys.threads, where, message.index)
+                pipe.expire(self.keys.threads, REFS_TTL_SECONDS)
                 await pipe.execute()
         log.debug("slack call sent", extra={"key": key, "method": method})
 

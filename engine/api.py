@@ -197,6 +197,10 @@ class Engine:
         command = core.CompleteTask(actor, task_id, approved, result or {}, comment)
         return self._command(run_ref, command)
 
+    def answer(self, run_ref: str, step_id: str, actor: Actor, answer: str) -> Run:
+        """Answer an ``ask`` step's question; the answer is the step's result."""
+        return self._command(run_ref, core.AnswerQuestion(actor, step_id, answer or ""))
+
     def request_changes(self, run_ref: str, task_id: str, actor: Actor, comment: str) -> Run:
         """The third decision on a task: what the workflow does next is its ``on_changes_requested``."""
         return self._command(run_ref, core.RequestChanges(actor, task_id, comment or ""))

@@ -28,6 +28,7 @@ from engine.model import (
     EventType,
     Failure,
     FailureCode,
+    Question,
     Run,
     RunStatus,
     SkipReason,
@@ -39,7 +40,14 @@ from engine.model import (
     Task,
 )
 from engine.templating import RenderError, render, truthy
-from engine.views import RUN_ACTIONS, already_decided, already_said, describe_task, no_such_task
+from engine.views import (
+    RUN_ACTIONS,
+    already_decided,
+    already_said,
+    describe_task,
+    no_such_task,
+    utc_text,
+)
 from engine.workflow import Step, StepType, TaskSpec, Workflow
 
 # --- commands -----------------------------------------------------------------------------
@@ -84,6 +92,15 @@ class RequestChanges:
     actor: Actor
     task_id: str
     comment: str
+
+
+@dataclass(frozen=True)
+class AnswerQuestion:
+    """The answer to an ``ask`` step's question: the step's result."""
+
+    actor: Actor
+    step_id: str
+    answer: str
 
 
 @dataclass(frozen=True)
@@ -165,6 +182,7 @@ Command = (
     | Stop
     | CompleteTask
     | RequestChanges
+    | AnswerQuestion
     | StepStarted
     | StepFinished
     | StepLost
@@ -325,6 +343,8 @@ class _Transition:
                 self._complete_task(command)
             case RequestChanges():
                 self._request_changes(command)
+            case AnswerQuestion():
+                self._answer(command)
             case StepStarted():
                 self._step_started(command)
             case StepFinished():
@@ -653,6 +673,31 @@ class _Transition:
                 self._reset(self.run.steps[step.id], cmd.actor, why)
         self._advance()
 
+    def _answer(self, cmd: AnswerQuestion) -> None:
+        st = self.run.steps.get(cmd.step_id)
+        question = st.question if st is not None else None
+        if st is None or question is None:
+            raise NotFound(f"Run {self.run.short_id} has no question {cmd.step_id!r}.")
+        if question.answered_at is not None and question.answered_by is not None:
+            raise CommandRefused(
+                f"Question {cmd.step_id!r} was already answered by {question.answered_by.display}"
+                f" at {utc_text(question.answered_at)}."
+            )
+        if st.status is not StepStatus.WAITING:
+            raise CommandRefused(f"Question {cmd.step_id!r} of run {self.run.short_id} is {st.status.value}.")
+        if not allowed(cmd.actor, question.answerers):
+            raise NotAllowed(
+                f"{cmd.actor.display} may not answer question {cmd.step_id!r};"
+                f" it is for {', '.join(question.answerers)}."
+            )
+        answer = cmd.answer.strip()
+        if not answer:
+            raise InvalidInput("An answer cannot be empty.", {"answer": "required"})
+        question.answer, question.answered_by, question.answered_at = answer, cmd.actor, self.now
+        st.detail = f"answered by {cmd.actor.display}"
+        self._event(EventType.QUESTION_ANSWERED, cmd.actor, st.step_id, answer=answer)
+        self._succeed(st, {"answer": answer, "answered_by": cmd.actor.ref})
+
     def _record_decision(self, st: StepState, task: Task, cmd: CompleteTask) -> None:
         """Record one say; it decides the task once the quorum approved or enough rejected.
 
@@ -898,6 +943,20 @@ class _Transition:
                 to = st.task.undecided()
                 expires_at = st.task.expires_at.isoformat() if st.task.expires_at else None
                 self._event(EventType.TASK_REMINDED, step_id=st.step_id, to=to, expires_at=expires_at)
+        elif cmd.kind == "task_expiry" and st.status is StepStatus.WAITING and st.question is not None:
+            if st.attempt != cmd.token:
+                return
+            ask = self.workflow.step(st.step_id).ask
+            self._event(EventType.TASK_EXPIRED, step_id=st.step_id, question=True)
+            if ask is not None and ask.on_expire == "empty":
+                st.detail = "nobody answered in time"
+                self._succeed(st, {"answer": None, "answered_by": None, "expired": True})
+            else:
+                error = StepError(
+                    code=FailureCode.APPROVAL_EXPIRED,
+                    message=f"Nobody answered question {st.step_id!r} before it expired.",
+                )
+                self._fail(st, error)
         elif cmd.kind in ("task_expiry", "task_escalation") and st.status is StepStatus.WAITING and st.task:
             if st.task.decided_at is not None or st.attempt != cmd.token:
                 return
@@ -1139,6 +1198,9 @@ class _Transition:
                 self._event(
                     EventType.STEP_STARTED, step_id=st.step_id, attempt=st.attempt, wait_event=st.wait_event
                 )
+            case StepType.ASK:
+                assert step.ask is not None
+                self._ask(step, st, context)
             case StepType.NOTIFY:
                 assert step.notify is not None
                 text = render(step.notify.text, context, f"{step.id}.notify.text")
@@ -1179,6 +1241,30 @@ class _Transition:
             step_id=st.step_id,
             task_type=spec.task_type,
             title=st.task.title,
+            expires_at=expires_at.isoformat() if expires_at else None,
+        )
+
+    def _ask(self, step: Step, st: StepState, context: dict[str, Any]) -> None:
+        spec = step.ask
+        assert spec is not None
+        text = str(render(spec.question, context, f"{step.id}.ask.question"))
+        answerers = spec.answerers
+        if answerers is None:
+            answerers = [spec.to] if spec.to.startswith("slack:") else self.workflow.settings.approvers
+        expires_at = None
+        if spec.expires_in:
+            expires_at = self._timer(spec.expires_in, "task_expiry", st.step_id, st.attempt)
+        st.question = Question(
+            text=text, to=spec.to, answerers=answerers, asked_at=self.now, expires_at=expires_at
+        )
+        st.status = StepStatus.WAITING
+        st.started_at = self.now
+        st.detail = f"waiting for an answer from {spec.to}"
+        self._event(
+            EventType.QUESTION_ASKED,
+            step_id=st.step_id,
+            text=text,
+            to=spec.to,
             expires_at=expires_at.isoformat() if expires_at else None,
         )
 

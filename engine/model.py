@@ -230,6 +230,19 @@ class Task(BaseModel):
         return next((d for d in self.decisions if d.by.same_as(actor)), None)
 
 
+class Question(BaseModel):
+    """What an ``ask`` step asked, of whom, and the answer once given."""
+
+    text: str
+    to: str  # slack:U123, or a channel
+    answerers: list[str] = Field(default_factory=list)  # empty: anyone
+    asked_at: datetime
+    expires_at: datetime | None = None
+    answer: str | None = None
+    answered_by: Actor | None = None
+    answered_at: datetime | None = None
+
+
 class ChangeRequest(BaseModel):
     """A change request that reopened a task: who asked for what, and the round it closed."""
 
@@ -260,6 +273,7 @@ class StepState(BaseModel):
     task: Task | None = None
     wait_event: str | None = None  # "name|key" for wait_event steps
     changes: list[ChangeRequest] = Field(default_factory=list)  # a human task's change requests, in order
+    question: Question | None = None  # an ask step's
     # Set by a recovery: the step opens afresh (templates rendered again, a task reopened) on
     # its next start, as its next attempt; its earlier attempts stay in the events.
     rerun: bool = False
@@ -345,6 +359,8 @@ class EventType(StrEnum):
     TASK_APPROVAL_RECORDED = "task_approval_recorded"  # one say on a quorum task that did not decide it
     TASK_CHANGES_REQUESTED = "task_changes_requested"  # closed for a new round; upstream runs again
     TASK_COMPLETED = "task_completed"
+    QUESTION_ASKED = "question_asked"  # an ask step's question, to post in Slack
+    QUESTION_ANSWERED = "question_answered"
     TASK_REMINDED = "task_reminded"  # a reminder to the approvers who have not decided
     TASK_ESCALATED = "task_escalated"  # expired, and passed to the workflow's escalate_to
     TASK_EXPIRED = "task_expired"

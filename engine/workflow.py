@@ -63,6 +63,7 @@ class StepType(StrEnum):
     WAIT_EVENT = "wait_event"
     SLEEP = "sleep"
     NOTIFY = "notify"
+    ASK = "ask"
 
 
 class InputSpec(_Strict):
@@ -172,6 +173,22 @@ class EventSpec(_Strict):
     timeout: Duration | None = None
 
 
+class AskSpec(_Strict):
+    """An ``ask`` step asks a person or a channel in Slack; the answer is the step's result.
+
+    ``to`` is ``slack:U123`` (a direct message) or a channel (``#ops``, ``C123``). Who may
+    answer: ``answerers`` if given, else the person asked, else the workflow's approvers
+    (empty: anyone). Unanswered by ``expires_in``: the step fails (``fail``) or succeeds
+    with no answer (``empty``).
+    """
+
+    question: str
+    to: str
+    answerers: list[str] | None = None
+    expires_in: Duration | None = None
+    on_expire: Literal["fail", "empty"] = "fail"
+
+
 class NotifySpec(_Strict):
     text: str
     channel: str | None = None
@@ -192,6 +209,7 @@ class Step(_Strict):
     event: EventSpec | None = None
     duration: Duration | None = None
     notify: NotifySpec | None = None
+    ask: AskSpec | None = None
 
     @model_validator(mode="after")
     def _has_its_type_section(self) -> Step:
@@ -202,6 +220,7 @@ class Step(_Strict):
             StepType.WAIT_EVENT: "event",
             StepType.SLEEP: "duration",
             StepType.NOTIFY: "notify",
+            StepType.ASK: "ask",
         }[self.type]
         if getattr(self, required) is None:
             raise ValueError(f"a step of type {self.type.value!r} needs a {required!r} field")

@@ -254,9 +254,11 @@ def _require(args: dict[str, Any], *names: str) -> dict[str, Any] | None:
 
 
 def _channel_id(channel: str) -> str:
-    """Slack accepts a #name when posting and answers with the channel's id."""
+    """Slack accepts a #name (or a user id, for a DM) when posting and answers with the channel's id."""
     if channel.startswith("#"):
         return "C" + hashlib.sha1(channel.encode()).hexdigest()[:8].upper()
+    if channel.startswith("U"):
+        return "D" + channel[1:]  # the bot's direct message channel with that user
     return channel
 
 

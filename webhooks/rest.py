@@ -127,6 +127,10 @@ class CompleteBody(_Model):
         return self
 
 
+class AnswerBody(_Model):
+    answer: str = Field(min_length=1, max_length=4000)
+
+
 class ReplayBody(_Model):
     inputs: dict[str, Any] | None = None
 
@@ -269,6 +273,17 @@ async def complete_task(request: web.Request) -> web.StreamResponse:
     run = await ENGINE.call(
         ctx.engine.complete_task, run_id, task_id, actor_of(request), approved, body.result, body.comment
     )
+    return web.json_response(run_json(run))
+
+
+@routes.post("/v1/runs/{run_id}/tasks/{task_id}/answer")
+@endpoint(Role.APPROVER, body=AnswerBody, tag="tasks")
+async def answer_question(request: web.Request) -> web.StreamResponse:
+    """Answer an `ask` step's question: the answer becomes the step's result."""
+    body = await read_body(request, AnswerBody)
+    ctx = context_of(request)
+    run_id, step_id = await _run_in_path(request), request.match_info["task_id"]
+    run = await ENGINE.call(ctx.engine.answer, run_id, step_id, actor_of(request), body.answer)
     return web.json_response(run_json(run))
 
 
