@@ -302,7 +302,7 @@ def edit_modal(run: Run, task: Task, metadata: str) -> Block:
 def details_modal(run: Run) -> Block:
     """The step timeline: which steps succeeded, failed, were cancelled or skipped, and why."""
     view = describe(run)
-    summary = f"*{escape(view.workflow_name)}* run `{view.run_id}` is *{view.status.value}*"
+    summary = f"*{escape(view.workflow_name)}* run `{view.run_id}` is *{view.status_text}*"
     if view.failure:
         summary += f"\n{failure_text(view.failure)}"
     blocks = [section(summary), *(section(step_line(step)) for step in view.steps)]

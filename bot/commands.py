@@ -138,7 +138,7 @@ def status_text(run: Run) -> str:
     """``/run status``: the run's view as one message, a line per step."""
     view = describe(run)
     lines = [
-        f"{_name(view)} is *{view.status.value}*",
+        f"{_name(view)} is *{view.status_text}*",
         f"Started by {who(view.started_by)} {when(view.created_at)}",
     ]
     if view.failure:
@@ -154,7 +154,7 @@ def list_text(runs: list[Run], status: RunStatus | None, more: bool) -> str:
     if not runs:
         return f"No {what}."
     lines = [
-        f"• `{r.short_id}` *{escape(r.workflow_name)}* · {r.status.value}"
+        f"• `{r.short_id}` *{escape(r.workflow_name)}* · {describe(r).status_text}"
         f" · {who(r.started_by)} {when(r.created_at)}"
         for r in runs
     ]

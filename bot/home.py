@@ -29,6 +29,7 @@ from bot.blocks import (
 )
 from engine.model import Run, RunStatus
 from engine.queries import CommandCenter, PendingTask
+from engine.views import describe
 
 APPROVAL_ROWS = 8
 DRAINING_ROWS = 5
@@ -65,7 +66,8 @@ def home_view(center: CommandCenter, notice: str | None = None) -> Block:
         "No run is active.",
     )
     blocks += _section(
-        f"Failed recently · {counts.get('failed', 0)} in 24 h",
+        f"Failed recently · {counts.get('failed_runs', 0)} failed, {counts.get('stopped_runs', 0)} stopped"
+        " in 24 h",
         center.failed_recently,
         counts.get("failed", 0),
         FAILED_ROWS,
@@ -127,7 +129,8 @@ def _section(
 
 
 def _run_text(run: Run, extra: str = "") -> str:
-    return f"*{escape(run.workflow_name)}* · run `{run.short_id}` · *{run.status.value}*{extra}"
+    status = describe(run).status_text
+    return f"*{escape(run.workflow_name)}* · run `{run.short_id}` · *{status}*{extra}"
 
 
 def _draining_row(run: Run) -> list[Block]:

@@ -265,7 +265,9 @@ class Queries:
                 "pending": self.store.pending_task_count(),
                 "draining": n[RunStatus.DRAINING],
                 "running": n[RunStatus.RUNNING] + n[RunStatus.PAUSED] + n[RunStatus.QUEUED],
-                "failed": n[RunStatus.FAILED] + n[RunStatus.STOPPED],
+                "failed": n[RunStatus.FAILED] + n[RunStatus.STOPPED],  # the section: both
+                "failed_runs": n[RunStatus.FAILED],
+                "stopped_runs": n[RunStatus.STOPPED],
             }
         )
         center.awaiting_approval = self.pending_tasks(limit=rows)

@@ -384,6 +384,14 @@ class RunView:
             return RunOutcome.STOPPED
         return RunOutcome.REJECTED if self.rejected_task is not None else RunOutcome.SUCCEEDED
 
+    @property
+    def status_text(self) -> str:
+        """``completed (rejected)``: the status, with the outcome where it says more than the status."""
+        outcome = self.outcome
+        if outcome is None or outcome.value == self.status.value:
+            return self.status.value
+        return f"{self.status.value} ({outcome.value})"
+
     def step(self, step_id: str) -> StepView | None:
         return next((step for step in self.steps if step.step_id == step_id), None)
 

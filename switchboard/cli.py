@@ -497,7 +497,7 @@ def workflows_list() -> None:
 def format_run(view: RunView) -> str:
     """A run's view (engine.views) as plain text: the header, its failure, a line per step."""
     lines = [
-        f"run {view.run_id}  {view.workflow_id} v{view.workflow_version}  {status_text(view).upper()}",
+        f"run {view.run_id}  {view.workflow_id} v{view.workflow_version}  {view.status_text.upper()}",
         f"started by {view.started_by.display} at {utc_text(view.created_at)}",
     ]
     if (rejected := view.rejected_task) is not None and view.finished:
@@ -521,12 +521,8 @@ def format_run(view: RunView) -> str:
     return "\n".join(lines)
 
 
-def status_text(view: RunView) -> str:
-    """``completed (rejected)``: the status, and the outcome where it says more (engine.views)."""
-    return status_with_outcome(view.status.value, view.outcome)
-
-
 def status_with_outcome(status: str, outcome: str | None) -> str:
+    """A listed run's status with its outcome, as RunView.status_text says it (``completed (rejected)``)."""
     return f"{status} ({outcome})" if outcome and outcome != status else status
 
 
@@ -793,7 +789,7 @@ def run_follow(run_ref: str) -> int:
     """Tail a run's events with a progress line until it finishes; exit code from its outcome."""
     view = follow(run_ref)
     if not wants_json():
-        click.echo(f"run {view.short_id} {status_text(view)}")
+        click.echo(f"run {view.short_id} {view.status_text}")
     return exit_code_of(view)
 
 

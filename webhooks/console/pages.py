@@ -64,7 +64,8 @@ RANGE_LABELS = [
 @console()
 async def command_center(request: web.Request) -> web.StreamResponse:
     center = await ENGINE.call(context_of(request).engine.command_center)
-    counts = {name: center.counts.get(name, 0) for name in ("pending", "draining", "running", "failed")}
+    names = ("pending", "draining", "running", "failed", "failed_runs", "stopped_runs")
+    counts = {name: center.counts.get(name, 0) for name in names}
     running = [describe(run) for run in center.running_now]
     return await page(
         request,
