@@ -405,6 +405,7 @@ EVENT_SEVERITY: dict[EventType, Severity] = {
     EventType.STEP_FAILED: Severity.ERROR,
     EventType.STEP_RETRY_SCHEDULED: Severity.WARNING,
     EventType.TASK_EXPIRED: Severity.WARNING,
+    EventType.TASK_ESCALATED: Severity.WARNING,
     EventType.RUN_STOPPED: Severity.WARNING,
     EventType.STEP_CANCELLED: Severity.WARNING,
     EventType.STEP_RESULT_IGNORED: Severity.WARNING,

@@ -71,6 +71,7 @@ ENTRY_POINTS = [
     ("GET", "/v1/workflows/{workflow_id}/runs/{run_id}/tasks/pending"),
     ("POST", "/v1/runs/{run_id}/tasks/{task_id}/complete"),
     ("POST", "/v1/workflows/{workflow_id}/runs/{run_id}/tasks/{task_id}/complete"),
+    ("POST", "/v1/runs/{run_id}/tasks/{task_id}/answer"),
     ("POST", "/v1/runs/{run_id}/replay"),
     ("POST", "/v1/runs/{run_id}/recover"),
     ("GET", "/v1/runs/{run_id}/evidence"),
@@ -376,6 +377,7 @@ FUZZ_MORE = hypothesis_settings(FUZZ, max_examples=150)  # one route, many kinds
 
 REST_BODIES: dict[str, Any] = {
     "complete": {"approved": True, "result": {"service": "x"}, "comment": "ok"},
+    "answer": {"answer": "eu-west"},
     "replay": {"inputs": {"service": "api", "replicas": 2}},
     "recover": {"from_step": "approve", "inputs": {"replicas": 2}, "force": True},
     "runs": {"inputs": {"service": "api", "replicas": 2}},
