@@ -9,6 +9,7 @@ CONSOLE_ENTRY_POINTS = [
     ("GET", "/runs/{run_id}/stream"),
     ("POST", "/runs/{run_id}/control"),
     ("POST", "/runs/{run_id}/replay"),
+    ("POST", "/runs/{run_id}/recover"),
     ("GET", "/runs/{run_id}/tasks/{task_id}"),
     ("POST", "/runs/{run_id}/tasks/{task_id}"),
     ("GET", "/approvals"),

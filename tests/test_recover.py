@@ -26,9 +26,12 @@ from engine.api import Engine
 from engine.catalog import load_folder
 from engine.model import EventType, FailureCode, Run, RunStatus, StepError, StepStatus
 from tests.conftest import REDIS_URL
-from tests.engine_helpers import finish_step
+from tests.engine_helpers import ALICE as ALICE_ACTOR
+from tests.engine_helpers import BOB as BOB_ACTOR
+from tests.engine_helpers import engine_for, finish_step
 from tests.fake_slack import ALICE, BOB, Slack, all_text, write_workflows
 from tests.test_cli import run_id_of, switchboard
+from tests.test_console_http import VIEWER_ONLY, sign_in_by_link
 from tests.test_worker_e2e import Harness, marker_lines
 from tests.web_helpers import bearer, problem
 from webhooks.server import create_app
@@ -382,3 +385,42 @@ def test_the_cli_recovers_a_run_and_downloads_its_evidence(tmp_path: Path, names
     events = switchboard("--json", "run", "events", run_id, env=env)
     exports = [e for e in map(json.loads, events.stdout.splitlines()) if e["type"] == "evidence_exported"]
     assert [(e["actor"]["id"], e["data"]["digest"]) for e in exports] == [("carol", answer["digest"])]
+
+
+# -- the console ---------------------------------------------------------------------------------
+
+
+async def test_the_console_recovers_a_run_from_its_page(
+    aiohttp_client: Any, redis_conn: redis.Redis, namespace: str, settings: WebSettings
+) -> None:
+    engine = engine_for(redis_conn, namespace, NOTICE)
+    browser = await aiohttp_client(create_app(engine, settings))
+    run = engine.start("notice", {}, ALICE_ACTOR)
+    assert run.status is RunStatus.FAILED
+
+    csrf = await sign_in_by_link(browser, engine, BOB_ACTOR)
+    page = await (await browser.get(f"/runs/{run.run_id}")).text()
+    assert "Recover this run" in page and f'action="/runs/{run.run_id}/recover"' in page
+    form = {"csrf": csrf, "from_step": "", "input.region": "eu"}
+    answer = await browser.post(f"/runs/{run.run_id}/recover", data=form)
+    assert answer.status == 200 and answer.url.path == f"/runs/{run.run_id}"
+    assert f"Recovered Notice run {run.short_id}: it is now completed." in await answer.text()
+    recovered = engine.get_run(run.run_id)
+    assert recovered.status is RunStatus.COMPLETED and recovered.inputs == {"region": "eu"}
+    assert "Recover this run" not in await answer.text()  # a completed run offers replay only
+
+    again = await browser.post(f"/runs/{run.run_id}/recover", data={"csrf": csrf})
+    assert f"Cannot recover run {run.short_id}: it completed" in await again.text()
+
+
+async def test_a_console_viewer_gets_no_recover_form_and_is_refused(
+    aiohttp_client: Any, redis_conn: redis.Redis, namespace: str, settings: WebSettings
+) -> None:
+    engine = engine_for(redis_conn, namespace, NOTICE)
+    browser = await aiohttp_client(create_app(engine, settings))
+    run = engine.start("notice", {}, ALICE_ACTOR)
+    csrf = await sign_in_by_link(browser, engine, BOB_ACTOR, VIEWER_ONLY)
+    assert "Recover this run" not in await (await browser.get(f"/runs/{run.run_id}")).text()
+    refused = await browser.post(f"/runs/{run.run_id}/recover", data={"csrf": csrf})
+    assert refused.status == 403
+    assert engine.get_run(run.run_id).status is RunStatus.FAILED

@@ -1,4 +1,4 @@
-"""The console's forms (POST): run controls, replay, task decisions. Each is one engine command.
+"""The console's forms (POST): run controls, replay, recover, task decisions. Each is one engine command.
 
 The guard (:func:`~webhooks.console.access.console`) has checked the session, the CSRF
 token and the role before any of these runs; the engine then applies its own rules
@@ -70,21 +70,46 @@ async def replay(request: web.Request) -> web.StreamResponse:
     engine = context_of(request).engine
     original = await ENGINE.call(engine.get_run, request.match_info["run_id"])
     here = f"/runs/{original.run_id}"
-    inputs: dict[str, Any] = {}
-    for name, text in request[FORM].items():
-        key = name.removeprefix(INPUT)
-        if key == name or (key in original.inputs and text == field_text(original.inputs[key])):
-            continue  # not an input, or unchanged: the replay keeps the original's value
-        try:
-            inputs[key] = from_text(original.inputs.get(key), text)
-        except ValueError as exc:
-            return await back(request, Flash(kind="error", text=f"Input {key}: {exc}"), here)
     try:
+        inputs = changed_inputs(request[FORM], original)
         new = await ENGINE.call(engine.replay, original.run_id, request[SESSION].actor, inputs)
-    except SwitchboardError as exc:
+    except (SwitchboardError, ValueError) as exc:
         return await back(request, Flash(kind="error", text=str(exc)), here)
     text = f"Replaying {_name(original)} as run {new.short_id}."
     return await back(request, Flash(kind="ok", text=text), f"/runs/{new.run_id}", follow=True)
+
+
+@console(Role.OPERATOR)
+async def recover(request: web.Request) -> web.StreamResponse:
+    """Recover a failed or stopped run: the same run continues from its failed step (or ``from_step``),
+    with the inputs the form changed and, if ticked, ``force`` for steps that are not idempotent."""
+    engine = context_of(request).engine
+    form = request[FORM]
+    run = await ENGINE.call(engine.get_run, request.match_info["run_id"])
+    here, actor = f"/runs/{run.run_id}", request[SESSION].actor
+    from_step, force = form.get("from_step") or None, form.get("force") == "on"
+    try:
+        inputs = changed_inputs(form, run) or None
+        recovered = await ENGINE.call(engine.recover, run.run_id, actor, from_step, inputs, force)
+    except (SwitchboardError, ValueError) as exc:
+        return await back(request, Flash(kind="error", text=str(exc)), here)
+    text = f"Recovered {_name(recovered)}: it is now {recovered.status.value}."
+    return await back(request, Flash(kind="ok", text=text), here)
+
+
+def changed_inputs(form: Any, run: Run) -> dict[str, Any]:
+    """The ``input.<name>`` fields the form changed, typed like the run's values (ValueError names one
+    that does not fit); unchanged ones are left out, so the run keeps its value."""
+    inputs: dict[str, Any] = {}
+    for name, text in form.items():
+        key = name.removeprefix(INPUT)
+        if key == name or (key in run.inputs and text == field_text(run.inputs[key])):
+            continue
+        try:
+            inputs[key] = from_text(run.inputs.get(key), text)
+        except ValueError as exc:
+            raise ValueError(f"Input {key}: {exc}") from None
+    return inputs
 
 
 @console(Role.APPROVER)

@@ -15,6 +15,7 @@ routes: list[web.RouteDef] = [
     web.get("/runs/{run_id}/stream", pages.run_stream),
     web.post("/runs/{run_id}/control", actions.control),
     web.post("/runs/{run_id}/replay", actions.replay),
+    web.post("/runs/{run_id}/recover", actions.recover),
     web.get("/runs/{run_id}/tasks/{task_id}", pages.task_page),
     web.post("/runs/{run_id}/tasks/{task_id}", actions.decide),
     web.get("/approvals", pages.approvals),
