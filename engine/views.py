@@ -111,6 +111,7 @@ TASK_MARKS: dict[TaskOutcome, str] = {
     TaskOutcome.REJECTED: "❌",
     TaskOutcome.REJECTED_ON_EXPIRY: "⌛",
     TaskOutcome.EXPIRED: "⌛",
+    TaskOutcome.CHANGES_REQUESTED: "🔁",
     TaskOutcome.CANCELLED: "⚪",
 }
 
@@ -367,7 +368,8 @@ class RunView:
     @property
     def rejected_task(self) -> TaskView | None:
         """The human task whose rejection (or expiry into one) ended the run's branch, if any."""
-        rejected = (TaskOutcome.REJECTED, TaskOutcome.REJECTED_ON_EXPIRY)
+        # A change request that ended the branch (on_changes_requested: end, or past max_rounds) too.
+        rejected = (TaskOutcome.REJECTED, TaskOutcome.REJECTED_ON_EXPIRY, TaskOutcome.CHANGES_REQUESTED)
         return next(
             (step.task for step in self.steps if step.task is not None and step.task.outcome in rejected),
             None,

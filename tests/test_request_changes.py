@@ -21,6 +21,7 @@ from engine.api import Engine
 from engine.catalog import Catalog, load_folder
 from engine.errors import InvalidInput
 from engine.model import EventType, RunStatus, StepStatus
+from engine.views import describe
 from engine.workflow import Workflow
 from tests.engine_helpers import ALICE, BOB, Clock, action, approval, engine_for, finish_step
 from tests.fake_slack import ALICE as SLACK_ALICE
@@ -163,6 +164,7 @@ async def test_rest_request_changes_needs_a_comment_and_a_workflow_that_takes_it
     done = engine.get_run(run["run_id"])
     assert done.status is RunStatus.COMPLETED and done.steps["after"].status is StepStatus.SKIPPED
     assert done.steps["review"].result == {"approved": False, "changes_requested": True, "comment": "wrong numbers"}
+    assert describe(done).status_text == "completed (rejected)"
     listed = await (await client.get(f"/v1/runs/{run['run_id']}", headers=bearer("viewer"))).json()
     assert listed["steps"]["review"]["task"]["changes_requested"] is True
 
