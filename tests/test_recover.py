@@ -28,7 +28,7 @@ from engine.model import EventType, FailureCode, Run, RunStatus, StepError, Step
 from tests.conftest import REDIS_URL
 from tests.engine_helpers import ALICE as ALICE_ACTOR
 from tests.engine_helpers import BOB as BOB_ACTOR
-from tests.engine_helpers import engine_for, finish_step
+from tests.engine_helpers import Clock, engine_for, finish_step
 from tests.fake_slack import ALICE, BOB, Slack, all_text, write_workflows
 from tests.test_cli import run_id_of, switchboard
 from tests.test_console_http import VIEWER_ONLY, sign_in_by_link
@@ -424,3 +424,27 @@ async def test_a_console_viewer_gets_no_recover_form_and_is_refused(
     refused = await browser.post(f"/runs/{run.run_id}/recover", data={"csrf": csrf})
     assert refused.status == 403
     assert engine.get_run(run.run_id).status is RunStatus.FAILED
+
+
+# -- retention -----------------------------------------------------------------------------------
+
+
+def test_retention_leaves_a_recovered_run_alone_until_it_finishes_again(
+    redis_conn: redis.Redis, namespace: str
+) -> None:
+    clock = Clock()
+    engine = engine_for(redis_conn, namespace, deploy("deploy", idempotent=True), clock=clock)
+    run = finish_step(engine, engine.start("deploy", {}, ALICE_ACTOR), "build", {"built": 1})
+    assert run.status is RunStatus.FAILED  # no region: ship's template fails
+    clock.advance(31 * 86400)  # past the default retention of 30 days
+
+    engine.recover(run.run_id, BOB_ACTOR, from_step="build", inputs={"region": "eu"})
+    assert engine.purge_finished() == 0
+    running = engine.get_run(run.run_id)
+    assert running.status is RunStatus.RUNNING
+
+    done = finish_step(engine, finish_step(engine, running, "build", {"built": 2}), "ship", "ok")
+    assert done.status is RunStatus.COMPLETED
+    assert engine.purge_finished() == 0  # finished again just now: kept for its retention
+    clock.advance(31 * 86400)
+    assert engine.purge_finished() == 1 and not engine.store.exists(run.run_id)
