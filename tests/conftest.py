@@ -54,6 +54,13 @@ _embedded: list[redis.Redis] = []
 REDIS_URL = _test_redis_url()
 
 
+@pytest.fixture(autouse=True)
+def own_instance_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's `switchboard up` records itself in a file of its own (inherited by the CLI
+    processes it starts), never in the user's ~/.switchboard where a real instance is recorded."""
+    monkeypatch.setenv("SWITCHBOARD_INSTANCE_FILE", str(tmp_path / "instance.json"))
+
+
 @pytest.fixture
 def redis_conn() -> Iterator[redis.Redis]:
     connection = redis.Redis.from_url(REDIS_URL)

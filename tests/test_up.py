@@ -23,6 +23,7 @@ def up_env(data_dir: Path, workflows: Path = WORKFLOWS) -> dict[str, str]:
     """The environment of a fresh machine: no REDIS_URL, so `up` runs the embedded Redis in ``data_dir``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "SWITCHBOARD_", "SLACK_"))}
     env.update({"SWITCHBOARD_DATA_DIR": str(data_dir), "SWITCHBOARD_WORKFLOWS": str(workflows)})
+    env["SWITCHBOARD_INSTANCE_FILE"] = os.environ["SWITCHBOARD_INSTANCE_FILE"]  # the test's own (conftest)
     return env
 
 
