@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import click
 import redis
+from click.shell_completion import CompletionItem
 from pydantic import ValidationError
 
 from engine.catalog import load_folder
@@ -340,7 +341,7 @@ def worker(burst: bool, name: str | None) -> None:
 UP_BANNER = """
 Switchboard is up (Redis {redis}, {workers} workers). Ctrl-C stops it.
   console  {url}/
-  API      {url}/v1  (reference: {url}/v1/openapi.json)
+  API      {url}/v1  (reference {url}/v1/docs, OpenAPI {url}/v1/openapi.json)
 Sign in to the console as {user} (one-time link, valid for a few minutes):
   {link}
 {api}
@@ -680,8 +681,23 @@ def run() -> None:
     """
 
 
+def complete_workflow(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Shell completion of a workflow id, from the workflow files (no Redis needed)."""
+    from switchboard.instance import local_settings
+
+    try:
+        catalog = load_folder(local_settings(load_settings()).workflows)
+    except Exception:  # completion must never print a traceback into the shell
+        return []
+    return [
+        CompletionItem(w, help=catalog.workflows[w].name)
+        for w in sorted(catalog.workflows)
+        if w.startswith(incomplete)
+    ]
+
+
 @run.command("start")
-@click.argument("workflow")
+@click.argument("workflow", shell_complete=complete_workflow)
 @click.argument("inputs", nargs=-1, metavar="[KEY=VALUE]...")
 @wait_options
 @as_option

@@ -296,6 +296,12 @@ def test_ordinary_failures_are_one_sentence(env: dict[str, str], tmp_path: Path)
     assert "switchboard, version" in switchboard("--version", env=env).stdout
     completion = switchboard(env={**env, "_SWITCHBOARD_COMPLETE": "bash_source"})
     assert "_SWITCHBOARD_COMPLETE=bash_complete" in completion.stdout
+    words = {
+        "_SWITCHBOARD_COMPLETE": "bash_complete",
+        "COMP_WORDS": "switchboard run start rel",
+        "COMP_CWORD": "3",
+    }
+    assert "plain,release-gate" in switchboard(env={**env, **words}).stdout.splitlines()
 
 
 def test_local_mode_finds_the_running_instance_from_any_folder(
