@@ -356,7 +356,9 @@ async def test_command_center_has_four_sections_and_counts(client: TestClient, w
     assert [r["run_id"] for r in center["running_now"]] == [waiting.run_id]
     assert [r["run_id"] for r in center["failed_recently"]] == [stopped.run_id]
     assert center["stopping_gracefully"] == []
-    assert center["counts"] == {"pending": 1, "draining": 0, "running": 1, "failed": 1}
+    assert center["counts"] == {
+        "pending": 1, "draining": 0, "running": 1, "failed": 1, "failed_runs": 0, "stopped_runs": 1
+    }
 
 
 # -- the live stream ---------------------------------------------------------------------------

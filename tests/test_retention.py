@@ -108,10 +108,13 @@ def footprint(connection: redis.Redis, namespace: str, run_id: str, linked: str 
 
 
 def shared(connection: redis.Redis, namespace: str, *runs: Run) -> set[str]:
-    """Keys a run creates that are not its own: the global feed, its workflow's snapshot, and
-    the analytics counters of the hours it changed in."""
+    """Keys a run creates that are not its own: the global feed, its workflow's snapshot, the
+    analytics counters of the hours it changed in, and the step-duration histogram (bounded by
+    workflows, step types and buckets, never by runs)."""
     snapshots = {f"{namespace}:workflow:{run.workflow_digest}" for run in runs}
-    return {f"{namespace}:events", *snapshots, *counters(connection, namespace)}
+    histogram = {f"{namespace}:metrics:step_durations"} & stored(connection, namespace)
+    return {f"{namespace}:events", *snapshots, *histogram, *counters(connection, namespace)}
+
 
 
 def counters(connection: redis.Redis, namespace: str) -> set[str]:
