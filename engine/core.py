@@ -223,7 +223,8 @@ class Outcome:
     cancel_jobs: list[str] = field(default_factory=list)  # queued, not started: drop them
     kill_jobs: list[str] = field(default_factory=list)  # executing now: stop them
     timers: list[Timer] = field(default_factory=list)
-    # (wait key "name|key", step id) of wait_event steps that start or stop waiting
+    # (wait key "name|key", step id) of wait_event steps that start or stop waiting: the net
+    # change of the command (see wait_on/wait_off), so the store may apply them in any order
     waits_added: list[tuple[str, str]] = field(default_factory=list)
     waits_removed: list[tuple[str, str]] = field(default_factory=list)
     proceed: bool = True  # for StepStarted: False when the worker must not run the step
@@ -237,6 +238,21 @@ class Outcome:
     def ended(self) -> bool:
         """Whether this change finished the run (every ending records one of these events)."""
         return any(event.type.ends_run for event in self.events)
+
+    def wait_on(self, wait_key: str, step_id: str) -> None:
+        """A step starts waiting; if it stopped earlier in this command, nothing changed."""
+        if (wait_key, step_id) in self.waits_removed:
+            self.waits_removed.remove((wait_key, step_id))
+        else:
+            self.waits_added.append((wait_key, step_id))
+
+    def wait_off(self, wait_key: str, step_id: str) -> None:
+        """A step stops waiting; if it started in this command (a recovery reopening it, then
+        a failure cancelling it), it was never indexed, so nothing changed."""
+        if (wait_key, step_id) in self.waits_added:
+            self.waits_added.remove((wait_key, step_id))
+        else:
+            self.waits_removed.append((wait_key, step_id))
 
 
 
@@ -895,7 +911,7 @@ class _Transition:
         st = self.run.steps.get(cmd.step_id)
         if st is None or st.status is not StepStatus.WAITING or st.wait_event is None:
             raise CommandRefused(f"Step {cmd.step_id!r} of run {self.run.short_id} is not waiting.")
-        self.out.waits_removed.append((st.wait_event, st.step_id))
+        self.out.wait_off(st.wait_event, st.step_id)
         self._event(EventType.EVENT_RECEIVED, cmd.actor, st.step_id, wait_event=st.wait_event)
         st.wait_event = None
         self._succeed(st, cmd.payload)
@@ -931,7 +947,7 @@ class _Transition:
             self._step_error(st, error, from_step=False)
         elif cmd.kind == "wait_timeout" and st.status is StepStatus.WAITING and st.attempt == cmd.token:
             if st.wait_event:
-                self.out.waits_removed.append((st.wait_event, st.step_id))
+                self.out.wait_off(st.wait_event, st.step_id)
             error = StepError(
                 code=FailureCode.RUN_STALLED_OR_TIMED_OUT,
                 message=f"No {st.wait_event or 'event'} arrived before the step's timeout.",
@@ -1046,7 +1062,7 @@ class _Transition:
             self.out.kill_jobs.append(st.job_id)
             self.out.cancel_jobs.append(st.job_id)  # in case RQ put it back on the queue
         if st.wait_event:
-            self.out.waits_removed.append((st.wait_event, st.step_id))
+            self.out.wait_off(st.wait_event, st.step_id)
             st.wait_event = None
         st.status = StepStatus.CANCELLED
         st.error = error
@@ -1192,7 +1208,7 @@ class _Transition:
                 st.status = StepStatus.WAITING
                 st.started_at = self.now
                 st.detail = f"waiting for event {step.event.name!r} with key {key!r}"
-                self.out.waits_added.append((st.wait_event, st.step_id))
+                self.out.wait_on(st.wait_event, st.step_id)
                 if step.event.timeout:
                     self._timer(step.event.timeout, "wait_timeout", st.step_id, st.attempt)
                 self._event(
