@@ -40,6 +40,7 @@ from pydantic import ValidationError
 
 from engine.catalog import load_folder
 from engine.errors import InvalidInput, SwitchboardError
+from engine.fields import from_text
 from engine.model import Actor, ActorKind, Event, Run, RunStatus
 from engine.settings import Settings, get_settings
 from engine.views import RunOutcome, RunView, describe, utc_text
@@ -884,9 +885,26 @@ def tasks(run_ref: str | None) -> None:
         click.echo("no pending tasks")
 
 
-def decide(run_ref: str, task_id: str, approved: bool, edits: dict[str, Any], comment: str | None) -> None:
-    run = backend().complete_task(run_ref, task_id, actor(), approved, edits, comment)
+def decide(run_ref: str, task_id: str, approved: bool, edits: dict[str, str], comment: str | None) -> None:
+    values = typed(run_ref, task_id, edits)
+    run = backend().complete_task(run_ref, task_id, actor(), approved, values, comment)
     show_run(run)
+
+
+def typed(run_ref: str, task_id: str, edits: dict[str, str]) -> dict[str, Any]:
+    """``--set`` text as values of each field's kind (``replicas=3`` is the number 3), as the
+    console and Slack read their forms; the engine refuses a value of another kind."""
+    if not edits:
+        return {}
+    tasks = backend().pending_tasks(run_ref)
+    fields = next((t.get("fields") or {} for t in tasks if t.get("task_id") == task_id), {})
+    values: dict[str, Any] = {}
+    for name, text in edits.items():
+        try:
+            values[name] = from_text(fields.get(name), text)
+        except ValueError as exc:
+            raise Failure(f"--set {name}={text}: {exc}") from None
+    return values
 
 
 @cli.command()

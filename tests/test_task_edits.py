@@ -6,6 +6,7 @@ edits of editable fields still flow into the step's result as before.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,18 @@ def test_cli_names_the_keys_it_may_not_edit(env: dict[str, str], workflows: Path
     wrong = switchboard("--as", "bob", "approve", gate, "sign-off", "--set", "version=9", env=env)
     assert wrong.returncode == 2
     assert "does not let you edit version: its editable fields are notes." in wrong.stderr
+
+
+def test_cli_sets_a_field_as_a_value_of_its_kind(env: dict[str, str], workflows: Path) -> None:
+    (workflows / "scale.yaml").write_text(
+        "id: scale\nname: Scale\nsteps:\n  - id: ok\n    type: human_task\n"
+        "    task: {task_type: edit, title: Scale it, fields: {replicas: 2, canary: false}, editable: [replicas, canary]}\n"
+    )
+    run_id = run_id_of(switchboard("--as", "alice", "run", "start", "scale", env=env).stdout)
+    wrong = switchboard("--as", "bob", "approve", run_id, "ok", "--set", "replicas=three", env=env)
+    assert wrong.returncode == 2 and wrong.stderr.startswith("switchboard: --set replicas=three: ")
+    done = switchboard(
+        "--as", "bob", "--json", "approve", run_id, "ok", "--set", "replicas=3", "--set", "canary=yes", env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["steps"]["ok"]["result"] == {"approved": True, "replicas": 3, "canary": True}
