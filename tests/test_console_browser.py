@@ -291,8 +291,15 @@ def test_stop_gracefully_then_escalate(page: Any, harness: Harness) -> None:
 
 def backfill(harness: Harness, days: int = 7) -> list[Run]:
     """A week of history, made through the command API with a clock that starts a week ago:
-    releases approved after a while, pipelines that complete or fail at publish, a few stops."""
-    start = datetime.now(UTC) - timedelta(days=days)
+    releases approved after a while, pipelines that complete or fail at publish, a few stops.
+
+    The history fills the analytics window of ``days`` whole UTC days ending today, and ends
+    an hour before now: whatever the time of day, every run is inside the window, none ahead.
+    """
+    now = datetime.now(UTC)
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days - 1)
+    counts = [[5, 8, 6, 12, 7, 10, 9][day % 7] for day in range(days)]
+    spacing = (now - timedelta(hours=1) - start) / sum(counts)
     clock = Clock(start)
     past = Engine(
         harness.redis,
@@ -303,34 +310,32 @@ def backfill(harness: Harness, days: int = 7) -> list[Run]:
     )
     pick = random.Random(11)
     made: list[Run] = []
-    for day in range(days):
-        count = [5, 8, 6, 12, 7, 10, 9][day % 7]
-        for i in range(count):
-            clock.now = start + timedelta(days=day, hours=1 + i * 22 / count, minutes=pick.randint(0, 40))
-            roll = pick.random()
-            if roll < 0.55:
-                run = past.start("release", {"service": pick.choice(["api", "web", "billing"])}, OPS)
-                clock.advance(pick.randint(30, 2400))
-                made.append(
-                    past.complete_task(run.run_id, "approve", Actor(kind=ActorKind.API, id="lead"), True)
-                )
-            elif roll < 0.93:
-                run = past.start("pipeline", {}, OPS)
-                for step in ("checkout", "build"):
-                    clock.advance(pick.randint(20, 200))
-                    run = finish_step(past, run, step)
-                clock.advance(pick.randint(10, 90))
-                failing = roll > 0.78
-                error = (
-                    StepError(code=FailureCode.STEP_FAILED, message="registry refused the image")
-                    if failing
-                    else None
-                )
-                made.append(finish_step(past, run, "publish", error=error))
-            else:
-                run = past.start("release", {"service": "search"}, OPS)
-                clock.advance(pick.randint(60, 600))
-                made.append(past.stop(run.run_id, OPS))
+    for n in range(sum(counts)):
+        clock.now = start + spacing * n + spacing * pick.uniform(0, 0.3)
+        roll = pick.random()
+        if roll < 0.55:
+            run = past.start("release", {"service": pick.choice(["api", "web", "billing"])}, OPS)
+            clock.advance(pick.randint(30, 2400))
+            made.append(
+                past.complete_task(run.run_id, "approve", Actor(kind=ActorKind.API, id="lead"), True)
+            )
+        elif roll < 0.93:
+            run = past.start("pipeline", {}, OPS)
+            for step in ("checkout", "build"):
+                clock.advance(pick.randint(20, 200))
+                run = finish_step(past, run, step)
+            clock.advance(pick.randint(10, 90))
+            failing = roll > 0.78
+            error = (
+                StepError(code=FailureCode.STEP_FAILED, message="registry refused the image")
+                if failing
+                else None
+            )
+            made.append(finish_step(past, run, "publish", error=error))
+        else:
+            run = past.start("release", {"service": "search"}, OPS)
+            clock.advance(pick.randint(60, 600))
+            made.append(past.stop(run.run_id, OPS))
     return made
 
 
