@@ -66,6 +66,8 @@ class Backend(Protocol):
         edits: dict[str, Any],
         comment: str | None,
     ) -> Run: ...
+    def request_changes(self, run_ref: str, task_id: str, actor: Actor | None, comment: str) -> Run: ...
+    def answer(self, run_ref: str, step_id: str, actor: Actor | None, answer: str) -> Run: ...
 
 
 def _needs(actor: Actor | None) -> Actor:
@@ -146,6 +148,12 @@ class LocalBackend:
         comment: str | None,
     ) -> Run:
         return self.engine.complete_task(run_ref, task_id, _needs(actor), approved, edits, comment)
+
+    def request_changes(self, run_ref: str, task_id: str, actor: Actor | None, comment: str) -> Run:
+        return self.engine.request_changes(run_ref, task_id, _needs(actor), comment)
+
+    def answer(self, run_ref: str, step_id: str, actor: Actor | None, answer: str) -> Run:
+        return self.engine.answer(run_ref, step_id, _needs(actor), answer)
 
 
 class RemoteError(SwitchboardError):
@@ -313,3 +321,12 @@ class RemoteBackend:
         body = {"approved": approved, "result": edits, "comment": comment}
         path = f"/v1/runs/{self._quoted(run_ref)}/tasks/{self._quoted(task_id)}/complete"
         return self._run("POST", path, body)
+
+    def request_changes(self, run_ref: str, task_id: str, actor: Actor | None, comment: str) -> Run:
+        body = {"decision": "request_changes", "comment": comment}
+        path = f"/v1/runs/{self._quoted(run_ref)}/tasks/{self._quoted(task_id)}/complete"
+        return self._run("POST", path, body)
+
+    def answer(self, run_ref: str, step_id: str, actor: Actor | None, answer: str) -> Run:
+        path = f"/v1/runs/{self._quoted(run_ref)}/tasks/{self._quoted(step_id)}/answer"
+        return self._run("POST", path, {"answer": answer})

@@ -930,6 +930,28 @@ def reject(run_ref: str, task_id: str, reason: str | None) -> None:
     decide(run_ref, task_id, False, {}, reason)
 
 
+@cli.command("request-changes")
+@click.argument("run_ref", metavar="RUN")
+@click.argument("task_id", metavar="TASK")
+@click.option("--comment", required=True, help="What should change (the workflow's rerun step reads it).")
+@as_option
+@json_option
+def request_changes(run_ref: str, task_id: str, comment: str) -> None:
+    """Ask for changes to TASK of RUN instead of approving or rejecting it."""
+    show_run(backend().request_changes(run_ref, task_id, actor(), comment))
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
+@click.argument("step_id", metavar="STEP")
+@click.argument("text", metavar="ANSWER")
+@as_option
+@json_option
+def answer(run_ref: str, step_id: str, text: str) -> None:
+    """Answer the question an ask STEP of RUN is waiting on."""
+    show_run(backend().answer(run_ref, step_id, actor(), text))
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
