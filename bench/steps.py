@@ -137,7 +137,29 @@ def write_workflows(folder: Path) -> None:
         (folder / f"noop{size}.yaml").write_text(yaml.safe_dump(definition))
 
 
-class Switchboard:
+class Timed:
+    """What both measured systems are timed by: one run alone, and many runs at once."""
+
+    def start(self, size: int) -> str:
+        raise NotImplementedError
+
+    def wait_ended(self, run_id: str) -> None:
+        raise NotImplementedError
+
+    def run_alone(self, size: int) -> float:
+        began = time.perf_counter()
+        self.wait_ended(self.start(size))
+        return time.perf_counter() - began
+
+    def throughput(self, runs: int) -> float:
+        began = time.perf_counter()
+        run_ids = [self.start(STEPS_PER_RUN) for _ in range(runs)]
+        for run_id in run_ids:
+            self.wait_ended(run_id)
+        return runs * STEPS_PER_RUN / (time.perf_counter() - began)
+
+
+class Switchboard(Timed):
     """A Switchboard worker process and an engine to start runs and hear them end."""
 
     def __init__(self, redis_url: str, folder: Path, logs: Path) -> None:
@@ -179,23 +201,11 @@ class Switchboard:
                         sys.exit(f"run {run_id} ended {kind.value}:\n{self.log.read_text()[-3000:]}")
                     return
 
-    def run_alone(self, size: int) -> float:
-        began = time.perf_counter()
-        self.wait_ended(self.start(size))
-        return time.perf_counter() - began
-
-    def throughput(self, runs: int) -> float:
-        began = time.perf_counter()
-        run_ids = [self.start(STEPS_PER_RUN) for _ in range(runs)]
-        for run_id in run_ids:
-            self.wait_ended(run_id)
-        return runs * STEPS_PER_RUN / (time.perf_counter() - began)
-
 
 # -- Celery ------------------------------------------------------------------------------------
 
 
-class CeleryWorker:
+class CeleryWorker(Timed):
     """A Celery prefork worker (concurrency 1) on the same Redis, and the app to send it chains."""
 
     def __init__(self, redis_url: str, logs: Path) -> None:
@@ -244,18 +254,6 @@ class CeleryWorker:
     def wait_ended(self, run: str) -> None:
         if self.redis.blpop([run], timeout=10) is None:
             sys.exit(f"Celery chain {run} made no progress for 10 s:\n{self.log.read_text()[-3000:]}")
-
-    def run_alone(self, size: int) -> float:
-        began = time.perf_counter()
-        self.wait_ended(self.start(size))
-        return time.perf_counter() - began
-
-    def throughput(self, runs: int) -> float:
-        began = time.perf_counter()
-        chains = [self.start(STEPS_PER_RUN) for _ in range(runs)]
-        for run in chains:
-            self.wait_ended(run)
-        return runs * STEPS_PER_RUN / (time.perf_counter() - began)
 
 
 # -- raw RQ ------------------------------------------------------------------------------------
