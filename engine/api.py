@@ -42,7 +42,16 @@ from engine.model import (
     StepState,
     StepStatus,
 )
-from engine.queries import CommandCenter, EventFilter, EventPage, LiveQueries, PendingTask, Queries, RunPage
+from engine.queries import (
+    CommandCenter,
+    EventFilter,
+    EventPage,
+    LiveQueries,
+    OpenQuestion,
+    PendingTask,
+    Queries,
+    RunPage,
+)
 from engine.store import Keys, RunStore, new_run_id, parse_timer_member
 from engine.views import RUN_ACTIONS
 from engine.workflow import InputError, Workflow, validate_inputs
@@ -463,6 +472,9 @@ class Engine:
 
     def pending_tasks(self, run_ref: str | None = None, limit: int = 200) -> list[PendingTask]:
         return self.queries.pending_tasks(run_ref, limit)
+
+    def open_questions(self, run_ref: str | None = None, limit: int = 200) -> list[OpenQuestion]:
+        return self.queries.open_questions(run_ref, limit)
 
     def command_center(self, rows: int = 25) -> CommandCenter:
         return self.queries.command_center(rows)

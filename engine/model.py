@@ -331,6 +331,14 @@ class Run(BaseModel):
             if s.status is StepStatus.WAITING and s.task is not None and s.task.decided_at is None
         ]
 
+    def open_questions(self) -> list[StepState]:
+        """The ``ask`` steps waiting for an answer."""
+        return [
+            s
+            for s in self.steps.values()
+            if s.status is StepStatus.WAITING and s.question is not None and s.question.answer is None
+        ]
+
 
 class EventType(StrEnum):
     """What an event records. Stored and streamed by value (``"run_started"``), like RQ's ``JobStatus``."""

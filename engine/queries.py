@@ -34,7 +34,7 @@ from redis.asyncio.client import Pipeline as AsyncPipeline
 from engine import analytics, core
 from engine.errors import AmbiguousRunId, NotFound
 from engine.intake import AcceptedRun, read_accepted
-from engine.model import Event, EventType, Run, RunStatus, Severity, Task
+from engine.model import Event, EventType, Question, Run, RunStatus, Severity, Task
 from engine.redis_idioms import ensure_group, text
 from engine.store import Keys, RunStore, event_from_entry, ts
 
@@ -56,6 +56,15 @@ class PendingTask:
 
     run: Run
     task: Task
+
+
+@dataclass(frozen=True)
+class OpenQuestion:
+    """An ``ask`` step's question waiting for an answer, with its run."""
+
+    run: Run
+    step_id: str
+    question: Question
 
 
 @dataclass(frozen=True)
@@ -255,6 +264,21 @@ class Queries:
             if run and step and step.task:
                 tasks.append(PendingTask(run, step.task))
         return tasks
+
+    def open_questions(self, run_ref: str | None = None, limit: int = 200) -> list[OpenQuestion]:
+        """Questions waiting for an answer: one run's, or all runs' (oldest first, up to ``limit``)."""
+        if run_ref is not None:
+            one = self.get_run(run_ref)
+            return [OpenQuestion(one, s.step_id, s.question) for s in one.open_questions() if s.question]
+        pairs = self.store.open_question_members(limit)
+        runs = {r.run_id: r for r in self.store.load_many(sorted({run_id for run_id, _ in pairs}))}
+        found: list[OpenQuestion] = []
+        for run_id, step_id in pairs:
+            run = runs.get(run_id)
+            step = run.steps.get(step_id) if run else None
+            if run and step and step.question and step.question.answer is None:
+                found.append(OpenQuestion(run, step_id, step.question))
+        return found
 
     def command_center(self, rows: int = 25) -> CommandCenter:
         """The four inbox sections with their counts, from indexes (never a scan of all runs)."""

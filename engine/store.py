@@ -105,6 +105,11 @@ class Keys:
         return f"{self.prefix}tasks:pending"
 
     @property
+    def open_questions(self) -> str:
+        """``ask`` steps waiting for an answer, by when they asked (members as :func:`step_member`)."""
+        return f"{self.prefix}questions:open"
+
+    @property
     def timers(self) -> str:
         return f"{self.prefix}timers"
 
@@ -273,6 +278,11 @@ class RunStore:
     def pending_task_members(self, limit: int) -> list[tuple[str, str]]:
         """(run id, task id) of the tasks waiting for a decision, oldest first."""
         members = self.redis.zrange(self.keys.pending_tasks, 0, limit - 1)
+        return [parse_step_member(m) for m in texts(members)]
+
+    def open_question_members(self, limit: int) -> list[tuple[str, str]]:
+        """(run id, step id) of the ``ask`` steps waiting for an answer, oldest first."""
+        members = self.redis.zrange(self.keys.open_questions, 0, limit - 1)
         return [parse_step_member(m) for m in texts(members)]
 
     def pending_task_count(self) -> int:
@@ -446,6 +456,14 @@ class RunStore:
             task = open_now[task_id].task
             opened = ts(task.opened_at) if task else moment
             pipe.zadd(keys.pending_tasks, {task_member(run.run_id, task_id): opened})
+        asked_before = {s.step_id for s in before.open_questions()} if before else set()
+        asked_now = {s.step_id: s for s in run.open_questions()}
+        for step_id in asked_before - set(asked_now):
+            pipe.zrem(keys.open_questions, step_member(run.run_id, step_id))
+        for step_id in set(asked_now) - asked_before:
+            question = asked_now[step_id].question
+            asked = ts(question.asked_at) if question else moment
+            pipe.zadd(keys.open_questions, {step_member(run.run_id, step_id): asked})
 
     # -- admission -----------------------------------------------------------------------
 
@@ -496,9 +514,9 @@ class RunStore:
         """Remove a finished run and everything that names it, in one transaction.
 
         That is: its document and event stream, its entries in every index (all runs, ids,
-        status, workflow, admitted, admission, pending tasks, timers, waits), the keys that
-        still point at it (its start's idempotency key, the intake's delivery key and
-        request) and RQ's records of its step jobs (hash, result stream, registries, queue),
+        status, workflow, admitted, admission, pending tasks, open questions, timers, waits),
+        the keys that still point at it (its start's idempotency key, the intake's delivery key
+        and request) and RQ's records of its step jobs (hash, result stream, registries, queue),
         whose ids are read off the run's ``step_queued`` events. Shared keys stay: the
         global feed (trimmed by age, :meth:`trim_feed`) and workflow snapshots.
 
@@ -568,7 +586,9 @@ class RunStore:
             pipe.zrem(keys.by_workflow(run.workflow_id), run_id)
             pipe.zrem(keys.admitted(run.workflow_id), run_id)
             pipe.zrem(keys.admission(run.workflow_id), run_id)
-            pipe.zrem(keys.pending_tasks, *(step_member(run_id, step_id) for step_id in run.steps))
+            members = [step_member(run_id, step_id) for step_id in run.steps]
+            pipe.zrem(keys.pending_tasks, *members)
+            pipe.zrem(keys.open_questions, *members)
             pipe.zrem(keys.timers, *run_timer_members(run))
             for st in run.steps.values():
                 if st.wait_event:
