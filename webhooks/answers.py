@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, computed_field, field_serializer
 
 from engine.intake import AcceptedRun
-from engine.model import Actor, Event, Failure, Run, RunStatus, Task
-from engine.queries import CommandCenter, PendingTask, RunPage
+from engine.model import Actor, Event, Failure, Question, Run, RunStatus, Task
+from engine.queries import CommandCenter, OpenQuestion, PendingTask, RunPage
 from engine.views import RunOutcome, describe
 from engine.workflow import InputSpec, Workflow
 
@@ -146,6 +146,36 @@ def task_json(pending: PendingTask) -> dict[str, Any]:
 
 class TasksAnswer(BaseModel):
     tasks: list[TaskDocument]
+
+
+class QuestionDocument(Question):
+    """An ``ask`` step's question waiting for an answer, with the run and step it belongs to."""
+
+    run_id: str
+    short_id: str
+    workflow_id: str
+    workflow_name: str
+    step_id: str
+
+    @classmethod
+    def of(cls, found: OpenQuestion) -> QuestionDocument:
+        run = found.run
+        return cls.model_construct(
+            **dict(found.question),
+            run_id=run.run_id,
+            short_id=run.short_id,
+            workflow_id=run.workflow_id,
+            workflow_name=run.workflow_name,
+            step_id=found.step_id,
+        )
+
+
+def question_json(found: OpenQuestion) -> dict[str, Any]:
+    return QuestionDocument.of(found).model_dump(mode="json")
+
+
+class QuestionsAnswer(BaseModel):
+    questions: list[QuestionDocument]
 
 
 class WorkflowSummary(BaseModel):

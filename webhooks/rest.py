@@ -34,12 +34,14 @@ from webhooks.answers import (
     AcceptedDocument,
     CommandCenterAnswer,
     EventsAnswer,
+    QuestionsAnswer,
     RunContext,
     RunDocument,
     RunsPage,
     TasksAnswer,
     WorkflowDocument,
     WorkflowsAnswer,
+    question_json,
     run_json,
     task_json,
     workflow_json,
@@ -276,8 +278,17 @@ async def complete_task(request: web.Request) -> web.StreamResponse:
     return web.json_response(run_json(run))
 
 
+@routes.get("/v1/workflows/{workflow_id}/runs/{run_id}/questions")
+@routes.get("/v1/runs/{run_id}/questions")
+@endpoint(Role.VIEWER, tag="tasks", response=QuestionsAnswer)
+async def run_open_questions(request: web.Request) -> web.StreamResponse:
+    """Questions of one run's `ask` steps still waiting for an answer."""
+    found = await ENGINE.call(context_of(request).engine.open_questions, await _run_in_path(request))
+    return web.json_response({"questions": [question_json(q) for q in found]})
+
+
 @routes.post("/v1/runs/{run_id}/tasks/{task_id}/answer")
-@endpoint(Role.APPROVER, body=AnswerBody, tag="tasks")
+@endpoint(Role.APPROVER, body=AnswerBody, tag="tasks", response=RunDocument)
 async def answer_question(request: web.Request) -> web.StreamResponse:
     """Answer an `ask` step's question: the answer becomes the step's result."""
     body = await read_body(request, AnswerBody)
@@ -440,6 +451,17 @@ async def pending_tasks(request: web.Request) -> web.StreamResponse:
     """Human tasks waiting for a decision, oldest first, across all runs."""
     tasks = await ENGINE.call(context_of(request).engine.pending_tasks)
     return web.json_response({"tasks": [task_json(t) for t in tasks]})
+
+
+@routes.get("/v1/questions")
+@endpoint(Role.VIEWER, tag="tasks", response=QuestionsAnswer)
+async def open_questions(request: web.Request) -> web.StreamResponse:
+    """Questions of `ask` steps waiting for an answer, oldest first, across all runs.
+
+    Answer one with `POST /v1/runs/{run_id}/tasks/{step_id}/answer`.
+    """
+    found = await ENGINE.call(context_of(request).engine.open_questions)
+    return web.json_response({"questions": [question_json(q) for q in found]})
 
 
 @routes.get("/v1/command-center")
