@@ -57,6 +57,7 @@ class Backend(Protocol):
         self, status: RunStatus | None, workflow_id: str | None, prefix: str | None, limit: int
     ) -> list[dict[str, Any]]: ...
     def pending_tasks(self, run_ref: str | None) -> list[dict[str, Any]]: ...
+    def open_questions(self, run_ref: str | None) -> list[dict[str, Any]]: ...
     def complete_task(
         self,
         run_ref: str,
@@ -137,6 +138,11 @@ class LocalBackend:
         from webhooks.answers import task_json
 
         return [task_json(pending) for pending in self.engine.pending_tasks(run_ref)]
+
+    def open_questions(self, run_ref: str | None) -> list[dict[str, Any]]:
+        from webhooks.answers import question_json
+
+        return [question_json(found) for found in self.engine.open_questions(run_ref)]
 
     def complete_task(
         self,
@@ -308,6 +314,10 @@ class RemoteBackend:
     def pending_tasks(self, run_ref: str | None) -> list[dict[str, Any]]:
         path = f"/v1/runs/{self._quoted(run_ref)}/tasks/pending" if run_ref else "/v1/tasks/pending"
         return list(self.call("GET", path)[1]["tasks"])
+
+    def open_questions(self, run_ref: str | None) -> list[dict[str, Any]]:
+        path = f"/v1/runs/{self._quoted(run_ref)}/questions" if run_ref else "/v1/questions"
+        return list(self.call("GET", path)[1]["questions"])
 
     def complete_task(
         self,

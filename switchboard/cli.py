@@ -41,10 +41,10 @@ from pydantic import ValidationError
 from engine.catalog import load_folder
 from engine.errors import InvalidInput, SwitchboardError
 from engine.fields import from_text
-from engine.model import Actor, ActorKind, Event, Run, RunStatus
+from engine.model import Actor, ActorKind, Event, Run, RunStatus, StepStatus
 from engine.settings import Settings, get_settings
 from engine.views import RunOutcome, RunView, describe, utc_text
-from engine.workflow import InputError
+from engine.workflow import InputError, StepType
 from switchboard import logs
 from switchboard.backends import Accepted, Backend, LocalBackend, RemoteBackend, RemoteError
 from switchboard.instance import NoInstance
@@ -535,6 +535,9 @@ def next_commands(view: RunView) -> list[str]:
     if open_tasks:
         task = open_tasks[0].task_id
         return [f"switchboard approve {short} {task}", f'switchboard reject {short} {task} --reason "..."']
+    asking = [s for s in view.steps if s.type is StepType.ASK and s.status is StepStatus.WAITING]
+    if asking:
+        return [f'switchboard answer {short} {asking[0].step_id} "..."', f"switchboard run follow {short}"]
     if view.finished:
         return [f"switchboard run events {short}", f"switchboard run replay {short}"]
     return [f"switchboard run follow {short}", f"switchboard run status {short}"]
@@ -870,19 +873,36 @@ def format_task(task: dict[str, Any]) -> list[str]:
     return lines
 
 
+def format_question(question: dict[str, Any]) -> list[str]:
+    """An open question as its Slack message shows it: the question, who was asked, its expiry."""
+    lines = [f"{question['short_id']}  {question['workflow_id']:24} {question['step_id']:16} question"]
+    lines.extend(f"  {line}" for line in str(question["text"]).splitlines() or [""])
+    details = [f"asked {question['to']}"]
+    if question.get("expires_at"):
+        details.append(f"expires {utc_text(datetime.fromisoformat(question['expires_at']))}")
+    if answerers := question.get("answerers"):
+        details.append("answerers: " + ", ".join(answerers))
+    lines.append("  " + " · ".join(details))
+    lines.append(f'  next: switchboard answer {question["short_id"]} {question["step_id"]} "..."')
+    return lines
+
+
 @cli.command()
 @click.argument("run_ref", metavar="[RUN]", required=False)
 @json_option
 def tasks(run_ref: str | None) -> None:
-    """Human tasks waiting for a decision (of one RUN, or all)."""
+    """Human tasks waiting for a decision and questions waiting for an answer (of one RUN, or all)."""
     found = backend().pending_tasks(run_ref)
+    questions = backend().open_questions(run_ref)
     if wants_json():
-        emit({"tasks": found})
+        emit({"tasks": found, "questions": questions})
         return
     for task in found:
         click.echo("\n".join(format_task(task)))
-    if not found:
-        click.echo("no pending tasks")
+    for question in questions:
+        click.echo("\n".join(format_question(question)))
+    if not found and not questions:
+        click.echo("no pending tasks or open questions")
 
 
 def decide(run_ref: str, task_id: str, approved: bool, edits: dict[str, str], comment: str | None) -> None:

@@ -20,6 +20,23 @@ from tests.redis_servers import free_port
 from tests.test_cli import GATE_FIRST, run_id_of
 
 TOKENS = "alice:operator+approver:alice-token,bob:approver:bob-token,vic:viewer:vic-token"
+# A task whose change request ends its branch, and an ask step: both decided from the CLI.
+REVIEW_ONCE = """
+id: review-once
+name: Review once
+steps:
+  - id: ok
+    type: human_task
+    task: {title: Ship it, on_changes_requested: end}
+"""
+QUIZ = """
+id: quiz
+name: Quiz
+steps:
+  - id: q
+    type: ask
+    ask: {question: "Which region?", to: "#ops", expires_in: 1h}
+"""
 
 
 @contextlib.contextmanager
@@ -28,6 +45,8 @@ def web_server(namespace: str, tmp_path: Path, tokens: str) -> Iterator[str]:
     folder = tmp_path / "workflows"
     folder.mkdir()
     (folder / "release-gate.yaml").write_text(GATE_FIRST)
+    (folder / "review-once.yaml").write_text(REVIEW_ONCE)
+    (folder / "quiz.yaml").write_text(QUIZ)
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SWITCHBOARD_", "SLACK_"))},
@@ -128,3 +147,50 @@ def test_a_server_without_tokens_says_so(namespace: str, tmp_path: Path) -> None
         refused = remote(url, "anything", "run", "list")
     assert refused.returncode == 2
     assert "no API tokens are configured. Set SWITCHBOARD_API_TOKENS" in refused.stderr
+
+
+def refused(done: subprocess.CompletedProcess[str]) -> str:
+    """A refusal: exit 2 and one sentence on stderr (``switchboard: …``), nothing on stdout."""
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    [line] = done.stderr.splitlines()
+    assert line.startswith("switchboard: ") and line.endswith(".") and done.stdout == ""
+    return line
+
+
+def test_request_changes_and_answer_go_through_the_server(server: str) -> None:
+    reviewed = run_id_of(remote(server, "alice-token", "run", "start", "review-once").stdout)
+    viewer = remote(server, "vic-token", "request-changes", reviewed[:8], "ok", "--comment", "smaller")
+    assert "Token 'vic' may not do this: it needs the approver role" in refused(viewer)
+    own = remote(server, "alice-token", "request-changes", reviewed[:8], "ok", "--comment", "smaller")
+    assert "someone else must" in refused(own)
+    changed = remote(
+        server, "bob-token", "--json", "request-changes", reviewed[:8], "ok", "--comment", "smaller"
+    )
+    assert changed.returncode == 0, changed.stderr
+    run = json.loads(changed.stdout)
+    assert (run["run_id"], run["status"], run["outcome"]) == (reviewed, "completed", "rejected")
+    [decision] = run["steps"]["ok"]["task"]["decisions"]
+    assert decision["by"]["id"] == "bob" and decision["comment"] == "smaller"
+    again = remote(server, "bob-token", "request-changes", reviewed[:8], "ok", "--comment", "more")
+    assert "Task 'ok' was already sent back for changes by api:bob at " in refused(again)
+
+    asked = run_id_of(remote(server, "alice-token", "run", "start", "quiz").stdout)
+    listing = remote(server, "vic-token", "tasks")
+    assert listing.returncode == 0, listing.stderr
+    assert f"{asked[:8]}  quiz" in listing.stdout and "  Which region?" in listing.stdout
+    assert f'next: switchboard answer {asked[:8]} q "..."' in listing.stdout
+    [question] = json.loads(remote(server, "vic-token", "tasks", asked, "--json").stdout)["questions"]
+    assert (question["run_id"], question["step_id"], question["to"]) == (asked, "q", "#ops")
+
+    viewer = remote(server, "vic-token", "answer", asked[:8], "q", "eu-west")
+    assert "Token 'vic' may not do this: it needs the approver role" in refused(viewer)
+    missing = refused(remote(server, "bob-token", "answer", asked[:8], "nope", "eu-west"))
+    assert missing == f"switchboard: Run {asked[:8]} has no question 'nope'."
+    answered = remote(server, "bob-token", "answer", asked[:8], "q", "eu-west")
+    assert answered.returncode == 0, answered.stderr
+    assert f"run {asked}" in answered.stdout and "COMPLETED" in answered.stdout
+    document = remote(server, "vic-token", "--json", "run", "status", asked).stdout
+    assert json.loads(document)["steps"]["q"]["result"] == {"answer": "eu-west", "answered_by": "api:bob"}
+    second = refused(remote(server, "alice-token", "answer", asked[:8], "q", "us-east"))
+    assert "already answered by api:bob" in second
+    assert json.loads(remote(server, "vic-token", "tasks", "--json").stdout)["questions"] == []
