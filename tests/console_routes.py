@@ -12,6 +12,8 @@ CONSOLE_ENTRY_POINTS = [
     ("POST", "/runs/{run_id}/recover"),
     ("GET", "/runs/{run_id}/tasks/{task_id}"),
     ("POST", "/runs/{run_id}/tasks/{task_id}"),
+    ("GET", "/runs/{run_id}/questions/{step_id}"),
+    ("POST", "/runs/{run_id}/questions/{step_id}"),
     ("GET", "/approvals"),
     ("GET", "/logs"),
     ("GET", "/analytics"),

@@ -61,11 +61,65 @@ EDIT_WORKFLOW: dict[str, Any] = {
         {"id": "announce", "type": "notify", "needs": ["review"], "notify": {"text": "deployed"}},
     ],
 }
+# A draft (a notify step, so no worker is needed), then a task whose change request runs the draft
+# again with the comment and reopens the task: two rounds, then a change request ends it.
+REDRAFT_WORKFLOW: dict[str, Any] = {
+    "id": "redraft",
+    "name": "Redraft",
+    "inputs": {"release": {"type": "string", "required": True}},
+    "steps": [
+        {
+            "id": "compose",
+            "type": "notify",
+            "notify": {
+                "text": "Notes for {{ inputs.release }}: {{ steps.review.changes.comment | default('first draft') }}"
+            },
+        },
+        {
+            "id": "review",
+            "type": "human_task",
+            "needs": ["compose"],
+            "task": {
+                "title": "Publish the notes for {{ inputs.release }}?",
+                "fields": {"text": "{{ steps.compose.result.text }}"},
+                "on_changes_requested": {"rerun": "compose", "max_rounds": 1},
+            },
+        },
+        {"id": "publish", "type": "notify", "needs": ["review"], "notify": {"text": "published"}},
+    ],
+}
+# An ask step only Alice may answer, and one anyone may answer (no answerers, no approvers).
+ASK_WORKFLOW: dict[str, Any] = {
+    "id": "rollout",
+    "name": "Rollout",
+    "inputs": {"service": {"type": "string", "required": True}},
+    "steps": [
+        {
+            "id": "region",
+            "type": "ask",
+            "ask": {
+                "question": "Which region for {{ inputs.service }}?",
+                "to": "#ops",
+                "answerers": ["slack:U0ALICE"],
+                "expires_in": "1h",
+            },
+        },
+        {"id": "audience", "type": "ask", "ask": {"question": "Who should hear about it?", "to": "#ops"}},
+        {
+            "id": "go",
+            "type": "notify",
+            "needs": ["region", "audience"],
+            "notify": {"text": "Deploying {{ inputs.service }} to {{ steps.region.result.answer }}"},
+        },
+    ],
+}
 
 
 @pytest.fixture
 def console_engine(redis_conn: Any, namespace: str, clock: Clock) -> Engine:
-    return engine_for(redis_conn, namespace, APPROVAL_WORKFLOW, EDIT_WORKFLOW, clock=clock)
+    return engine_for(
+        redis_conn, namespace, APPROVAL_WORKFLOW, EDIT_WORKFLOW, REDRAFT_WORKFLOW, ASK_WORKFLOW, clock=clock
+    )
 
 
 @pytest.fixture
@@ -361,12 +415,17 @@ class SignedInSite:
     client: TestClient
     run_id: str
     finished_id: str
+    asking_id: str
 
     def path_values(self) -> dict[str, st.SearchStrategy[str]]:
         weird = st.text(max_size=30) | st.sampled_from(["%FF", "%00", "..", "%2F", " ", "\u00e9", "\ud800"])
         return {
-            "run_id": st.sampled_from([self.run_id, self.run_id[:8], self.finished_id, "0" * 16]) | weird,
+            "run_id": st.sampled_from(
+                [self.run_id, self.run_id[:8], self.finished_id, self.asking_id, "0" * 16]
+            )
+            | weird,
             "task_id": st.sampled_from(["review", "approve", "nope"]) | weird,
+            "step_id": st.sampled_from(["region", "audience", "review", "nope"]) | weird,
             "token": st.sampled_from(["x" * 43, "short"]) | weird,
             "name": st.sampled_from(["console.css", "console.js", "nope.css", "..%2Fpages.py"]) | weird,
         }
@@ -377,16 +436,18 @@ async def signed_in_site(browser: TestClient, console_engine: Engine) -> tuple[S
     waiting = console_engine.start("deploy", {"service": "api"}, OPS)
     finished = console_engine.start("release", {"service": "web"}, OPS)
     console_engine.complete_task(finished.run_id, "approve", ALICE, True)
+    asking = console_engine.start("rollout", {"service": "api"}, OPS)
     csrf = await sign_in_by_link(browser, console_engine)
-    return SignedInSite(browser, waiting.run_id, finished.run_id), csrf
+    return SignedInSite(browser, waiting.run_id, finished.run_id, asking.run_id), csrf
 
 
-FORM_NAMES = ["command", "decision", "form", "comment", "next", "field.version", "field.replicas"]
+FORM_NAMES = ["command", "decision", "form", "comment", "answer", "next", "field.version", "field.replicas"]
 FORM_NAMES += ["field.service", "input.service", "token", "nonce", "x"]
 FORM_VALUES = st.text(max_size=20) | st.sampled_from(
     [
         "approve",
         "reject",
+        "request_changes",
         "stop",
         "stop-graceful",
         "pause",

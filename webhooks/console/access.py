@@ -88,17 +88,29 @@ def console(role: Role = Role.VIEWER) -> Callable[[Handler], Handler]:
 
 
 async def page(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:
-    """A page with what every page shows: who is signed in, the approvals badge, a notice."""
+    """A page with what every page shows: who is signed in, the approvals badge, a notice.
+
+    The badge counts everything waiting on a person: tasks waiting for a decision and
+    questions waiting for an answer (both hold a run up until someone acts), read from the
+    engine's two indexes in one round trip.
+    """
     session = request.get(SESSION)
     ctx = context_of(request)
     now = ctx.engine.clock()
-    pending = await ctx.aredis.zcard(ctx.engine.keys.pending_tasks) if session is not None else 0
+    tasks = questions = 0
+    if session is not None:
+        async with ctx.aredis.pipeline(transaction=False) as pipe:
+            pipe.zcard(ctx.engine.keys.pending_tasks)
+            pipe.zcard(ctx.engine.keys.open_questions)
+            tasks, questions = await pipe.execute()
     return render(
         template,
         status,
         session=session,
         csrf=session.csrf if session else "",
-        pending_count=pending,
+        pending_count=tasks,
+        question_count=questions,
+        waiting_count=tasks + questions,
         flash=request.get(FLASH),
         path=request.path,
         here=request.path_qs,

@@ -1,10 +1,13 @@
-"""The console's forms (POST): run controls, replay, recover, task decisions. Each is one engine command.
+"""The console's forms (POST): run controls, replay, recover, task decisions, answers. Each is one
+engine command.
 
 The guard (:func:`~webhooks.console.access.console`) has checked the session, the CSRF
 token and the role before any of these runs; the engine then applies its own rules
 (workflow operators and approvers, no self-approval, what fits the run's status) and a
 refusal comes back as the engine's sentence: a notice on the page the form came from,
-or, for the task form, the form again with the values sent and what was wrong.
+or, for the task and question forms, the form again with the values sent and what was
+wrong, with the status REST answers for the same refusal (403 not allowed, 409 already
+decided, 422 a missing comment or a value that does not fit).
 """
 
 from __future__ import annotations
@@ -13,20 +16,23 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.errors import InvalidInput, SwitchboardError
+from engine.errors import SwitchboardError
 from engine.fields import from_text
 from engine.model import Run, StopMode
 from webhooks.auth import Role
 from webhooks.console.access import FORM, SESSION, back, console, refusal
-from webhooks.console.pages import ENGINE, task_view
+from webhooks.console.pages import ENGINE, asked_step, question_view, task_view
 from webhooks.console.render import field_text
 from webhooks.console.sessions import Flash
 from webhooks.context import context_of
+from webhooks.problems import from_engine_error
 
 COMMANDS = ("pause", "resume", "stop", "stop-graceful", "replay")
 SAID = {"pause": "Paused", "resume": "Resumed", "stop": "Stopped", "stop-graceful": "Stopping gracefully"}
 FIELD = "field."
 INPUT = "input."
+DECISIONS = ("approve", "reject", "request_changes")
+TEXT_LIMIT = 4000  # a comment or an answer, as the REST API takes them
 
 
 def _name(run: Run) -> str:
@@ -114,15 +120,16 @@ def changed_inputs(form: Any, run: Run) -> dict[str, Any]:
 
 @console(Role.APPROVER)
 async def decide(request: web.Request) -> web.StreamResponse:
-    """Approve (with the edited fields) or reject (with a reason) a human task."""
+    """Approve (with the edited fields), reject (with a reason) or request changes (with a comment,
+    which the engine requires) on a human task."""
     engine = context_of(request).engine
     form = request[FORM]
     run = await ENGINE.call(engine.get_run, request.match_info["run_id"])
     task_id = request.match_info["task_id"]
     from_task_page = form.get("form") == "task"
     decision = form.get("decision", "")
-    if decision not in ("approve", "reject"):
-        return await refusal(request, 400, "Choose Approve or Reject.")
+    if decision not in DECISIONS:
+        return await refusal(request, 400, "Choose Approve, Reject or Request changes.")
     step = run.steps.get(task_id)
     fields = step.task.fields if step is not None and step.task is not None else {}
     sent = {name[len(FIELD) :]: text for name, text in form.items() if name.startswith(FIELD)}
@@ -136,26 +143,57 @@ async def decide(request: web.Request) -> web.StreamResponse:
                 errors[name] = str(exc)
     if errors:
         return await task_view(request, run, 422, "Some values do not fit their fields.", errors, sent)
-    comment = form.get("comment", "").strip()[:4000] or None
+    comment = form.get("comment", "").strip()[:TEXT_LIMIT] or None
+    actor = request[SESSION].actor
     try:
-        decided = await ENGINE.call(
-            engine.complete_task,
-            run.run_id,
-            task_id,
-            request[SESSION].actor,
-            decision == "approve",
-            edits,
-            comment,
-        )
+        if decision == "request_changes":
+            decided = await ENGINE.call(engine.request_changes, run.run_id, task_id, actor, comment or "")
+        else:
+            decided = await ENGINE.call(
+                engine.complete_task, run.run_id, task_id, actor, decision == "approve", edits, comment
+            )
     except SwitchboardError as exc:
         if not from_task_page:
             return await back(request, Flash(kind="error", text=str(exc)), f"/runs/{run.run_id}")
-        status = 422 if isinstance(exc, InvalidInput) else 409
         per_field = {k.removeprefix("result."): v for k, v in getattr(exc, "problems", {}).items()}
-        return await task_view(request, run, status, str(exc), per_field, sent)
-    verdict = "Approved" if decision == "approve" else "Rejected"
-    decided_task = decided.steps[task_id].task
-    title = decided_task.title if decided_task else task_id
-    return await back(
-        request, Flash(kind="ok", text=f"{verdict} “{title}” ({_name(decided)})."), "/approvals"
+        if comment:
+            sent["comment"] = comment
+        status = from_engine_error(exc).status
+        return await task_view(request, run, status, str(exc), per_field, sent, decision)
+    said = Flash(kind="ok", text=_decided(run, decided, task_id, decision))
+    if decided.steps[task_id].task is None:  # sent back: the task reopens once its earlier steps ran again
+        return await back(request, said, f"/runs/{run.run_id}", follow=True)
+    return await back(request, said, "/approvals")
+
+
+def _decided(before: Run, after: Run, task_id: str, decision: str) -> str:
+    """What the notice after a decision says; for a change request, what the workflow does next."""
+    task = before.steps[task_id].task
+    title = task.title if task else task_id
+    if decision != "request_changes":
+        verdict = "Approved" if decision == "approve" else "Rejected"
+        return f"{verdict} “{title}” ({_name(after)})."
+    closed = after.steps[task_id].task
+    if closed is not None and closed.decided_at is not None:  # the policy ended it: no more rounds
+        return f"Requested changes on “{title}” ({_name(after)}): that ended the task as rejected."
+    return (
+        f"Requested changes on “{title}” ({_name(after)}): the workflow runs its earlier steps again"
+        " and reopens the task for another round."
     )
+
+
+@console(Role.APPROVER)
+async def answer(request: web.Request) -> web.StreamResponse:
+    """Answer an ``ask`` step's question as the signed-in person; the engine checks who may answer
+    (the question's answerers) and refuses an empty or a second answer in its own words."""
+    engine = context_of(request).engine
+    run = await ENGINE.call(engine.get_run, request.match_info["run_id"])
+    step = asked_step(run, request.match_info["step_id"])
+    text = request[FORM].get("answer", "")[:TEXT_LIMIT]
+    try:
+        answered = await ENGINE.call(engine.answer, run.run_id, step.step_id, request[SESSION].actor, text)
+    except SwitchboardError as exc:
+        return await question_view(request, run, from_engine_error(exc).status, str(exc), text)
+    question = step.question.text if step.question else step.step_id
+    said = f"Answered “{question}” ({_name(answered)})."
+    return await back(request, Flash(kind="ok", text=said), "/approvals")

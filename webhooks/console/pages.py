@@ -1,4 +1,5 @@
-"""The console's pages (GET): Command Center, runs, a run, its live log, approvals, a task, logs, analytics.
+"""The console's pages (GET): Command Center, runs, a run, its live log, approvals, a task, a question,
+logs, analytics.
 
 Each handler asks the engine for what it shows and no more (the Command Center's
 indexed sections, one page of runs, one run and its events, one page of the event log
@@ -29,8 +30,8 @@ from engine.api import PendingTask
 from engine.asyncio_bridge import EngineBridge
 from engine.errors import NotFound
 from engine.intake import AcceptedRun
-from engine.model import EventType, Run, RunStatus, Severity, StepStatus
-from engine.queries import EventFilter
+from engine.model import EventType, Run, RunStatus, Severity, StepState, StepStatus
+from engine.queries import EventFilter, OpenQuestion
 from engine.views import RunView, describe, no_such_task
 from webhooks.console import present
 from webhooks.console.access import console, page
@@ -243,6 +244,8 @@ async def run_detail(request: web.Request) -> web.StreamResponse:
         request,
         "run.html",
         run=view,
+        questions=[s for s in run.open_questions() if s.question],
+        asked={s.step_id: s.question for s in run.steps.values() if s.question},
         inputs=workflow.inputs,
         failed=view.jump_to,
         heartbeats=await _heartbeats(request, [view]),
@@ -266,8 +269,11 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
 
 @console()
 async def approvals(request: web.Request) -> web.StreamResponse:
-    tasks = await ENGINE.call(context_of(request).engine.pending_tasks, None, 200)
-    return await page(request, "approvals.html", tasks=tasks)
+    """Everything waiting on a person: tasks to decide, and beside them questions to answer."""
+    engine = context_of(request).engine
+    tasks = await ENGINE.call(engine.pending_tasks, None, 200)
+    questions: list[OpenQuestion] = await ENGINE.call(engine.open_questions, None, 200)
+    return await page(request, "approvals.html", tasks=tasks, questions=questions)
 
 
 @console()
@@ -283,8 +289,10 @@ async def task_view(
     problem: str | None = None,
     errors: dict[str, str] | None = None,
     values: dict[str, str] | None = None,
+    decision: str = "",
 ) -> web.Response:
-    """The task page; after a refused decision, with the refusal and the values as they were sent."""
+    """The task page; after a refused decision, with the refusal and the values as they were sent
+    (``decision`` says which form sent them: its comment is filled in again)."""
     task_id = request.match_info["task_id"]
     view = describe(run)
     step = view.step(task_id)
@@ -297,10 +305,48 @@ async def task_view(
         run=view,
         step=step,
         task=step.task,
+        changes=run.steps[task_id].changes,  # the rounds change requests closed, oldest first
         problem=problem,
         errors=errors or {},
         values=values or {},
+        decision=decision,
     )
+
+
+# -- a question ----------------------------------------------------------------------------------------
+
+
+@console()
+async def question_page(request: web.Request) -> web.StreamResponse:
+    run = await ENGINE.call(context_of(request).engine.get_run, request.match_info["run_id"])
+    return await question_view(request, run)
+
+
+async def question_view(
+    request: web.Request, run: Run, status: int = 200, problem: str | None = None, answer: str = ""
+) -> web.Response:
+    """An ``ask`` step's question, who may answer it, and the answer form (or the answer given);
+    after a refused answer, with the refusal and the text as it was sent."""
+    step = asked_step(run, request.match_info["step_id"])
+    return await page(
+        request,
+        "question.html",
+        status,
+        run=describe(run),
+        step=step,
+        question=step.question,
+        badge=present.question_badge(step),
+        problem=problem,
+        answer=answer,
+    )
+
+
+def asked_step(run: Run, step_id: str) -> StepState:
+    """The ``ask`` step ``step_id`` of ``run``; NotFound (a 404 page) in the engine's words otherwise."""
+    step = run.steps.get(step_id)
+    if step is None or step.question is None:
+        raise NotFound(f"Run {run.short_id} has no question {step_id!r}.")
+    return step
 
 
 # -- logs --------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 
 from engine.analytics import Timeseries
-from engine.model import Event, EventType, RunStatus, Severity, StepStatus
-from engine.views import TASK_MARKS, RunOutcome, RunView, StepView, TaskOutcome
+from engine.model import Event, EventType, RunStatus, Severity, StepState, StepStatus
+from engine.views import HOURGLASS, TASK_MARKS, RunOutcome, RunView, StepView, TaskOutcome
 from webhooks.auth import Role
 from webhooks.console.charts import Chart, Series, bar_chart
 
@@ -71,6 +71,20 @@ def step_badge(step: StepView) -> Badge:
     if task is not None and not task.open and step.status is not StepStatus.SKIPPED:
         return Badge(task.mark, TASK_TONES.get(task.outcome, "warn"), step.state)
     return Badge(step.mark, STEP_TONES.get(step.status, "muted"), step.state)
+
+
+def question_badge(step: StepState) -> Badge:
+    """An ``ask`` step's badge: waiting for an answer, answered, or closed without one (it expired,
+    went on empty, or the run ended), in the marks the Slack question message uses."""
+    question = step.question
+    if question is not None and question.answered_by is not None:
+        return Badge(TASK_MARKS[TaskOutcome.APPROVED], "ok", "answered")
+    if step.status is StepStatus.WAITING:
+        return Badge(HOURGLASS, "warn", "awaiting answer")
+    if step.status is StepStatus.CANCELLED:
+        return Badge(TASK_MARKS[TaskOutcome.CANCELLED], "muted", "cancelled")
+    tone = "bad" if step.status is StepStatus.FAILED else "muted"
+    return Badge(TASK_MARKS[TaskOutcome.EXPIRED], tone, "not answered")
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ ENVIRONMENT.globals.update(
     run_badge=present.run_badge,
     outcome_badge=present.outcome_badge,
     step_badge=present.step_badge,
+    question_badge=present.question_badge,
     controls=present.controls,
     rate_tone=present.rate_tone,
 )

@@ -18,6 +18,8 @@ routes: list[web.RouteDef] = [
     web.post("/runs/{run_id}/recover", actions.recover),
     web.get("/runs/{run_id}/tasks/{task_id}", pages.task_page),
     web.post("/runs/{run_id}/tasks/{task_id}", actions.decide),
+    web.get("/runs/{run_id}/questions/{step_id}", pages.question_page),
+    web.post("/runs/{run_id}/questions/{step_id}", actions.answer),
     web.get("/approvals", pages.approvals),
     web.get("/logs", pages.logs),
     web.get("/analytics", pages.analytics),
