@@ -13,6 +13,7 @@ Run statuses::
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from typing import Any, Literal
 from engine.errors import CommandRefused, InvalidInput, NotAllowed, NotFound
 from engine.fields import misfit
 from engine.model import (
+    FINISHED_STEP_STATUSES,
     Actor,
     ActorKind,
     ChangeRequest,
@@ -33,6 +35,7 @@ from engine.model import (
     RunStatus,
     SkipReason,
     StepError,
+    Steps,
     StepState,
     StepStatus,
     StopMode,
@@ -1129,18 +1132,25 @@ class _Transition:
         """Start every step whose needs are met, until nothing more can start."""
         if self.run.status is not RunStatus.RUNNING:
             return
+        steps = self.run.steps
         progressed = True
         while progressed and self.run.status is RunStatus.RUNNING:
             progressed = False
+            # Statuses first: a step is read (parsed) only when it may start now.
+            pending = {sid for sid, status in steps.statuses().items() if status is StepStatus.PENDING}
             for step in self.workflow.steps:
-                st = self.run.steps[step.id]
-                if st.status is not StepStatus.PENDING or self.run.status is not RunStatus.RUNNING:
+                if step.id not in pending or steps.status(step.id) is not StepStatus.PENDING:
                     continue
+                if self.run.status is not RunStatus.RUNNING:
+                    break
+                if any(steps.status(need) not in FINISHED_STEP_STATUSES for need in step.needs):
+                    continue
+                st = steps[step.id]
                 if st.retry_at is not None and st.retry_at > self.now:
                     continue
                 if self._try_start(step, st):
                     progressed = True
-        if self.run.status is RunStatus.RUNNING and all(s.status.finished for s in self.run.steps.values()):
+        if self.run.status is RunStatus.RUNNING and steps.all_finished():
             self.run.status = RunStatus.COMPLETED
             self.run.finished_at = self.now
             self._event(EventType.RUN_COMPLETED)
@@ -1305,22 +1315,37 @@ def template_context(run: Run) -> dict[str, Any]:
     """What templates see: ``inputs``, ``steps.<id>.result|status``, ``run``."""
     return {
         "inputs": run.inputs,
-        "steps": {
-            sid: {
-                "result": st.result,
-                "status": st.status.value,
-                "attempt": st.attempt,
-                # The last change request on a human task: {comment, by, at, round}, else None.
-                "changes": _change_context(st.changes[-1]) if st.changes else None,
-            }
-            for sid, st in run.steps.items()
-        },
+        "steps": StepsContext(run.steps),
         "run": {
             "id": run.run_id,
             "workflow": run.workflow_id,
             "started_by": run.started_by.ref,
         },
     }
+
+
+class StepsContext(Mapping[str, dict[str, Any]]):
+    """``steps`` as templates see it: a step's entry is made when a template reads it, so
+    opening a step of a long run does not read every step before it."""
+
+    def __init__(self, steps: Steps) -> None:
+        self._steps = steps
+
+    def __getitem__(self, step_id: str) -> dict[str, Any]:
+        st = self._steps[step_id]
+        return {
+            "result": st.result,
+            "status": st.status.value,
+            "attempt": st.attempt,
+            # The last change request on a human task: {comment, by, at, round}, else None.
+            "changes": _change_context(st.changes[-1]) if st.changes else None,
+        }
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._steps)
+
+    def __len__(self) -> int:
+        return len(self._steps)
 
 
 def _change_context(change: ChangeRequest) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from engine.errors import AmbiguousRunId, NotFound
 from engine.intake import AcceptedRun, read_accepted
 from engine.model import Event, EventType, Question, Run, RunStatus, Severity, Task
 from engine.redis_idioms import ensure_group, text
-from engine.store import Keys, RunStore, event_from_entry, ts
+from engine.store import Keys, RunStore, decode_run, event_from_entry, ts
 
 MIN_PREFIX = 8
 FAILED_RECENTLY = timedelta(hours=24)
@@ -187,8 +187,8 @@ class Queries:
         """What templates of the run see, plus each step's arguments: the run's data view."""
         run = self.get_run(run_ref)
         ctx = core.template_context(run)
-        for step_id, step in run.steps.items():
-            ctx["steps"][step_id]["args"] = step.args
+        steps = ctx["steps"]
+        ctx["steps"] = {step_id: {**steps[step_id], "args": step.args} for step_id, step in run.steps.items()}
         return ctx
 
     # -- many runs -----------------------------------------------------------------------
@@ -485,8 +485,13 @@ class LiveQueries:
         """The runs of ``run_ids`` that exist, by id."""
         if not run_ids:
             return {}
-        raws = await self.redis.mget([self.keys.run(r) for r in run_ids])
-        return {r: Run.model_validate_json(raw) for r, raw in zip(run_ids, raws, strict=True) if raw}
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.get(self.keys.run(run_id))
+            pipe.hgetall(self.keys.run_steps(run_id))
+        replies = await pipe.execute()
+        runs = (decode_run(head, steps) for head, steps in zip(replies[::2], replies[1::2], strict=True))
+        return {run.run_id: run for run in runs if run is not None}
 
     async def gauges(self) -> Gauges:
         pipe = self.redis.pipeline(transaction=False)

@@ -1,8 +1,15 @@
-"""Runs in Redis: one JSON document per run, its event stream, and the indexes queries use.
+"""Runs in Redis: a run's head and its steps' states, its event stream, and the indexes queries use.
 
-A change to a run is an optimistic transaction: WATCH the run's key, load it, compute
-the outcome with the pure core, then MULTI/EXEC the new document together with its
-events, index updates, timers and RQ enqueues. If another process changed the run in
+A run is stored as its head (a JSON document with every step's status, :meth:`Keys.run`)
+and a hash of its steps' states (:meth:`Keys.run_steps`), so a change writes the head and
+the steps it read, never the whole run: a step of a 500-step run costs what a step of a
+10-step run does (:class:`engine.model.Steps` parses a step only when it is read). A run
+stored whole by an earlier version (its head holding every step) is read as it is and
+stored split on its next change.
+
+A change to a run is an optimistic transaction: WATCH the run's head, load the run,
+compute the outcome with the pure core, then MULTI/EXEC the new head and steps together
+with its events, index updates, timers and RQ enqueues. If another process changed the run in
 between, EXEC fails and the change is recomputed on the new state; so concurrent
 commands never interleave, and a step is enqueued exactly when its state says so.
 A finished run leaves the same way, in one transaction (:meth:`RunStore.purge`).
@@ -31,6 +38,7 @@ from engine.core import Outcome, StepJob, Timer, TimerKind
 from engine.errors import NotFound
 from engine.model import (
     ACTIVE_RUN_STATUSES,
+    STEP_STATUSES_ONLY,
     Event,
     EventType,
     Run,
@@ -49,6 +57,8 @@ RUN_TIMER_KINDS = ("run_timeout", "drain_timeout")  # timers of the run itself (
 _CLAIMED = "claimed:"  # an event delivery's id while a delivery holds it, before its run ids
 # Let go of a delivery id, unless the claim expired and another delivery holds it now.
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# A run's head and steps in one round trip, inside a transaction's WATCH (immediate mode).
+_LOAD_RUN = "return {redis.call('GET', KEYS[1]), redis.call('HGETALL', KEYS[2])}"
 
 
 def ts(moment: datetime) -> float:
@@ -69,6 +79,10 @@ class Keys:
 
     def run(self, run_id: str) -> str:
         return f"{self.prefix}run:{run_id}"
+
+    def run_steps(self, run_id: str) -> str:
+        """A run's steps' states, a field per step (the head, :meth:`run`, holds their statuses)."""
+        return f"{self.prefix}run:{run_id}:steps"
 
     def run_events(self, run_id: str) -> str:
         return f"{self.prefix}run:{run_id}:events"
@@ -218,21 +232,21 @@ class RunStore:
     # -- reads ---------------------------------------------------------------------------
 
     def load(self, run_id: str) -> Run | None:
-        raw = self.redis.get(self.keys.run(run_id))
-        return Run.model_validate_json(raw) if raw else None
+        return self.load_aligned([run_id])[0]
 
     def load_many(self, run_ids: list[str]) -> list[Run]:
-        if not run_ids:
-            return []
-        raws = self.redis.mget([self.keys.run(r) for r in run_ids])
-        return [Run.model_validate_json(raw) for raw in raws if raw]
+        return [run for run in self.load_aligned(run_ids) if run is not None]
 
     def load_aligned(self, run_ids: list[str]) -> list[Run | None]:
-        """Runs in the order asked, None where a run is gone."""
+        """Runs in the order asked, None where a run is gone; one round trip."""
         if not run_ids:
             return []
-        raws = self.redis.mget([self.keys.run(r) for r in run_ids])
-        return [Run.model_validate_json(raw) if raw else None for raw in raws]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.get(self.keys.run(run_id))
+                pipe.hgetall(self.keys.run_steps(run_id))
+            replies = pipe.execute()
+        return [decode_run(head, steps) for head, steps in zip(replies[::2], replies[1::2], strict=True)]
 
     def exists(self, run_id: str) -> bool:
         return bool(self.redis.exists(self.keys.run(run_id)))
@@ -389,10 +403,10 @@ class RunStore:
             while True:
                 try:
                     pipe.watch(key, *watch)
-                    raw = pipe.get(key)
-                    if raw is None:
+                    head, steps = pipe.eval(_LOAD_RUN, 2, key, self.keys.run_steps(run_id))
+                    before = decode_run(head, steps)
+                    if before is None:
                         raise NotFound(f"No run {run_id!r}.")
-                    before = Run.model_validate_json(raw)
                     outcome = decide(pipe, before)
                     if outcome is None or not outcome.changed:
                         pipe.reset()
@@ -409,7 +423,11 @@ class RunStore:
         run = outcome.run
         run.version = (before.version if before else 0) + 1
         keys = self.keys
-        pipe.set(keys.run(run.run_id), run.model_dump_json())
+        pipe.set(keys.run(run.run_id), run.model_dump_json(context=STEP_STATUSES_ONLY))
+        # The steps this change read: the only ones it can have changed.
+        touched = run.steps.touched()
+        if touched:
+            pipe.hset(keys.run_steps(run.run_id), mapping=touched)  # type: ignore[arg-type]
         for event in outcome.events:
             body = event.model_dump_json(exclude={"id"})
             fields: dict[Any, Any] = {"type": event.type, "run_id": run.run_id, "event": body}
@@ -513,7 +531,7 @@ class RunStore:
     def purge(self, run_id: str) -> bool:
         """Remove a finished run and everything that names it, in one transaction.
 
-        That is: its document and event stream, its entries in every index (all runs, ids,
+        That is: its head, steps and event stream, its entries in every index (all runs, ids,
         status, workflow, admitted, admission, pending tasks, open questions, timers, waits),
         the keys that still point at it (its start's idempotency key, the intake's delivery key
         and request) and RQ's records of its step jobs (hash, result stream, registries, queue),
@@ -528,8 +546,8 @@ class RunStore:
             while True:
                 try:
                     pipe.watch(key)
-                    raw = pipe.get(key)
-                    run = Run.model_validate_json(raw) if raw else None
+                    head, steps = pipe.eval(_LOAD_RUN, 2, key, self.keys.run_steps(run_id))
+                    run = decode_run(head, steps)
                     if run is not None and not run.status.terminal:
                         pipe.reset()
                         return False
@@ -577,7 +595,8 @@ class RunStore:
         self, pipe: Pipeline, run_id: str, run: Run | None, owned: list[str], job_ids: set[str]
     ) -> None:
         keys = self.keys
-        pipe.delete(keys.run(run_id), keys.run_events(run_id), keys.intake_request(run_id), *owned)
+        stored = [keys.run(run_id), keys.run_steps(run_id), keys.run_events(run_id)]
+        pipe.delete(*stored, keys.intake_request(run_id), *owned)
         pipe.zrem(keys.runs, run_id)
         pipe.zrem(keys.run_ids, run_id)
         for status in RunStatus:
@@ -642,6 +661,18 @@ class RunStore:
 
     def waiting_steps(self, wait_key: str) -> list[tuple[str, str]]:
         return [parse_step_member(m) for m in texts(self.redis.smembers(self.keys.waits(wait_key)))]
+
+
+def decode_run(head: bytes | str | None, steps: dict[Any, Any] | list[Any] | None) -> Run | None:
+    """A run from its stored head and steps' hash (a reply of HGETALL, or of it inside a
+    script: a flat list); None when there is no head. A head holding every step (a run
+    stored whole by an earlier version) needs no steps."""
+    if head is None:
+        return None
+    if isinstance(steps, list):
+        steps = dict(zip(steps[::2], steps[1::2], strict=True))
+    states = {text(step_id): state for step_id, state in (steps or {}).items()}
+    return Run.model_validate_json(head, context={"steps": states})
 
 
 def event_from_entry(entry_id: Any, fields: Any) -> Event:

@@ -287,10 +287,11 @@ class Workflow(_Strict):
         return found
 
     def step(self, step_id: str) -> Step:
-        for step in self.steps:
-            if step.id == step_id:
-                return step
-        raise KeyError(step_id)
+        return self._steps_by_id[step_id]
+
+    @cached_property
+    def _steps_by_id(self) -> dict[str, Step]:
+        return {step.id: step for step in self.steps}
 
     @cached_property
     def digest(self) -> str:
