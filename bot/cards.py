@@ -96,8 +96,7 @@ def question_message(run: Run, step: StepState) -> Message:
     """An ``ask`` step's question: answered by a reply in its thread or the Answer button."""
     question = step.question
     assert question is not None
-    where = f"*{escape(run.workflow_name)}* · run `{run.short_id}` · step `{step.step_id}`"
-    blocks = [section(f"❓ {escape(question.text)}"), context(where)]
+    blocks = [section(f"❓ {escape(question.text)}"), context(question_place(run, step.step_id))]
     if question.answered_by is not None:
         answer = escape(truncate(question.answer or "", 2500))
         by = f"{who(question.answered_by)} {when(question.answered_at)}"
@@ -105,11 +104,20 @@ def question_message(run: Run, step: StepState) -> Message:
     elif step.status is StepStatus.WAITING:
         expiry = f" · expires {when(question.expires_at)}" if question.expires_at else ""
         blocks.append(context(f"Reply in this thread, or click Answer{expiry}"))
-        value = ids.task_value(run.run_id, step.step_id)
-        blocks.append(actions(button("Answer", ids.QUESTION_ANSWER, value, "primary")))
+        blocks.append(actions(answer_button(run.run_id, step.step_id)))
     else:
         blocks.append(section(f"⌛ *Not answered*: {escape(step.detail or step.status.value)}"))
     return message(f"Question: {escape(question.text)}", blocks)
+
+
+def question_place(run: Run, step_id: str) -> str:
+    """Where a question comes from: the workflow, the run and the ``ask`` step."""
+    return f"*{escape(run.workflow_name)}* · run `{run.short_id}` · step `{step_id}`"
+
+
+def answer_button(run_id: str, step_id: str) -> Block:
+    """The Answer button of a question, wherever it is shown: it opens :func:`answer_modal`."""
+    return button("Answer", ids.QUESTION_ANSWER, ids.task_value(run_id, step_id), "primary")
 
 
 def answer_modal(run: Run, step: StepState, metadata: str) -> Block:

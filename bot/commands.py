@@ -18,6 +18,7 @@ from bot.runtime import Bot, slack_actor
 from engine.errors import NotFound, SwitchboardError
 from engine.intake import AcceptedRun
 from engine.model import Actor, Run, RunStatus, StopMode
+from engine.queries import OpenQuestion, PendingTask
 from engine.sign_in import SLACK_ROLES, get_sign_in_settings, mint, sign_in_url
 from engine.views import RunView, describe
 
@@ -82,14 +83,8 @@ async def execute(bot: Bot, command: grammar.Command, actor: Actor, channel_id: 
             return list_text(page.runs, status, more=page.next_offset is not None)
         case "tasks":
             pending = await bot.call(engine.pending_tasks, limit=LIST_ROWS)
-            if not pending:
-                return "No task is waiting for a decision."
-            lines = [
-                f"• *{escape(p.task.title)}* · {p.task.task_type} · step `{p.task.task_id}`"
-                f" · {escape(p.run.workflow_name)} run `{p.run.short_id}`"
-                for p in pending
-            ]
-            return f"*{len(pending)} pending* (decide on the cards or in App Home)\n" + "\n".join(lines)
+            questions = await bot.call(engine.open_questions, limit=LIST_ROWS)
+            return waiting_text(pending, questions)
         case "recover":
             corrected = dict(command.inputs) or None
             run = await bot.call(engine.recover, target, actor, command.from_step, corrected, command.force)
@@ -146,6 +141,29 @@ def status_text(run: Run) -> str:
     if view.replay_of:
         lines.append(f"Replay of `{view.replay_of[:8]}`")
     lines += [cards.step_line(step).replace("\n", " · ") for step in view.steps]
+    return "\n".join(lines)
+
+
+def waiting_text(pending: list[PendingTask], questions: list[OpenQuestion]) -> str:
+    """``/run tasks`` (or ``pending``): what waits on people, tasks to decide and questions to answer."""
+    if not pending:
+        lines = ["No task is waiting for a decision."]
+    else:
+        lines = [f"*{len(pending)} pending* (decide on the cards or in App Home)"]
+        lines += [
+            f"• *{escape(p.task.title)}* · {p.task.task_type} · step `{p.task.task_id}`"
+            f" · {escape(p.run.workflow_name)} run `{p.run.short_id}`"
+            for p in pending
+        ]
+    if not questions:
+        return "\n".join([*lines, "No question is waiting for an answer."])
+    waiting = "question is" if len(questions) == 1 else "questions are"
+    lines.append(f"*{len(questions)} {waiting} waiting for an answer* (answer on the message or in App Home)")
+    lines += [
+        f"• ❓ *{escape(truncate(q.question.text, 300))}* · step `{q.step_id}`"
+        f" · {escape(q.run.workflow_name)} run `{q.run.short_id}` · asked {cards.ref_text(q.question.to)}"
+        for q in questions
+    ]
     return "\n".join(lines)
 
 

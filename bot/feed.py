@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from bot import cards
-from bot.home import home_view
+from bot.home import QUESTION_LIMIT, home_view
 from bot.outbox import Outbound
 from bot.runtime import Bot
 from engine.errors import NotFound
@@ -139,8 +139,9 @@ class FeedFollower:
             log.exception("feed entry not understood", extra={"entry": entry.entry_id})
             await self.feed.ack_feed(self.group, entry.entry_id)
             return
-        # News for App Home: a run's status, its tasks, or a task cancelled with its run.
-        dirty = event.type.startswith(("run_", "task_")) or event.type is EventType.STEP_CANCELLED
+        # News for App Home: a run's status, its tasks and questions, or a task cancelled with its run.
+        news = event.type.startswith(("run_", "task_", "question_"))
+        dirty = news or event.type is EventType.STEP_CANCELLED
         try:
             while not await self._catch_up(event.run_id, entry.entry_id, dirty):
                 pass
@@ -307,7 +308,8 @@ class HomeRefresher:
 
 async def publish_home(bot: Bot, user: str, notice: str | None = None) -> None:
     center = await bot.call(bot.engine.command_center)
-    view = home_view(center, notice)
+    questions = await bot.call(bot.engine.open_questions, None, QUESTION_LIMIT)
+    view = home_view(center, notice, questions)
     await bot.outbox.put(
         f"home:{user}", Outbound(method="views.publish", args={"user_id": user, "view": view})
     )

@@ -20,12 +20,13 @@ FORMS: dict[str, str] = {
     "stop": "stop <run> [--graceful]",
     "status": "status <run>",
     "list": "list [status]",
-    "tasks": "tasks",
+    "tasks": "tasks",  # or pending: tasks waiting for a decision and questions waiting for an answer
     "replay": "replay <run>",
     "recover": "recover <run> [--from <step>] [--force] [key=value ...]",
     "console": "console",
     "help": "help",
 }
+ALIASES = {"pending": "tasks"}  # /run pending: what waits on people, as /run tasks lists it
 ONE_RUN = frozenset({"pause", "resume", "status", "replay"})
 STOP_FLAGS = ("--graceful", "--immediate")
 RECOVER_FLAGS = ("--from", "--force")
@@ -68,6 +69,7 @@ def parse(text: str, slash: str = "/run") -> Command:
     if not words:
         return Command("help")
     verb, rest = words[0].lower(), words[1:]
+    verb = ALIASES.get(verb, verb)
     if verb not in FORMS:
         raise UsageError(_unknown(words[0], list(FORMS), "command", lambda v: form(v, slash), slash))
     if verb == "start":

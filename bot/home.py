@@ -1,7 +1,8 @@
 """App Home as the Command Center: the operator inbox, built as one Block Kit view.
 
 Sections and row actions follow the product's Command Center: Awaiting approval
-(grouped by workflow and run), Stopping gracefully, Running now, Failed recently.
+(grouped by workflow and run), Waiting for an answer (``ask`` steps' questions, each
+with the Answer button of its message), Stopping gracefully, Running now, Failed recently.
 Each section shows its first rows and "N more"; the row caps keep the whole view
 under Slack's 100 blocks whatever the counts are, and :func:`~bot.blocks.fit` backs
 that up.
@@ -9,10 +10,10 @@ that up.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import groupby
 
-from bot import ids
+from bot import cards, ids
 from bot.blocks import (
     VIEW_BLOCKS,
     Block,
@@ -24,20 +25,26 @@ from bot.blocks import (
     fit,
     header,
     section,
+    truncate,
     when,
     who,
 )
 from engine.model import Run, RunStatus
-from engine.queries import CommandCenter, PendingTask
+from engine.queries import CommandCenter, OpenQuestion, PendingTask
 from engine.views import describe
 
 APPROVAL_ROWS = 8
+QUESTION_ROWS = 5
+QUESTION_LIMIT = 50  # questions read for the home: the count says "50+" beyond
 DRAINING_ROWS = 5
 RUNNING_ROWS = 10
 FAILED_ROWS = 8
 
 
-def home_view(center: CommandCenter, notice: str | None = None) -> Block:
+def home_view(
+    center: CommandCenter, notice: str | None = None, questions: Sequence[OpenQuestion] = ()
+) -> Block:
+    """The home of one user; ``questions`` are the open questions (up to :data:`QUESTION_LIMIT`)."""
     counts = center.counts
     blocks: list[Block] = [header("Command Center")]
     if notice:
@@ -49,6 +56,7 @@ def home_view(center: CommandCenter, notice: str | None = None) -> Block:
         )
     )
     blocks += _awaiting(center.awaiting_approval, counts.get("pending", 0))
+    blocks += _questions(questions)
     blocks += _section(
         f"Stopping gracefully · {counts.get('draining', 0)} draining",
         center.stopping_gracefully,
@@ -107,6 +115,30 @@ def _task_row(pending: PendingTask) -> list[Block]:
     if task.editable:
         buttons.append(button("Edit", ids.TASK_EDIT, value))
     return [section(text), actions(*buttons)]
+
+
+def _questions(questions: Sequence[OpenQuestion]) -> list[Block]:
+    # Only QUESTION_LIMIT are read: at the limit there may be more than the count says.
+    beyond = "+" if len(questions) >= QUESTION_LIMIT else ""
+    blocks: list[Block] = [divider(), section(f"*Waiting for an answer* · {len(questions)}{beyond} open")]
+    if not questions:
+        return [*blocks, context("No question is waiting for an answer.")]
+    shown = questions[:QUESTION_ROWS]
+    for found in shown:
+        blocks += _question_row(found)
+    if len(questions) > len(shown):
+        blocks.append(context(f"… and {len(questions) - len(shown)}{beyond} more open"))
+    return blocks
+
+
+def _question_row(found: OpenQuestion) -> list[Block]:
+    question = found.question
+    expiry = f" · expires {when(question.expires_at)}" if question.expires_at else ""
+    text = (
+        f"❓ *{escape(truncate(question.text, 1500))}*\n{cards.question_place(found.run, found.step_id)}"
+        f" · asked {cards.ref_text(question.to)}{expiry}"
+    )
+    return [section(text), actions(cards.answer_button(found.run.run_id, found.step_id))]
 
 
 def _section(

@@ -6,15 +6,19 @@ Every medium lists them from ``Engine.open_questions`` and answers them through 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
+from bot import ids
 from engine.api import Engine
-from engine.model import Actor, ActorKind
+from engine.catalog import load_folder
+from engine.model import Actor, ActorKind, RunStatus
 from tests.engine_helpers import engine_for
+from tests.fake_slack import ALICE, BOB, CAROL, WORKFLOWS, Slack, all_text, write_workflows
 from tests.test_ask import asking
 from tests.test_openapi import check, document_of
 from tests.web_helpers import APPROVAL_WORKFLOW, bearer, problem
@@ -78,3 +82,79 @@ async def test_rest_lists_open_questions_of_all_runs_and_of_one(
     assert await listed(client, f"/v1/runs/{asked.run_id}/questions") == []
     operation = document["paths"]["/v1/questions"]["get"]
     assert operation["x-required-role"] == "viewer" and operation["tags"] == ["tasks"]
+
+
+# -- Slack ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slack_engine(redis_conn: redis.Redis, namespace: str, tmp_path: Path) -> Engine:
+    catalog = load_folder(write_workflows(tmp_path / "workflows", {**WORKFLOWS, "ask-ops": ASK_OPS}))
+    assert not catalog.errors, catalog.errors
+    return Engine(redis_conn, catalog, key_prefix=f"{namespace}:", queue_name=namespace)
+
+
+def buttons_of(view: dict[str, Any], action_id: str) -> list[str]:
+    return [
+        element["value"]
+        for block in view["blocks"]
+        if block["type"] == "actions"
+        for element in block["elements"]
+        if element["action_id"] == action_id
+    ]
+
+
+async def test_run_pending_lists_questions_beside_tasks(slack: Slack) -> None:
+    empty = await slack.command("pending")
+    assert empty["text"] == "No task is waiting for a decision.\nNo question is waiting for an answer."
+    await slack.command("start approve-deploy service=web", user=ALICE)
+    await slack.command("start ask-ops service=<!channel>", user=ALICE)
+    asked = slack.engine.list_runs(workflow_id="ask-ops").runs[0]
+
+    for verb in ("pending", "tasks"):
+        text = (await slack.command(verb))["text"]
+        tasks, _, questions = text.partition("*1 question is waiting for an answer*")
+        assert "*1 pending*" in tasks and "Deploy web?" in tasks and "Which region" not in tasks
+        assert "❓ *Which region for &lt;!channel&gt;?* · step `region`" in questions
+        assert f"Ask for a region run `{asked.short_id}` · asked #ops" in questions
+
+    slack.engine.answer(asked.run_id, "region", OPS, "eu-west")
+    after = (await slack.command("pending"))["text"]
+    assert "*1 pending*" in after and after.endswith("No question is waiting for an answer.")
+
+
+async def test_app_home_shows_open_questions_with_the_answer_button(slack: Slack) -> None:
+    await slack.event({"type": "app_home_opened", "user": BOB.id, "channel": "D0BOB", "tab": "home"})
+
+    def latest_home(user: str = BOB.id) -> dict[str, Any]:
+        calls = [c for c in slack.fake.ok_calls("views.publish") if c.args["user_id"] == user]
+        view: dict[str, Any] = calls[-1].args["view"] if calls else {"blocks": []}
+        return view
+
+    await slack.fake.wait_for(lambda: "Waiting for an answer* · 0 open" in all_text({"view": latest_home()}))
+    assert "No question is waiting for an answer." in all_text({"view": latest_home()})
+
+    await slack.command("start ask-ops service=billing", user=ALICE)
+    run = slack.engine.list_runs().runs[0]
+    value = ids.task_value(run.run_id, "region")
+    # The question appears on the open home by itself, refreshed as the run's events come.
+    await slack.fake.wait_for(lambda: buttons_of(latest_home(), ids.QUESTION_ANSWER) == [value])
+    home = all_text({"view": latest_home()})
+    assert "Waiting for an answer* · 1 open" in home and "❓ *Which region for billing?*" in home
+    assert f"run `{run.short_id}` · step `region` · asked #ops · expires" in home
+
+    # The home's button opens the question's answer modal; its answer is the step's result.
+    await slack.click(ids.QUESTION_ANSWER, value, user=BOB)
+    view = (await slack.fake.wait_for(lambda: slack.fake.ok_calls("views.open")))[0].args["view"]
+    assert view["callback_id"] == ids.ANSWER_MODAL and "Which region for billing?" in all_text(view)
+    await slack.submit(view, {ids.REASON_BLOCK: {ids.REASON_INPUT: "ap-south"}}, user=BOB)
+    done = await slack.fake.wait_for(lambda: (r := slack.engine.get_run(run.run_id)).status.terminal and r)
+    assert done.status is RunStatus.COMPLETED
+    assert done.steps["region"].result == {"answer": "ap-south", "answered_by": f"slack:{BOB.id}"}
+    await slack.fake.wait_for(lambda: "Waiting for an answer* · 0 open" in all_text({"view": latest_home()}))
+    assert buttons_of(latest_home(), ids.QUESTION_ANSWER) == []
+
+    # The same modal submitted again (a stale home): the engine's refusal is a notice on the home.
+    await slack.submit(view, {ids.REASON_BLOCK: {ids.REASON_INPUT: "us-east"}}, user=CAROL)
+    await slack.fake.wait_for(lambda: "already answered by" in all_text({"view": latest_home(CAROL.id)}))
+    assert slack.engine.get_run(run.run_id).steps["region"].result["answer"] == "ap-south"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from bot import cards, ids
-from bot.home import home_view
+from bot.home import QUESTION_LIMIT, home_view
 from bot.outbox import Outbound
 from bot.runtime import slack_actor
-from engine.model import FailureCode, Run, RunStatus, StepState, StepStatus, Task
-from engine.queries import CommandCenter
+from engine.model import FailureCode, Question, Run, RunStatus, StepState, StepStatus, Task
+from engine.queries import CommandCenter, OpenQuestion
 from engine.workflow import StepType
 from tests.fake_slack import (
     ALICE,
@@ -140,11 +140,16 @@ async def test_home_view_stays_within_block_kit_limits_on_large_inputs(slack: Sl
         failed_recently=center.running_now * 10,
         counts={"pending": 1000, "draining": 250, "running": 250, "failed": 250},
     )
-    view = home_view(big, notice=long)
+    now = datetime.now(UTC)
+    question = Question(text=long, to="#ops", asked_at=now, expires_at=now + timedelta(hours=1))
+    questions = [OpenQuestion(center.running_now[0], "region", question)] * QUESTION_LIMIT
+    view = home_view(big, long, questions)
 
     assert block_errors(view["blocks"], VIEW_BLOCKS) == []
     text = all_text({"view": view})
     assert "… and 992 more pending" in text and "… and 240 more" in text
+    assert "Waiting for an answer* · 50+ open" in text and "… and 45+ more open" in text
+    assert "blocks not shown" not in text  # every section fits whole, the failed runs last
     assert "*1000 pending* · *250 draining*" in text
     # and Slack accepts it
     await slack.bot.outbox.put(
@@ -159,6 +164,7 @@ def test_an_empty_command_center_says_so() -> None:
     view = home_view(CommandCenter(counts={}))
     text = all_text({"view": view})
     assert "No task is waiting for a decision." in text and "No run is active." in text
+    assert "No question is waiting for an answer." in text
     assert not any(has_buttons({"blocks": [b]}) for b in view["blocks"])
 
 
