@@ -29,6 +29,7 @@ from engine.catalog import load_folder
 from engine.model import Actor, ActorKind, FailureCode, Run, RunStatus, StepError, StepStatus
 from tests.engine_helpers import Clock, finish_step
 from tests.redis_servers import free_port
+from tests.test_console_http import ASK_WORKFLOW, REDRAFT_WORKFLOW
 from tests.test_worker_e2e import Harness
 from tests.web_helpers import APPROVAL_WORKFLOW, TOKENS
 from webhooks.auth import Role
@@ -125,7 +126,7 @@ def harness(tmp_path: Path, namespace: str, redis_conn: redis.Redis) -> Iterator
     """Workers and an engine on this test's namespace, with the console's workflows added."""
     h = Harness(tmp_path, namespace, redis_conn)
     folder = tmp_path / "workflows"
-    for definition in (STEPS_WORKFLOW, LONG_WORKFLOW, APPROVAL_WORKFLOW):
+    for definition in (STEPS_WORKFLOW, LONG_WORKFLOW, APPROVAL_WORKFLOW, REDRAFT_WORKFLOW, ASK_WORKFLOW):
         (folder / f"{definition['id']}.yaml").write_text(yaml.safe_dump(definition))
     catalog = load_folder(folder)
     assert not catalog.errors, catalog.errors
@@ -316,9 +317,7 @@ def backfill(harness: Harness, days: int = 7) -> list[Run]:
         if roll < 0.55:
             run = past.start("release", {"service": pick.choice(["api", "web", "billing"])}, OPS)
             clock.advance(pick.randint(30, 2400))
-            made.append(
-                past.complete_task(run.run_id, "approve", Actor(kind=ActorKind.API, id="lead"), True)
-            )
+            made.append(past.complete_task(run.run_id, "approve", Actor(kind=ActorKind.API, id="lead"), True))
         elif roll < 0.93:
             run = past.start("pipeline", {}, OPS)
             for step in ("checkout", "build"):
@@ -420,3 +419,54 @@ def test_a_decided_task_says_who_decided_it_and_when(page: Any, harness: Harness
     assert page.inner_text("#step-approve .badge.bad") == "❌ rejected"
     assert page.locator("#run-status .badge").all_inner_texts() == ["✅ completed", "❌ rejected"]
     shot(page, "14-run-rejected")
+
+
+def test_request_changes_on_a_task_and_answer_a_question(page: Any, harness: Harness) -> None:
+    """Issue 14 in the console: the third decision with its comment (refused blank, in the
+    engine's words), the round it opens, and an ask step's question answered by the person asked."""
+    engine = harness.engine
+    draft = engine.start("redraft", {"release": "2.4"}, OPS)
+    rollout = engine.start("rollout", {"service": "billing"}, OPS)
+    alice = Actor(kind=ActorKind.SLACK, id="U0ALICE", name="alice")
+    sign_in_with_link(page, engine, alice, frozenset({Role.APPROVER}))
+    assert page.inner_text("#approvals-count") == "3"  # one task, two questions: all wait on people
+    assert "2 questions to answer" in page.inner_text("#questions-waiting")
+    page.click("nav a:has-text('Approvals')")
+    question_row = page.locator(f"tr[data-question='{rollout.short_id}/region']")
+    assert "slack:U0ALICE" in question_row.inner_text()
+    shot(page, "15-approvals-tasks-and-questions")
+
+    page.click("a:has-text('Publish the notes for 2.4?')")
+    assert "round 1 of 2" in page.inner_text("#round")
+    page.fill("#changes-comment", "   ")  # not empty to the browser, empty to the engine
+    page.click("button:has-text('Request changes')")
+    assert "A change request needs a comment saying what to change." in page.inner_text("#form-problem")
+    assert "required when requesting changes" in page.inner_text("#changes-form .error")
+    shot(page, "16-task-changes-comment-required")
+    page.fill("#changes-comment", "Mention the new API and the migration guide")
+    page.click("button:has-text('Request changes')")
+    page.wait_for_selector(".notice.ok")
+    assert "Requested changes on “Publish the notes for 2.4?”" in page.inner_text(".notice.ok")
+    assert "round 2 of 2" in page.inner_text("#round")
+    rounds = page.inner_text("#changes")
+    assert "Round 1 · alice asked for changes" in rounds and "Mention the new API" in rounds
+    assert "the migration guide" in page.inner_text("#payload")  # the draft ran again with the comment
+    shot(page, "17-task-round-two")
+    review = engine.get_run(draft.run_id).steps["review"]
+    assert review.task is not None and review.task.round == 2 and review.status is StepStatus.WAITING
+
+    page.goto(f"/runs/{rollout.run_id}")
+    page.click("[data-question='region'] a")
+    assert "Which region for billing?" in page.inner_text("h1")
+    assert page.inner_text("#answerers dd") == "slack:U0ALICE"
+    shot(page, "18-question-open")
+    page.fill("#answer-text", "eu-west")
+    page.click("#answer-form button:has-text('Answer')")
+    page.wait_for_selector(".notice.ok")
+    assert "Answered “Which region for billing?”" in page.inner_text(".notice.ok")
+    assert "Answered by alice at" in page.inner_text("#answered")
+    assert page.inner_text("#the-answer") == "eu-west"
+    assert page.inner_text("#approvals-count") == "2"
+    shot(page, "19-question-answered")
+    step = engine.get_run(rollout.run_id).steps["region"]
+    assert step.result == {"answer": "eu-west", "answered_by": "slack:U0ALICE"}

@@ -18,6 +18,7 @@ from engine.api import Engine
 from engine.model import RunStatus, StepStatus
 from engine.views import RunOutcome, describe
 from tests import test_console_http
+from tests.engine_helpers import finish_step
 from tests.test_console_http import ALICE, BOB, OPS, VIEWER_ONLY, csrf_of, sign_in_by_link
 
 # The HTTP console tests' fixtures: an engine with their workflows, a client keeping cookies.
@@ -64,7 +65,7 @@ async def test_request_changes_needs_a_comment_then_reopens_the_task_for_a_new_r
     status, path, text = await post(browser, target, {**form, "comment": "Mention the\nnew API"})
     assert status == 200 and path == target  # the draft ran again at once: round 2 is open
     assert "Requested changes on “Publish the notes for 2.4?” (Redraft run" in notice(text)
-    assert "reopens the task for another round" in notice(text)
+    assert "its earlier steps ran again with your comment; round 2 is open." in notice(text)
     after = console_engine.get_run(run.run_id)
     step = after.steps["review"]
     assert step.status is StepStatus.WAITING and step.task is not None and step.task.round == 2
@@ -124,6 +125,28 @@ async def test_request_changes_follows_the_identity_rules_of_every_decision(
     assert f"alice started run {run.short_id} and so may not decide its tasks" in text
     assert ">typo in the title</textarea>" in text
     assert console_engine.get_run(run.run_id).steps["review"].changes == []
+
+
+async def test_between_rounds_the_task_page_leads_to_the_run_where_its_step_runs_again(
+    browser: TestClient, console_engine: Engine
+) -> None:
+    run = finish_step(console_engine, console_engine.start("worker-redraft", {}, OPS), "draft")
+    csrf = await sign_in_by_link(browser, console_engine)
+    target = f"/runs/{run.run_id}/tasks/review"
+    form = {"csrf": csrf, "form": "task", "decision": "request_changes", "next": target}
+    status, path, text = await post(browser, target, {**form, "comment": "cite the ticket"})
+    assert status == 200 and path == f"/runs/{run.run_id}"  # no task to show: the draft is queued
+    assert "its earlier steps run again with your comment, then the task reopens." in notice(text)
+    assert "runs again: bob requested changes on task 'review'" in text
+    moved = await browser.get(target, allow_redirects=False)
+    assert moved.status == 303 and moved.headers["Location"] == f"/runs/{run.run_id}#step-review"
+    # A second click on the old page's button: the engine's refusal, on the run's page.
+    status, path, text = await post(browser, target, {**form, "comment": "and the date"})
+    assert status == 200 and path == f"/runs/{run.run_id}"
+    assert f"Task 'review' of run {run.short_id} is not open" in text
+    finish_step(console_engine, console_engine.get_run(run.run_id), "draft")
+    page = await (await browser.get(target)).text()
+    assert "round 2 of 4" in page and "cite the ticket" in page
 
 
 # -- questions --------------------------------------------------------------------------------

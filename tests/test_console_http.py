@@ -88,6 +88,24 @@ REDRAFT_WORKFLOW: dict[str, Any] = {
         {"id": "publish", "type": "notify", "needs": ["review"], "notify": {"text": "published"}},
     ],
 }
+# The same with a worker's draft: between a change request and the worker's report the task is
+# not open (its step runs again), which the console shows on the run's page.
+WORKER_REDRAFT_WORKFLOW: dict[str, Any] = {
+    "id": "worker-redraft",
+    "name": "Worker redraft",
+    "steps": [
+        {"id": "draft", "type": "action", "action": "worker.actions:echo"},
+        {
+            "id": "review",
+            "type": "human_task",
+            "needs": ["draft"],
+            "task": {
+                "title": "Publish the draft?",
+                "on_changes_requested": {"rerun": "draft", "max_rounds": 3},
+            },
+        },
+    ],
+}
 # An ask step only Alice may answer, and one anyone may answer (no answerers, no approvers).
 ASK_WORKFLOW: dict[str, Any] = {
     "id": "rollout",
@@ -118,7 +136,14 @@ ASK_WORKFLOW: dict[str, Any] = {
 @pytest.fixture
 def console_engine(redis_conn: Any, namespace: str, clock: Clock) -> Engine:
     return engine_for(
-        redis_conn, namespace, APPROVAL_WORKFLOW, EDIT_WORKFLOW, REDRAFT_WORKFLOW, ASK_WORKFLOW, clock=clock
+        redis_conn,
+        namespace,
+        APPROVAL_WORKFLOW,
+        EDIT_WORKFLOW,
+        REDRAFT_WORKFLOW,
+        WORKER_REDRAFT_WORKFLOW,
+        ASK_WORKFLOW,
+        clock=clock,
     )
 
 

@@ -132,6 +132,8 @@ async def decide(request: web.Request) -> web.StreamResponse:
         return await refusal(request, 400, "Choose Approve, Reject or Request changes.")
     step = run.steps.get(task_id)
     fields = step.task.fields if step is not None and step.task is not None else {}
+    # Sent back for changes, its earlier steps running again: there is no task form to show again.
+    between_rounds = step is not None and step.task is None and bool(step.changes)
     sent = {name[len(FIELD) :]: text for name, text in form.items() if name.startswith(FIELD)}
     edits: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -153,8 +155,9 @@ async def decide(request: web.Request) -> web.StreamResponse:
                 engine.complete_task, run.run_id, task_id, actor, decision == "approve", edits, comment
             )
     except SwitchboardError as exc:
-        if not from_task_page:
-            return await back(request, Flash(kind="error", text=str(exc)), f"/runs/{run.run_id}")
+        if not from_task_page or between_rounds:
+            said = Flash(kind="error", text=str(exc))
+            return await back(request, said, f"/runs/{run.run_id}", follow=between_rounds)
         per_field = {k.removeprefix("result."): v for k, v in getattr(exc, "problems", {}).items()}
         if comment:
             sent["comment"] = comment
@@ -173,13 +176,13 @@ def _decided(before: Run, after: Run, task_id: str, decision: str) -> str:
     if decision != "request_changes":
         verdict = "Approved" if decision == "approve" else "Rejected"
         return f"{verdict} “{title}” ({_name(after)})."
-    closed = after.steps[task_id].task
-    if closed is not None and closed.decided_at is not None:  # the policy ended it: no more rounds
-        return f"Requested changes on “{title}” ({_name(after)}): that ended the task as rejected."
-    return (
-        f"Requested changes on “{title}” ({_name(after)}): the workflow runs its earlier steps again"
-        " and reopens the task for another round."
-    )
+    now = after.steps[task_id].task
+    said = f"Requested changes on “{title}” ({_name(after)})"
+    if now is None:  # its earlier steps are running again
+        return f"{said}: its earlier steps run again with your comment, then the task reopens."
+    if now.decided_at is not None:  # the policy ended it: no more rounds
+        return f"{said}: that ended the task as rejected."
+    return f"{said}: its earlier steps ran again with your comment; round {now.round} is open."
 
 
 @console(Role.APPROVER)

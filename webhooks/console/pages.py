@@ -297,6 +297,10 @@ async def task_view(
     view = describe(run)
     step = view.step(task_id)
     if step is None or step.task is None:
+        if task_id in run.steps and run.steps[task_id].changes:
+            # Sent back for changes: its earlier steps run again, then it reopens. The run's page
+            # shows where that is (a link from before, a Slack card's, lands there).
+            raise web.HTTPSeeOther(f"/runs/{run.run_id}#step-{task_id}")
         raise no_such_task(run, task_id)
     return await page(
         request,
