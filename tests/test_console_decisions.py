@@ -18,7 +18,7 @@ from engine.api import Engine
 from engine.model import RunStatus, StepStatus
 from engine.views import RunOutcome, describe
 from tests import test_console_http
-from tests.engine_helpers import finish_step
+from tests.engine_helpers import Clock, finish_step
 from tests.test_console_http import ALICE, BOB, OPS, VIEWER_ONLY, csrf_of, sign_in_by_link
 
 # The HTTP console tests' fixtures: an engine with their workflows, a client keeping cookies.
@@ -239,3 +239,19 @@ async def test_a_viewer_reads_the_question_but_may_not_answer_and_unknown_ones_a
         answer = await browser.get(path)
         assert answer.status == 404 and f"Run {run.short_id} has no question" in await answer.text()
     assert console_engine.get_run(run.run_id).steps["region"].status is StepStatus.WAITING
+
+
+async def test_the_waiting_filter_lists_runs_waiting_on_a_task_or_a_question(
+    browser: TestClient, console_engine: Engine, clock: Clock
+) -> None:
+    asking = console_engine.start("rollout", {"service": "api"}, OPS)
+    clock.advance(60)
+    deciding = console_engine.start("release", {"service": "web"}, OPS)
+    clock.advance(60)
+    answered = console_engine.start("rollout", {"service": "db"}, OPS)
+    for step_id in ("region", "audience"):
+        console_engine.answer(answered.run_id, step_id, ALICE, "eu")
+    await sign_in_by_link(browser, console_engine)
+    text = await (await browser.get("/runs?status=waiting")).text()
+    listed = re.findall(r'<tr data-run="([0-9a-f]{8})">', text)
+    assert listed == [asking.short_id, deciding.short_id]  # the oldest wait first; none once answered

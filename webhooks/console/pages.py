@@ -42,7 +42,7 @@ ENGINE = EngineBridge()
 PAGE_SIZE = 50
 RUN_ID_LENGTH = 16
 LOG_EVENTS = 500  # events a run page shows at first; the live stream continues after the last
-WAITING = "waiting"  # a filter beside the run statuses: runs waiting for a human decision
+WAITING = "waiting"  # a filter beside the run statuses: runs waiting on a person (a task, a question)
 RANGES: dict[str, timedelta | None] = {
     "": None,
     "1h": timedelta(hours=1),
@@ -210,12 +210,15 @@ async def runs(request: web.Request) -> web.StreamResponse:
 async def _waiting_runs(
     request: web.Request, query: RunsFilter, since: datetime | None
 ) -> tuple[list[Run], int | None]:
-    """Runs with a task waiting for a decision, oldest task first: read from the pending-task index."""
+    """Runs waiting on a person (a task to decide, a question to answer), the oldest wait first:
+    read from the pending-task and open-question indexes, as the approvals badge counts them."""
     offset = query.offset
-    pending = await ENGINE.call(context_of(request).engine.pending_tasks, None, offset + PAGE_SIZE + 1)
+    engine = context_of(request).engine
+    pending = await ENGINE.call(engine.pending_tasks, None, offset + PAGE_SIZE + 1)
+    asked = await ENGINE.call(engine.open_questions, None, offset + PAGE_SIZE + 1)
+    waits = [(t.task.opened_at, t.run) for t in pending] + [(q.question.asked_at, q.run) for q in asked]
     seen: dict[str, Run] = {}
-    for task in pending:
-        run = task.run
+    for _, run in sorted(waits, key=lambda wait: wait[0]):
         if (
             (query.workflow in (None, run.workflow_id))
             and (since is None or run.created_at >= since)
