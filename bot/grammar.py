@@ -71,7 +71,10 @@ def parse(text: str, slash: str = "/run") -> Command:
     verb, rest = words[0].lower(), words[1:]
     verb = ALIASES.get(verb, verb)
     if verb not in FORMS:
-        raise UsageError(_unknown(words[0], list(FORMS), "command", lambda v: form(v, slash), slash))
+        verbs = [*FORMS, *ALIASES]
+        raise UsageError(
+            _unknown(words[0], verbs, "command", lambda v: form(ALIASES.get(v, v), slash), slash)
+        )
     if verb == "start":
         return _start(rest, slash)
     if verb in ONE_RUN:

@@ -105,6 +105,8 @@ def buttons_of(view: dict[str, Any], action_id: str) -> list[str]:
 
 
 async def test_run_pending_lists_questions_beside_tasks(slack: Slack) -> None:
+    typo = await slack.command("pendng")
+    assert "Unknown command `pendng`. Did you mean `/run tasks`?" in typo["text"]
     empty = await slack.command("pending")
     assert empty["text"] == "No task is waiting for a decision.\nNo question is waiting for an answer."
     await slack.command("start approve-deploy service=web", user=ALICE)
