@@ -431,10 +431,11 @@ def test_request_changes_on_a_task_and_answer_a_question(page: Any, harness: Har
     sign_in_with_link(page, engine, alice, frozenset({Role.APPROVER}))
     assert page.inner_text("#approvals-count") == "3"  # one task, two questions: all wait on people
     assert "2 questions to answer" in page.inner_text("#questions-waiting")
+    shot(page, "15-command-center-questions")
     page.click("nav a:has-text('Approvals')")
     question_row = page.locator(f"tr[data-question='{rollout.short_id}/region']")
     assert "slack:U0ALICE" in question_row.inner_text()
-    shot(page, "15-approvals-tasks-and-questions")
+    shot(page, "16-approvals-tasks-and-questions")
 
     page.click("a:has-text('Publish the notes for 2.4?')")
     assert "round 1 of 2" in page.inner_text("#round")
@@ -442,7 +443,7 @@ def test_request_changes_on_a_task_and_answer_a_question(page: Any, harness: Har
     page.click("button:has-text('Request changes')")
     assert "A change request needs a comment saying what to change." in page.inner_text("#form-problem")
     assert "required when requesting changes" in page.inner_text("#changes-form .error")
-    shot(page, "16-task-changes-comment-required")
+    shot(page, "17-task-changes-comment-required")
     page.fill("#changes-comment", "Mention the new API and the migration guide")
     page.click("button:has-text('Request changes')")
     page.wait_for_selector(".notice.ok")
@@ -451,15 +452,18 @@ def test_request_changes_on_a_task_and_answer_a_question(page: Any, harness: Har
     rounds = page.inner_text("#changes")
     assert "Round 1 · alice asked for changes" in rounds and "Mention the new API" in rounds
     assert "the migration guide" in page.inner_text("#payload")  # the draft ran again with the comment
-    shot(page, "17-task-round-two")
+    shot(page, "18-task-round-two")
     review = engine.get_run(draft.run_id).steps["review"]
     assert review.task is not None and review.task.round == 2 and review.status is StepStatus.WAITING
 
     page.goto(f"/runs/{rollout.run_id}")
+    page.click("#step-region summary")
+    assert "Question Which region for billing? · answer it" in page.inner_text("#step-region")
+    shot(page, "19-run-waiting-for-answers")
     page.click("[data-question='region'] a")
     assert "Which region for billing?" in page.inner_text("h1")
     assert page.inner_text("#answerers dd") == "slack:U0ALICE"
-    shot(page, "18-question-open")
+    shot(page, "20-question-open")
     page.fill("#answer-text", "eu-west")
     page.click("#answer-form button:has-text('Answer')")
     page.wait_for_selector(".notice.ok")
@@ -467,6 +471,6 @@ def test_request_changes_on_a_task_and_answer_a_question(page: Any, harness: Har
     assert "Answered by alice at" in page.inner_text("#answered")
     assert page.inner_text("#the-answer") == "eu-west"
     assert page.inner_text("#approvals-count") == "2"
-    shot(page, "19-question-answered")
+    shot(page, "21-question-answered")
     step = engine.get_run(rollout.run_id).steps["region"]
     assert step.result == {"answer": "eu-west", "answered_by": "slack:U0ALICE"}

@@ -170,6 +170,7 @@ async def test_answer_a_question_as_the_person_it_is_for(browser: TestClient, co
     assert "2 open" in approvals and "1 pending" in approvals
     run_page = await (await browser.get(f"/runs/{run.run_id}")).text()
     assert f'Waiting for an answer: <a href="{target}">Which region for billing?</a>' in run_page
+    assert run_page.count('<span class="badge warn">⏳ awaiting answer</span>') == 2  # the two ask steps
 
     page = await (await browser.get(target)).text()
     assert "Which region for billing?" in page and "⏳ awaiting answer" in page
@@ -221,6 +222,7 @@ async def test_a_question_for_anyone_and_the_run_it_lets_go_on(
     run_page = await (await browser.get(f"/runs/{run.run_id}")).text()
     assert "Waiting for an answer" not in run_page
     assert "Question <strong>Who should hear about it?</strong>: answered by bob (“staff”)" in run_page
+    assert run_page.count('<span class="badge ok">✅ answered</span>') == 2
 
 
 async def test_a_viewer_reads_the_question_but_may_not_answer_and_unknown_ones_are_404(
@@ -255,3 +257,21 @@ async def test_the_waiting_filter_lists_runs_waiting_on_a_task_or_a_question(
     text = await (await browser.get("/runs?status=waiting")).text()
     listed = re.findall(r'<tr data-run="([0-9a-f]{8})">', text)
     assert listed == [asking.short_id, deciding.short_id]  # the oldest wait first; none once answered
+
+
+async def test_an_expired_question_says_so_and_takes_no_answer(
+    browser: TestClient, console_engine: Engine, clock: Clock
+) -> None:
+    run = console_engine.start("rollout", {"service": "api"}, OPS)
+    clock.advance(3601)
+    assert console_engine.fire_due_timers() == 1
+    assert console_engine.get_run(run.run_id).steps["region"].status is StepStatus.FAILED
+    csrf = await sign_in_by_link(browser, console_engine, ALICE)
+    target = f"/runs/{run.run_id}/questions/region"
+    page = html.unescape(await (await browser.get(target)).text())
+    assert "⌛ not answered" in page and "This question was not answered:" in page
+    assert 'id="answer-form"' not in page and "expires" not in page
+    status, _, text = await post(browser, target, {"csrf": csrf, "answer": "eu-west"})
+    assert status == 409 and f"Question 'region' of run {run.short_id} is failed." in text
+    approvals = await (await browser.get("/approvals")).text()
+    assert "No question is waiting for an answer." in approvals

@@ -248,7 +248,7 @@ async def run_detail(request: web.Request) -> web.StreamResponse:
         "run.html",
         run=view,
         questions=[s for s in run.open_questions() if s.question],
-        asked={s.step_id: s.question for s in run.steps.values() if s.question},
+        asked={s.step_id: s for s in run.steps.values() if s.question},  # ask steps, badged as questions
         inputs=workflow.inputs,
         failed=view.jump_to,
         heartbeats=await _heartbeats(request, [view]),
