@@ -1136,20 +1136,23 @@ class _Transition:
         progressed = True
         while progressed and self.run.status is RunStatus.RUNNING:
             progressed = False
-            # Statuses first: a step is read (parsed) only when it may start now.
-            pending = {sid for sid, status in steps.statuses().items() if status is StepStatus.PENDING}
+            # Statuses first: a step is read (parsed) only when it may start now. Within a
+            # pass only the step at hand changes; one that finishes at once (skipped) counts
+            # for the steps after it.
+            pending = steps.ids_with_status(StepStatus.PENDING)
+            finished = steps.ids_with_status(*FINISHED_STEP_STATUSES)
             for step in self.workflow.steps:
-                if step.id not in pending or steps.status(step.id) is not StepStatus.PENDING:
+                if step.id not in pending or not finished.issuperset(step.needs):
                     continue
                 if self.run.status is not RunStatus.RUNNING:
                     break
-                if any(steps.status(need) not in FINISHED_STEP_STATUSES for need in step.needs):
-                    continue
                 st = steps[step.id]
                 if st.retry_at is not None and st.retry_at > self.now:
                     continue
                 if self._try_start(step, st):
                     progressed = True
+                    if st.status in FINISHED_STEP_STATUSES:
+                        finished.add(step.id)
         if self.run.status is RunStatus.RUNNING and steps.all_finished():
             self.run.status = RunStatus.COMPLETED
             self.run.finished_at = self.now

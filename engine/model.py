@@ -315,17 +315,18 @@ class Steps(MutableMapping[str, StepState]):
         self,
         parsed: dict[str, StepState] | None = None,
         raw: dict[str, str | bytes] | None = None,
-        statuses: dict[str, StepStatus] | None = None,
+        statuses: dict[str, str] | None = None,
         unsaved: frozenset[str] = frozenset(),
     ) -> None:
         self._parsed: dict[str, StepState] = dict(parsed or {})
         self._raw: dict[str, str | bytes] = raw or {}
         # Steps held as JSON that was never stored: read in the run this one was copied from.
         self._unsaved = unsaved
-        # Insertion order is the steps' order; a parsed step's own status is the truth.
-        self._status: dict[str, StepStatus] = statuses if statuses is not None else {}
+        # Each step's status as stored (its value: plain strings copy and serialise fastest),
+        # in the steps' order; a parsed step's own status is the truth.
+        self._status: dict[str, str] = statuses if statuses is not None else {}
         for step_id, state in self._parsed.items():
-            self._status[step_id] = state.status
+            self._status[step_id] = state.status.value
 
     def __getitem__(self, step_id: str) -> StepState:
         state = self._parsed.get(step_id)
@@ -337,7 +338,7 @@ class Steps(MutableMapping[str, StepState]):
 
     def __setitem__(self, step_id: str, state: StepState) -> None:
         self._parsed[step_id] = state
-        self._status[step_id] = state.status
+        self._status[step_id] = state.status.value
 
     def __delitem__(self, step_id: str) -> None:
         del self._status[step_id]
@@ -359,21 +360,29 @@ class Steps(MutableMapping[str, StepState]):
     def status(self, step_id: str) -> StepStatus:
         """A step's status, without reading the step."""
         state = self._parsed.get(step_id)
-        return state.status if state is not None else self._status[step_id]
+        return state.status if state is not None else _STEP_STATUS_OF[self._status[step_id]]
 
     def statuses(self) -> dict[str, StepStatus]:
         """Every step's status by id, in order, without reading the steps."""
+        return {step_id: _STEP_STATUS_OF[value] for step_id, value in self._values().items()}
+
+    def _values(self) -> dict[str, str]:
         current = dict(self._status)
         for step_id, state in self._parsed.items():
-            current[step_id] = state.status
+            current[step_id] = state.status.value
         return current
 
     def with_status(self, *wanted: StepStatus) -> list[StepState]:
         """The steps in one of the ``wanted`` statuses, in order; only those are read."""
-        return [self[step_id] for step_id, status in self.statuses().items() if status in wanted]
+        return [self[step_id] for step_id, value in self._values().items() if value in wanted]
+
+    def ids_with_status(self, *wanted: StepStatus) -> set[str]:
+        """The ids of the steps in one of the ``wanted`` statuses; no step is read."""
+        return {step_id for step_id, value in self._values().items() if value in wanted}
 
     def all_finished(self) -> bool:
-        return all(status in FINISHED_STEP_STATUSES for status in self.statuses().values())
+        # A StrEnum equals its value: the plain values are looked up in the set of members.
+        return FINISHED_STEP_STATUSES.issuperset(self._values().values())
 
     def touched(self) -> dict[str, str | bytes]:
         """The JSON of every step read (and so perhaps changed) since the run was loaded,
@@ -388,7 +397,7 @@ class Steps(MutableMapping[str, StepState]):
         raw = dict(self._raw)
         for step_id, state in self._parsed.items():
             raw[step_id] = state.model_dump_json()
-        return Steps(raw=raw, statuses=self.statuses(), unsaved=self._unsaved | self._parsed.keys())
+        return Steps(raw=raw, statuses=self._values(), unsaved=self._unsaved | self._parsed.keys())
 
     # -- as a pydantic field -------------------------------------------------------------
 
@@ -416,23 +425,21 @@ class Steps(MutableMapping[str, StepState]):
             return value
         if not isinstance(value, dict):
             raise ValueError("steps must be an object of step states by step id")
-        if all(isinstance(v, str) for v in value.values()) and value:
+        if value and isinstance(next(iter(value.values())), str):  # a head: statuses only
             given = (info.context or {}).get("steps")
-            try:
-                statuses = {step_id: _STEP_STATUS_OF[status] for step_id, status in value.items()}
-            except KeyError as unknown:
-                raise ValueError(f"unknown step status {unknown}") from None
+            if not _STEP_STATUS_OF.keys() >= set(value.values()):
+                raise ValueError(f"unknown step statuses {set(value.values()) - _STEP_STATUS_OF.keys()}")
             if isinstance(given, Steps):
                 return given
             if not isinstance(given, dict):
                 raise ValueError("a run's head names its steps' statuses; their states are missing")
-            return cls(raw=given, statuses=statuses)
+            return cls(raw=given, statuses=value)
         return cls(parsed={k: StepState.model_validate(v) for k, v in value.items()})
 
     @staticmethod
     def _serialize(steps: Steps, info: SerializationInfo) -> dict[str, Any]:
         if (info.context or {}).get("steps") == "status":
-            return {step_id: status.value for step_id, status in steps.statuses().items()}
+            return steps._values()
         mode = "json" if info.mode_is_json() else "python"
         dumped: dict[str, Any] = {}
         for step_id in steps:

@@ -303,11 +303,13 @@ class Workflow(_Strict):
 def _topological_order(steps: list[Step]) -> list[str]:
     needs = {s.id: set(s.needs) for s in steps}
     order: list[str] = []
+    placed: set[str] = set()
     while needs:
-        ready = [sid for sid, deps in needs.items() if not deps - set(order)]
+        ready = [sid for sid, deps in needs.items() if deps <= placed]
         if not ready:
             raise ValueError(f"steps form a cycle: {sorted(needs)}")
         order.extend(ready)
+        placed.update(ready)
         for sid in ready:
             del needs[sid]
     return order

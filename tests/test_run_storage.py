@@ -1,0 +1,128 @@
+"""How a run is stored: its head and a hash of its steps, a transition writing only the steps it read.
+
+A private redis-server (``own_redis``) lets MONITOR see every command the engine sends, and
+nothing of other tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from engine.api import Engine
+from engine.model import Run, RunStatus, StepStatus
+from tests.engine_helpers import ALICE, engine_for, finish_step
+from tests.redis_servers import RedisServer
+
+STEPS = 30
+CHAIN = {
+    "id": "chain",
+    "name": "Chain",
+    "steps": [
+        {"id": f"s{i}", "type": "action", "action": "worker.actions:echo", "needs": [f"s{i - 1}"] if i else []}
+        for i in range(STEPS)
+    ],
+}
+
+
+@contextmanager
+def monitored(server: RedisServer) -> Iterator[list[list[str]]]:
+    """Every command Redis executes meanwhile, split into words, as MONITOR reports them."""
+    commands: list[list[str]] = []
+    ready, done = threading.Event(), threading.Event()
+
+    def listen() -> None:
+        with server.client().monitor() as monitor:
+            ready.set()
+            for line in monitor.listen():
+                if line["command"] == "ECHO monitor-end":
+                    done.set()
+                    return
+                commands.append(line["command"].split(" "))
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    assert ready.wait(5)
+    try:
+        yield commands
+    finally:
+        server.client().echo("monitor-end")
+        assert done.wait(5), "MONITOR never saw the end marker"
+        thread.join(5)
+
+
+def steps_written(commands: list[list[str]], steps_key: str) -> list[str]:
+    """The step ids each HSET on a run's steps hash wrote, in order."""
+    written: list[str] = []
+    for words in commands:
+        if words[0].upper() == "HSET" and words[1].strip('"') == steps_key:
+            written += [field.strip('"') for field in words[2::2]]
+    return written
+
+
+def test_a_step_of_a_long_run_writes_the_steps_it_concerns(own_redis: RedisServer) -> None:
+    engine = engine_for(own_redis.client(), "store", CHAIN)
+    run = engine.start("chain", {}, ALICE)
+    steps_key = engine.keys.run_steps(run.run_id)
+    fields: Any = own_redis.client().hkeys(steps_key)
+    assert sorted(k.decode() for k in fields) == sorted(f"s{i}" for i in range(STEPS))
+    run = finish_step(engine, run, "s0")
+    with monitored(own_redis) as commands:
+        run = finish_step(engine, run, "s1")
+    written = steps_written(commands, steps_key)
+    # Starting s1 writes s1; its report writes s1, reads its need s0... and opens s2.
+    assert set(written) <= {"s0", "s1", "s2"}, written
+    assert "s1" in written and "s2" in written
+    assert len(written) <= 5, written  # not the 30 steps of the run
+    assert run.steps.status("s2") is StepStatus.QUEUED
+
+
+def test_what_a_transition_computed_is_what_is_stored(redis_conn: redis.Redis, namespace: str) -> None:
+    engine = engine_for(redis_conn, namespace, CHAIN)
+    run = engine.start("chain", {}, ALICE)
+    for i in range(STEPS):
+        run = finish_step(engine, run, f"s{i}", result={"i": i})
+        stored = engine.get_run(run.run_id)
+        assert stored.model_dump() == run.model_dump()
+    assert run.status is RunStatus.COMPLETED
+    assert [engine.get_run(run.run_id).steps[f"s{i}"].result for i in range(STEPS)] == [
+        {"i": i} for i in range(STEPS)
+    ]
+
+
+def test_a_run_stored_whole_by_an_earlier_version_goes_on_and_is_stored_split(
+    redis_conn: redis.Redis, namespace: str
+) -> None:
+    engine = engine_for(redis_conn, namespace, CHAIN)
+    run = finish_step(engine, engine.start("chain", {}, ALICE), "s0", result={"first": True})
+    # As the earlier version stored it: one document holding every step, and no steps hash.
+    whole = engine.get_run(run.run_id).model_dump_json()
+    redis_conn.set(engine.keys.run(run.run_id), whole)
+    redis_conn.delete(engine.keys.run_steps(run.run_id))
+    old = engine.get_run(run.run_id)
+    assert old.steps["s0"].result == {"first": True}
+    assert old.steps.status("s1") is StepStatus.QUEUED
+
+    run = finish_step(engine, old, "s1")
+    head: Any = Run.model_validate_json(redis_conn.get(engine.keys.run(run.run_id)) or b"{}", context={"steps": {}})
+    assert head.steps.statuses()["s2"] is StepStatus.QUEUED  # the head holds statuses only now
+    assert redis_conn.hlen(engine.keys.run_steps(run.run_id)) == STEPS
+    for i in range(2, STEPS):
+        run = finish_step(engine, run, f"s{i}")
+    finished = engine.get_run(run.run_id)
+    assert finished.status is RunStatus.COMPLETED
+    assert finished.steps["s0"].result == {"first": True}
+
+
+def test_a_purged_run_leaves_no_steps_hash(redis_conn: redis.Redis, namespace: str) -> None:
+    engine: Engine = engine_for(redis_conn, namespace, CHAIN)
+    run = engine.start("chain", {}, ALICE)
+    for i in range(STEPS):
+        run = finish_step(engine, run, f"s{i}")
+    assert redis_conn.exists(engine.keys.run_steps(run.run_id))
+    assert engine.store.purge(run.run_id)
+    assert not redis_conn.exists(engine.keys.run(run.run_id), engine.keys.run_steps(run.run_id))
