@@ -108,16 +108,19 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
             f"Content-Encoding {_printable(coding)!r} is not supported; send one of {accepted}, or none.",
             "unsupported-encoding",
         )
-    too_large = Malformed(413, f"The body is larger than {limit} bytes, the most accepted here.", "too-large")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     try:
+        if declared is not None and coding in ("", "identity"):
+            # Not decoded, so aiohttp delivers exactly the declared length: one read, no loop.
+            return await request.content.read()
         async for chunk in request.content.iter_any():
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise _too_large(limit)
             chunks.append(chunk)
     except (web.RequestPayloadError, BadHttpMessage) as exc:
         # aiohttp raises what its parser met reading the body as a RequestPayloadError.
@@ -127,6 +130,10 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
             raise Malformed(400, detail, "bad-encoding") from None
         raise Malformed(400, f"The body could not be read: {_one_line(exc)}.", "bad-body") from None
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Malformed:
+    return Malformed(413, f"The body is larger than {limit} bytes, the most accepted here.", "too-large")
 
 
 def check_charset(request: web.BaseRequest) -> None:
@@ -152,7 +159,7 @@ def parse_json(raw: bytes | str) -> Any:
     if json_depth(text) > MAX_JSON_DEPTH:
         raise Malformed(400, f"The JSON is nested deeper than {MAX_JSON_DEPTH} levels.", "malformed-json")
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise Malformed(
             400,
@@ -185,6 +192,10 @@ def json_depth(text: str) -> int:
 
 def _no_constant(name: str) -> Any:
     raise Malformed(400, f"The JSON has {name}, which JSON does not allow.", "malformed-json")
+
+
+# One decoder for every request: json.loads with an option builds a new one each call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 class QuietMalformedHttp(logging.Filter):
