@@ -77,7 +77,7 @@ def tally(run: Run, events: Iterable[Event]) -> dict[int, Counter[str]]:
     for event in events:
         hour = counts[hour_of(event.at)]
         match event.type:
-            case EventType.RUN_STARTED:
+            case EventType.RUN_STARTED if not event.data.get("recovered"):
                 hour[f"started|{wf}"] += 1
             case EventType.STEP_FAILED:
                 hour[f"steps|{wf}"] += 1

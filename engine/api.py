@@ -280,7 +280,11 @@ class Engine:
                 corrected = validate_inputs(self.workflow_of(run), {**run.inputs, **inputs})
             except InputError as exc:
                 raise InvalidInput(str(exc), exc.problems) from exc
-        return self._command(run.run_id, core.Recover(actor, from_step, corrected, force))
+        recovered = self._command(run.run_id, core.Recover(actor, from_step, corrected, force))
+        if recovered.status is RunStatus.QUEUED:  # under a concurrency limit: admitted if there is room
+            self._admit_waiting(self.workflow_of(recovered))
+            return self.get_run(recovered.run_id)
+        return recovered
 
     def evidence(
         self, run_ref: str, actor: Actor, attachments: Mapping[str, Any] | None = None

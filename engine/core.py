@@ -425,11 +425,11 @@ class _Transition:
         if self.run.status is not RunStatus.QUEUED:
             return  # admission is idempotent: a second admit after a race is a no-op
         self.run.status = RunStatus.RUNNING
-        self.run.started_at = self.now
-        self._event(EventType.RUN_STARTED, actor)
-        if self.workflow.settings.timeout:
-            self._timer(self.workflow.settings.timeout, "run_timeout")
-        self._advance()
+        # A recovered run keeps when it first started; analytics count its start once.
+        again: dict[str, Any] = {"recovered": True} if self.run.started_at is not None else {}
+        self.run.started_at = self.run.started_at or self.now
+        self._event(EventType.RUN_STARTED, actor, **again)
+        self._run_again()
 
     def _pause(self, actor: Actor) -> None:
         self._check_operator(actor, "pause")
@@ -525,8 +525,10 @@ class _Transition:
         }
         if cmd.inputs is not None:
             run.inputs = dict(cmd.inputs)
-        run.status = RunStatus.RUNNING
-        run.started_at = run.started_at or self.now
+        # Under a concurrency limit the run waits for a slot like a new one (the command API
+        # admits it at once when there is room); otherwise it runs again now.
+        limited = self.workflow.settings.concurrency is not None
+        run.status = RunStatus.QUEUED if limited else RunStatus.RUNNING
         run.failure = run.finished_at = run.stop = run.paused_by = None
         failed_step = failure.step_id if failure else None
         self._event(
@@ -541,8 +543,13 @@ class _Transition:
         )
         for step_id in rerun:
             self._reset(run.steps[step_id], cmd.actor)
+        if not limited:
+            self._run_again()
+
+    def _run_again(self) -> None:
+        """A run admitted (or recovered) runs: a fresh deadline, and its steps start."""
         if self.workflow.settings.timeout:
-            self._timer(self.workflow.settings.timeout, "run_timeout")  # a fresh deadline, same timer
+            self._timer(self.workflow.settings.timeout, "run_timeout")  # a recovery's replaces the first
         self._advance()
 
     def _steps_to_rerun(self, from_step: str | None) -> list[str]:

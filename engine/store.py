@@ -462,6 +462,8 @@ class RunStore:
             pipe.zadd(keys.by_status(run.status), {run.run_id: moment})
             if run.status is not RunStatus.QUEUED:
                 pipe.zrem(keys.admission(run.workflow_id), run.run_id)
+            elif before is not None:  # queued again (a recovery): it waits for a slot from now
+                pipe.zadd(keys.admission(run.workflow_id), {run.run_id: moment})
             if run.status in ACTIVE_RUN_STATUSES and run.status is not RunStatus.QUEUED:
                 pipe.zadd(keys.admitted(run.workflow_id), {run.run_id: ts(run.created_at)})
             else:

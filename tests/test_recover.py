@@ -448,3 +448,48 @@ def test_retention_leaves_a_recovered_run_alone_until_it_finishes_again(
     assert engine.purge_finished() == 0  # finished again just now: kept for its retention
     clock.advance(31 * 86400)
     assert engine.purge_finished() == 1 and not engine.store.exists(run.run_id)
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+
+def test_a_recovered_run_waits_for_a_slot_under_the_workflow_concurrency_limit(
+    redis_conn: redis.Redis, namespace: str
+) -> None:
+    """A recovery is a run asking to run again: under ``concurrency: 1`` it queues behind the
+    run holding the slot, and is admitted (keeping when it first started) once that run ends."""
+    limited = {**deploy("deploy", idempotent=True), "settings": {"concurrency": 1}}
+    clock = Clock()
+    engine = engine_for(redis_conn, namespace, limited, clock=clock)
+    failed = finish_step(engine, engine.start("deploy", {}, ALICE_ACTOR), "build", {"built": 1})
+    assert failed.status is RunStatus.FAILED  # no region: ship's template fails
+    holder = engine.start("deploy", {"region": "us"}, ALICE_ACTOR)
+    assert holder.status is RunStatus.RUNNING
+
+    clock.advance(60)
+    waiting = engine.recover(failed.run_id, BOB_ACTOR, inputs={"region": "eu"})
+    assert waiting.status is RunStatus.QUEUED
+    assert waiting.steps["ship"].status is StepStatus.PENDING
+    assert redis_conn.zscore(engine.keys.admission("deploy"), failed.run_id) is not None
+
+    finish_step(engine, finish_step(engine, holder, "build", {"built": 2}), "ship", "ok")
+    admitted = engine.get_run(failed.run_id)
+    assert admitted.status is RunStatus.RUNNING
+    assert admitted.started_at == failed.started_at
+    assert admitted.steps["ship"].status is StepStatus.QUEUED
+    events = engine.events(failed.run_id)
+    recovered_at = [e.type for e in events].index(EventType.RUN_RECOVERED)
+    started_again = [e for e in events[recovered_at:] if e.type is EventType.RUN_STARTED]
+    assert [e.data for e in started_again] == [{"recovered": True}]
+    assert started_again[0].actor.id == "admission"
+    done = finish_step(engine, admitted, "ship", "ok")
+    assert done.status is RunStatus.COMPLETED
+
+
+def test_a_recovered_run_with_room_under_the_limit_runs_at_once(redis_conn: redis.Redis, namespace: str) -> None:
+    limited = {**deploy("deploy", idempotent=True), "settings": {"concurrency": 1}}
+    engine = engine_for(redis_conn, namespace, limited)
+    failed = finish_step(engine, engine.start("deploy", {}, ALICE_ACTOR), "build", {"built": 1})
+    running = engine.recover(failed.run_id, BOB_ACTOR, inputs={"region": "eu"})
+    assert running.status is RunStatus.RUNNING
+    assert running.steps["ship"].status is StepStatus.QUEUED
