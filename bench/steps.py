@@ -1,11 +1,11 @@
-"""No-op steps on one worker process: Switchboard against Celery and raw RQ, measured in the same run.
+"""No-op steps on one worker process: Switchboard against Celery, Dramatiq and raw RQ, measured in the same run.
 
-    .venv/bin/pip install -e '.[bench]'      # Celery, for its half
+    .venv/bin/pip install -e '.[bench]'      # Celery and Dramatiq, for their parts
     .venv/bin/python bench/steps.py [--runs 50] [--rounds 3] [--redis-url URL]
 
 Every contender is a real worker process started by this script on the same Redis, one
-at a time, with one process executing (concurrency 1), and is measured in rounds that
-alternate between them; each figure is the median over the rounds.
+at a time, with one process executing (concurrency 1), and is measured in rounds in which
+each goes first in turn; each figure is the median over the rounds.
 
 - **Switchboard**: ``python -m worker`` (its reused work horse); a run is a workflow of
   10 sequential ``worker.actions:echo`` steps, each a job that asks the engine to start,
@@ -13,15 +13,20 @@ alternate between them; each figure is the median over the rounds.
 - **Celery**: ``celery worker --pool prefork --concurrency 1`` with Redis as the broker
   and no result backend (its fastest setting); a run is a chain of 10 no-op tasks whose
   last one pushes to a Redis list, so the bench hears of its end.
+- **Dramatiq**: ``dramatiq --processes 1 --threads 1`` with its Redis broker and its
+  default middleware; a run is a pipeline of 10 no-op actors (no result passed along)
+  whose last one pushes to a Redis list, as Celery's does. Its consumer polls an empty
+  queue with a backoff (5 ms doubling, up to 1 s), so the next step of a run started
+  alone often waits for the next poll; runs started at once keep the queue full.
 - **raw RQ**: the same number of no-op jobs enqueued straight onto a queue, executed by
   RQ's own forking ``rq.Worker`` and by Switchboard's worker (``--burst``); no engine.
   Timed from the first job's start to the last one's end, by RQ's records.
 
 Printed: steps/s with ``--runs`` runs started at once (throughput), the median time of a
-10-step run started alone (latency), their ratios to Celery, and Switchboard's cost per
-step for runs of 10, 100 and 500 steps (one run at a time), which should not grow with
-the run. Targets: steps/s at least Celery's, a 10-step run under 50 ms, per-step costs
-within 1.5x of each other.
+10-step run started alone (latency), Switchboard's ratios to Celery and Dramatiq, and
+Switchboard's cost per step for runs of 10, 100 and 500 steps (one run at a time), which
+should not grow with the run. Targets: steps/s at least Celery's, a 10-step run under
+50 ms, per-step costs within 1.5x of each other.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,20 +59,48 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS_PER_RUN = 10
 PER_STEP_SIZES = (10, 100, 500)
 ACTOR = Actor.system("bench")
+NO_PROGRESS_SECONDS = 4  # a run that long without news failed (below redis-py's 5 s socket timeout)
 
+# The peers' app modules: their worker process imports one, and this process runs the same
+# source in a module of its own for each contender (the keys' namespace differs every time).
+# Every key either puts in Redis is under BENCH_NAMESPACE, which the bench deletes after.
 CELERY_APP = '''
-"""The Celery half of bench/steps.py: a no-op task, the last of a chain says so on a list."""
+"""The Celery part of bench/steps.py: a no-op task, the last of a chain says so on a list."""
 import os
 
 import redis
 from celery import Celery
 
 app = Celery("bench", broker=os.environ["BENCH_REDIS_URL"])
-app.conf.update(task_ignore_result=True, worker_hijack_root_logger=False, broker_connection_retry_on_startup=True)
+app.conf.update(
+    task_ignore_result=True,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"global_keyprefix": os.environ["BENCH_NAMESPACE"] + ":"},
+)
 done = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
 
 
-@app.task(ignore_result=True)
+@app.task(name="bench.step", ignore_result=True)
+def step(run, i, last):
+    if i == last:
+        done.rpush(run, 1)
+'''
+
+DRAMATIQ_APP = '''
+"""The Dramatiq part of bench/steps.py: a no-op actor, the last of a pipeline says so on a list."""
+import os
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+broker = RedisBroker(url=os.environ["BENCH_REDIS_URL"], namespace=os.environ["BENCH_NAMESPACE"])
+dramatiq.set_broker(broker)
+done = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
+
+
+@dramatiq.actor(queue_name="steps", max_retries=0)
 def step(run, i, last):
     if i == last:
         done.rpush(run, 1)
@@ -190,9 +224,11 @@ class Switchboard(Timed):
         """Block on the run's event stream until it records the run's end."""
         stream, last = self.keys.run_events(run_id), "0"
         while True:
-            reply: Any = self.redis.xread({stream: last}, block=10_000)
+            reply: Any = self.redis.xread({stream: last}, block=NO_PROGRESS_SECONDS * 1000)
             if not reply:
-                sys.exit(f"run {run_id} made no progress for 10 s:\n{self.log.read_text()[-3000:]}")
+                sys.exit(
+                    f"run {run_id} made no progress for {NO_PROGRESS_SECONDS} s:\n{self.log.read_text()[-3000:]}"
+                )
             for entry_id, fields in reply[0][1]:
                 last = entry_id
                 kind = EventType(fields[b"type"].decode())
@@ -202,58 +238,110 @@ class Switchboard(Timed):
                     return
 
 
-# -- Celery ------------------------------------------------------------------------------------
+# -- Celery and Dramatiq -----------------------------------------------------------------------
 
 
-class CeleryWorker(Timed):
-    """A Celery prefork worker (concurrency 1) on the same Redis, and the app to send it chains."""
+class ListSignalled(Timed):
+    """A peer whose run is a chain of no-op tasks on its own worker process; the last task pushes to a list.
+
+    Subclasses give their app module's source, their worker's command and how a chain is
+    sent; ``self.app`` is the app module as this process runs it, under this contender's
+    key namespace.
+    """
+
+    kind = ""  # names the namespace, the log and the lists
+    source = ""
 
     def __init__(self, redis_url: str, logs: Path) -> None:
         try:
-            import celery  # noqa: F401
+            __import__(self.kind)
         except ImportError:
-            sys.exit("Celery is a bench-only dependency: .venv/bin/pip install -e '.[bench]'")
-        self.queue = f"bench-celery-{uuid.uuid4().hex[:8]}"
+            sys.exit(f"{self.kind} is a bench-only dependency: .venv/bin/pip install -e '.[bench]'")
+        self.namespace = f"bench-{self.kind}-{uuid.uuid4().hex[:8]}"
         self.redis = redis.Redis.from_url(redis_url)
-        self.folder = logs / "celery-app"
-        self.folder.mkdir(exist_ok=True)
-        (self.folder / "bench_celery_app.py").write_text(CELERY_APP)
-        self.env = {**os.environ, "BENCH_REDIS_URL": redis_url, "PYTHONPATH": str(self.folder)}
-        self.log = logs / f"{self.queue}.log"
-        os.environ["BENCH_REDIS_URL"] = redis_url
-        sys.path.insert(0, str(self.folder))
-        import bench_celery_app
+        self.module = f"bench_{self.kind}_app"
+        folder = logs / "apps"
+        folder.mkdir(exist_ok=True)
+        (folder / f"{self.module}.py").write_text(self.source)
+        env = {"BENCH_REDIS_URL": redis_url, "BENCH_NAMESPACE": self.namespace}
+        self.env = {**os.environ, **env, "PYTHONPATH": str(folder)}
+        self.log = logs / f"{self.namespace}.log"
+        os.environ.update(env)
+        self.app: Any = types.ModuleType(self.module)
+        exec(compile(self.source, str(folder / f"{self.module}.py"), "exec"), self.app.__dict__)
 
-        self.app: Any = bench_celery_app.app
-        self.step: Any = bench_celery_app.step
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def send(self, run_id: str, size: int) -> None:
+        raise NotImplementedError
 
     @contextmanager
     def worker(self) -> Iterator[None]:
-        argv = [
-            sys.executable, "-m", "celery", "-A", "bench_celery_app", "worker",
-            "--pool", "prefork", "--concurrency", "1", "--queues", self.queue,
-            "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat",
-        ]  # fmt: skip
-        with process(argv, self.env, self.log, self._answers):
-            self.run_alone(STEPS_PER_RUN)
+        with process(self.argv(), self.env, self.log, self.ready):
+            self.run_alone(STEPS_PER_RUN)  # unmeasured: the worker's first task imports and connects
             yield
-        cleanup(self.redis, f"{self.queue}*", "bench-celery-run-*")
-
-    def _answers(self) -> bool:
-        replies = self.app.control.ping(timeout=0.2)
-        return bool(replies)
+        cleanup(self.redis, f"{self.namespace}*")
 
     def start(self, size: int) -> str:
+        run_id = f"{self.namespace}:run-{uuid.uuid4().hex}"
+        self.send(run_id, size)
+        return run_id
+
+    def wait_ended(self, run_id: str) -> None:
+        if self.redis.blpop([run_id], timeout=NO_PROGRESS_SECONDS) is None:
+            sys.exit(
+                f"{self.kind} chain {run_id} made no progress for {NO_PROGRESS_SECONDS} s:\n{self.log.read_text()[-3000:]}"
+            )
+
+
+class CeleryWorker(ListSignalled):
+    """A Celery prefork worker (concurrency 1) on the same Redis, and the app to send it chains."""
+
+    kind, source = "celery", CELERY_APP
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable, "-m", "celery", "-A", self.module, "worker",
+            "--pool", "prefork", "--concurrency", "1",
+            "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+
+    def ready(self) -> bool:
+        return bool(self.app.app.control.ping(timeout=0.2))
+
+    def send(self, run_id: str, size: int) -> None:
         from celery import chain
 
-        run = f"bench-celery-run-{uuid.uuid4().hex}"
-        tasks = [self.step.si(run, i, size - 1).set(queue=self.queue) for i in range(size)]
-        chain(*tasks).apply_async()
-        return run
+        chain(*(self.app.step.si(run_id, i, size - 1) for i in range(size))).apply_async()
 
-    def wait_ended(self, run: str) -> None:
-        if self.redis.blpop([run], timeout=10) is None:
-            sys.exit(f"Celery chain {run} made no progress for 10 s:\n{self.log.read_text()[-3000:]}")
+
+class DramatiqWorker(ListSignalled):
+    """A Dramatiq worker (one process, one thread) on its Redis broker, and the app to send it pipelines.
+
+    The worker is ready once its consumer has fetched from the queue (it then has a heartbeat).
+    """
+
+    kind, source = "dramatiq", DRAMATIQ_APP
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "dramatiq", self.module, "--processes", "1", "--threads", "1"]
+
+    def ready(self) -> bool:
+        return bool(self.redis.zcard(f"{self.namespace}:__heartbeats__"))
+
+    def send(self, run_id: str, size: int) -> None:
+        from dramatiq import pipeline
+
+        # pipe_ignore: each message keeps its own arguments (no result is passed along).
+        messages = [
+            self.app.step.message_with_options(args=(run_id, i, size - 1), pipe_ignore=True)
+            for i in range(size)
+        ]
+        pipeline(messages, broker=self.app.broker).run()
 
 
 # -- raw RQ ------------------------------------------------------------------------------------
@@ -302,7 +390,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--no-celery", action="store_true", help="skip Celery (not installed)")
+    parser.add_argument("--no-dramatiq", action="store_true", help="skip Dramatiq (not installed)")
     args = parser.parse_args()
+    peers: dict[str, type[ListSignalled]] = {}
+    if not args.no_celery:
+        peers["celery"] = CeleryWorker
+    if not args.no_dramatiq:
+        peers["dramatiq"] = DramatiqWorker
     figures: dict[str, list[float]] = {}
 
     def note(name: str, value: float) -> None:
@@ -316,11 +410,9 @@ def main() -> None:
         for round_ in range(args.rounds):
             print(f"round {round_ + 1} of {args.rounds} ...", file=sys.stderr)
             contenders: list[tuple[str, Any]] = [("switchboard", Switchboard(args.redis_url, folder, logs))]
-            if not args.no_celery:
-                contenders.append(("celery", CeleryWorker(args.redis_url, logs)))
-            if round_ % 2:
-                contenders.reverse()
-            for name, contender in contenders:
+            contenders += [(name, peer(args.redis_url, logs)) for name, peer in peers.items()]
+            turn = round_ % len(contenders)  # each goes first in turn
+            for name, contender in contenders[turn:] + contenders[:turn]:
                 with contender.worker():
                     note(f"{name} steps/s", contender.throughput(args.runs))
                     for _ in range(args.latency_runs):
@@ -334,22 +426,24 @@ def main() -> None:
             note("raw RQ reused horse", raw_rq(args.redis_url, folder, jobs, switchboard_worker=True))
 
     m = {name: median(values) for name, values in figures.items()}
-    print(f"One worker process each, {args.rounds} rounds alternating, medians; Redis at {args.redis_url}")
+    labels = {"celery": "celery (prefork, c=1)", "dramatiq": "dramatiq (p=1, t=1)"}
+    print(f"One worker process each, {args.rounds} rounds in turn, medians; Redis at {args.redis_url}")
     print(f"steps/s, {args.runs} runs of {STEPS_PER_RUN} sequential no-op steps started at once:")
-    print(f"  switchboard              {m['switchboard steps/s']:8.1f}")
-    if "celery steps/s" in m:
-        print(f"  celery (prefork, c=1)    {m['celery steps/s']:8.1f}")
-        print(
-            f"  ratio switchboard/celery {m['switchboard steps/s'] / m['celery steps/s']:8.2f}  (target >= 1.00)"
-        )
+    print(f"  {'switchboard':24} {m['switchboard steps/s']:8.1f}")
+    for peer in peers:
+        print(f"  {labels[peer]:24} {m[f'{peer} steps/s']:8.1f}")
+    for peer in peers:
+        ratio = m["switchboard steps/s"] / m[f"{peer} steps/s"]
+        print(f"  {'ratio switchboard/' + peer:24} {ratio:8.2f}  (target >= 1.00)")
     print(f"  raw RQ jobs, RQ's forking worker     {m['raw RQ forking']:8.1f} jobs/s")
     print(f"  raw RQ jobs, Switchboard's worker    {m['raw RQ reused horse']:8.1f} jobs/s")
     print(f"  ratio switchboard/raw RQ (forking)   {m['switchboard steps/s'] / m['raw RQ forking']:8.2f}")
     print(f"a {STEPS_PER_RUN}-step run started alone, median of {len(figures['switchboard run'])}:")
-    print(f"  switchboard              {m['switchboard run'] * 1000:8.1f} ms  (target < 50 ms)")
-    if "celery run" in m:
-        print(f"  celery                   {m['celery run'] * 1000:8.1f} ms")
-        print(f"  ratio switchboard/celery {m['switchboard run'] / m['celery run']:8.2f}")
+    print(f"  {'switchboard':24} {m['switchboard run'] * 1000:8.1f} ms  (target < 50 ms)")
+    for peer in peers:
+        print(f"  {peer:24} {m[f'{peer} run'] * 1000:8.1f} ms")
+    for peer in peers:
+        print(f"  {'ratio switchboard/' + peer:24} {m['switchboard run'] / m[f'{peer} run']:8.2f}")
     print("switchboard cost per step, one run at a time:")
     costs = {size: m[f"per step {size}"] for size in PER_STEP_SIZES}
     for size, cost in costs.items():
