@@ -74,6 +74,8 @@ async def test_served_answers_match_the_document(client: TestClient) -> None:
         f"/v1/runs/{run_id}/events": "/v1/runs/{run_id}/events",
         f"/v1/runs/{run_id}/context": "/v1/runs/{run_id}/context",
         "/v1/tasks/pending": "/v1/tasks/pending",
+        "/v1/questions": "/v1/questions",
+        f"/v1/runs/{run_id}/questions": "/v1/runs/{run_id}/questions",
         "/v1/workflows": "/v1/workflows",
         "/v1/workflows/release": "/v1/workflows/{workflow_id}",
         "/v1/workflows/release/runs": "/v1/workflows/{workflow_id}/runs",
