@@ -27,6 +27,15 @@ from webhooks.settings import WebSettings
 
 OPS = Actor(kind=ActorKind.API, id="ops-bot")
 ASK_OPS = asking("ask-ops", "#ops", expires_in="1h")
+# The answer is followed by a step for a worker (none runs here): answering changes no run status.
+ASK_THEN_BUILD: dict[str, Any] = {
+    "id": "ask-then-build",
+    "name": "Ask then build",
+    "steps": [
+        {"id": "region", "type": "ask", "ask": {"question": "Build in which region?", "to": "#ops"}},
+        {"id": "build", "type": "action", "action": "worker.actions:echo", "needs": ["region"]},
+    ],
+}
 
 
 # -- REST ----------------------------------------------------------------------------------------
@@ -89,7 +98,11 @@ async def test_rest_lists_open_questions_of_all_runs_and_of_one(
 
 @pytest.fixture
 def slack_engine(redis_conn: redis.Redis, namespace: str, tmp_path: Path) -> Engine:
-    catalog = load_folder(write_workflows(tmp_path / "workflows", {**WORKFLOWS, "ask-ops": ASK_OPS}))
+    catalog = load_folder(
+        write_workflows(
+            tmp_path / "workflows", {**WORKFLOWS, "ask-ops": ASK_OPS, "ask-then-build": ASK_THEN_BUILD}
+        )
+    )
     assert not catalog.errors, catalog.errors
     return Engine(redis_conn, catalog, key_prefix=f"{namespace}:", queue_name=namespace)
 
@@ -136,23 +149,26 @@ async def test_app_home_shows_open_questions_with_the_answer_button(slack: Slack
     await slack.fake.wait_for(lambda: "Waiting for an answer* · 0 open" in all_text({"view": latest_home()}))
     assert "No question is waiting for an answer." in all_text({"view": latest_home()})
 
-    await slack.command("start ask-ops service=billing", user=ALICE)
+    await slack.command("start ask-then-build", user=ALICE)
     run = slack.engine.list_runs().runs[0]
     value = ids.task_value(run.run_id, "region")
     # The question appears on the open home by itself, refreshed as the run's events come.
     await slack.fake.wait_for(lambda: buttons_of(latest_home(), ids.QUESTION_ANSWER) == [value])
     home = all_text({"view": latest_home()})
-    assert "Waiting for an answer* · 1 open" in home and "❓ *Which region for billing?*" in home
-    assert f"run `{run.short_id}` · step `region` · asked #ops · expires" in home
+    assert "Waiting for an answer* · 1 open" in home and "❓ *Build in which region?*" in home
+    assert f"*Ask then build* · run `{run.short_id}` · step `region` · asked #ops" in home
 
     # The home's button opens the question's answer modal; its answer is the step's result.
     await slack.click(ids.QUESTION_ANSWER, value, user=BOB)
     view = (await slack.fake.wait_for(lambda: slack.fake.ok_calls("views.open")))[0].args["view"]
-    assert view["callback_id"] == ids.ANSWER_MODAL and "Which region for billing?" in all_text(view)
+    assert view["callback_id"] == ids.ANSWER_MODAL and "Build in which region?" in all_text(view)
     await slack.submit(view, {ids.REASON_BLOCK: {ids.REASON_INPUT: "ap-south"}}, user=BOB)
-    done = await slack.fake.wait_for(lambda: (r := slack.engine.get_run(run.run_id)).status.terminal and r)
-    assert done.status is RunStatus.COMPLETED
-    assert done.steps["region"].result == {"answer": "ap-south", "answered_by": f"slack:{BOB.id}"}
+    answered = await slack.fake.wait_for(
+        lambda: (r := slack.engine.get_run(run.run_id)).steps["region"].result and r
+    )
+    assert answered.steps["region"].result == {"answer": "ap-south", "answered_by": f"slack:{BOB.id}"}
+    assert answered.status is RunStatus.RUNNING  # the build waits for a worker: no run event
+    # The answer alone refreshes the open home: the question is gone from it.
     await slack.fake.wait_for(lambda: "Waiting for an answer* · 0 open" in all_text({"view": latest_home()}))
     assert buttons_of(latest_home(), ids.QUESTION_ANSWER) == []
 
