@@ -1143,13 +1143,16 @@ class _Transition:
         progressed = True
         while progressed and self.run.status is RunStatus.RUNNING:
             progressed = False
-            # Statuses first: a step is read (parsed) only when it may start now. Within a
-            # pass only the step at hand changes; one that finishes at once (skipped) counts
-            # for the steps after it.
+            # Statuses first: a step is read (parsed) only when it may start now. The sets are
+            # this pass's view: a step that finishes at once (skipped) counts for the steps after
+            # it, and one started meanwhile (a step finishing at once advances the run itself,
+            # recursively) is seen by its live status.
             pending = steps.ids_with_status(StepStatus.PENDING)
             finished = steps.ids_with_status(*FINISHED_STEP_STATUSES)
             for step in self.workflow.steps:
                 if step.id not in pending or not finished.issuperset(step.needs):
+                    continue
+                if steps.status(step.id) is not StepStatus.PENDING:
                     continue
                 if self.run.status is not RunStatus.RUNNING:
                     break

@@ -73,6 +73,29 @@ def test_parallel_branches_are_enqueued_together_and_join_waits(
     assert types[0] == "run_queued" and types[-1] == "run_completed"
 
 
+def test_a_step_after_one_that_finishes_at_once_opens_once(redis_conn: redis.Redis, namespace: str) -> None:
+    """A notify step finishes in the transition that starts it, and the run advances from it
+    right there: the approval after it opens once, and no step is started twice."""
+    chained = {
+        "id": "chained",
+        "name": "Chained",
+        "steps": [
+            {"id": "note", "type": "notify", "notify": {"text": "{{ steps.gate.status }}"}},
+            approval("gate", needs=["note"]),
+            {"id": "after", "type": "notify", "needs": ["note"], "notify": {"text": "x"}},
+            action("work", needs=["after"]),
+        ],
+    }
+    engine = engine_for(redis_conn, namespace, chained)
+    run = engine.start("chained", {}, ALICE)
+    assert statuses(run) == {"note": "succeeded", "gate": "waiting", "after": "succeeded", "work": "queued"}
+    assert run.steps["gate"].attempt == 1 and run.steps["work"].attempt == 1
+    kinds = [(e.type.value, e.step_id) for e in engine.events(run.run_id)]
+    assert kinds.count(("task_opened", "gate")) == 1 and ("step_queued", "gate") not in kinds
+    assert kinds.count(("step_queued", "work")) == 1
+    assert queued_job_ids(engine) == [run.steps["work"].job_id]
+
+
 def test_fail_fast_cancels_in_flight_siblings_and_blocks_the_rest(
     redis_conn: redis.Redis, namespace: str
 ) -> None:

@@ -83,6 +83,9 @@ ENTRY_POINTS = [
     ("POST", "/v1/workflows/{workflow_id}/runs"),
     ("POST", "/v1/workflows/{workflow_id}/command"),
     ("GET", "/v1/tasks/pending"),
+    ("GET", "/v1/questions"),
+    ("GET", "/v1/runs/{run_id}/questions"),
+    ("GET", "/v1/workflows/{workflow_id}/runs/{run_id}/questions"),
     ("GET", "/v1/command-center"),
     ("GET", "/v1/events"),
     ("GET", "/v1/analytics/summary"),
@@ -120,6 +123,7 @@ class Site:
             "run_id": st.sampled_from([self.run_id, self.run_id[:8], self.finished_id, "0" * 8]) | weird,
             "workflow_id": st.sampled_from(["release", "settle", "approve-deploy", "nope"]) | weird,
             "task_id": st.sampled_from(["approve", "announce", "nope"]) | weird,
+            "step_id": st.sampled_from(["region", "approve", "nope"]) | weird,
             "source": st.sampled_from(["releases", "github", "payments", "vector", "unset", "nope"]) | weird,
             # Paths nothing serves, and served paths (reached by a method they do not take).
             "path": st.sampled_from(["nowhere", "v1/nope", "healthz", "v1/openapi.json", "slack/events"])
