@@ -14,6 +14,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from bot import cards, grammar
 from bot.blocks import escape, truncate, when, who
+from bot.groups import operator_actor
 from bot.runtime import Bot, slack_actor
 from engine.errors import NotFound, SwitchboardError
 from engine.intake import AcceptedRun
@@ -56,9 +57,15 @@ async def answer(bot: Bot, text: str, actor: Actor, channel_id: str | None = Non
         return "Something went wrong on our side running that command; it has been logged. Try again."
 
 
+# Commands the workflow's operators may give: their Slack groups are looked up first.
+OPERATOR_VERBS = frozenset({"pause", "resume", "stop", "recover"})
+
+
 async def execute(bot: Bot, command: grammar.Command, actor: Actor, channel_id: str | None) -> str:
     engine = bot.engine
     target = command.target or ""
+    if command.verb in OPERATOR_VERBS:
+        actor = await operator_actor(bot, actor, target)
     match command.verb:
         case "start":
             run = await _start(bot, target, command.inputs, actor, channel_id)

@@ -1,7 +1,8 @@
-"""Slack user groups in approver lists (``slack_group:S123``): who is in them, cached in Redis.
+"""Slack user groups in approver and operator lists (``slack_group:S123``): who is in them, cached in Redis.
 
-The engine never calls Slack. Before a click on a task is decided, the edge looks up the
-groups the task's approvers name and passes those the clicking user is in with the actor
+The engine never calls Slack. Before a click on a task is decided, or an operator's command
+on a run (pause, resume, stop, recover) is executed, the edge looks up the groups the task's
+approvers (or the workflow's operators) name and passes those the user is in with the actor
 (``Actor.groups``), which the engine's ``Actor.matches`` checks. Members come from
 ``usergroups.users.list`` and are kept for ``GROUP_CACHE_SECONDS`` (a set per group with that
 TTL), so a change made in Slack counts within that time. A group Slack will not answer for
@@ -52,6 +53,17 @@ async def with_groups(bot: Bot, actor: Actor, refs: list[str]) -> Actor:
         return actor
     groups = [group for group in group_refs(refs) if actor.id in await members(bot, group)]
     return actor.model_copy(update={"groups": groups}) if groups else actor
+
+
+async def operator_actor(bot: Bot, actor: Actor, run_ref: str) -> Actor:
+    """The actor of an operator's command on a run, with the groups its workflow's operators
+    name that it is in."""
+    try:
+        run = await bot.call(bot.engine.get_run, run_ref)
+        operators = (await bot.call(bot.engine.workflow_of, run)).settings.operators
+    except SwitchboardError:
+        return actor  # the command says what is wrong
+    return await with_groups(bot, actor, operators) if group_refs(operators) else actor
 
 
 async def task_actor(bot: Bot, actor: Actor, run_id: str, task_id: str) -> Actor:

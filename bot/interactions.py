@@ -17,7 +17,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from bot import cards, ids
 from bot.blocks import escape
 from bot.feed import publish_home
-from bot.groups import task_actor
+from bot.groups import operator_actor, task_actor
 from bot.runtime import Bot, slack_actor
 from engine.errors import SwitchboardError
 from engine.fields import from_text
@@ -84,8 +84,7 @@ def register(app: AsyncApp, bot: Bot) -> None:
         @app.action(action_id)
         async def handle(ack: AsyncAck, body: Body) -> None:
             await ack()
-            actor, run_id = slack_actor(body.get("user")), _value(body)
-            bot.after_ack(attempt(bot, body, lambda: bot.call(do, run_id, actor), said=said))
+            bot.after_ack(operate(bot, body, do, said))
 
     run_action(ids.RUN_PAUSE, engine.pause, lambda r: f"Paused run `{r.short_id}`.")
     run_action(ids.RUN_RESUME, engine.resume, lambda r: f"Resumed run `{r.short_id}`.")
@@ -138,6 +137,14 @@ def register(app: AsyncApp, bot: Bot) -> None:
     async def home_opened(event: Body) -> None:
         if event.get("tab", "home") == "home":
             bot.after_ack(home_opened_by(bot, event["user"]))
+
+
+async def operate(bot: Bot, body: Body, do: Callable[[str, Actor], Run], said: Callable[[Run], str]) -> None:
+    """A run button (pause, resume, stop, replay, recover) clicked: done as the clicking user,
+    with the groups the workflow's operators name that the user is in."""
+    run_id = _value(body)
+    actor = await operator_actor(bot, slack_actor(body.get("user")), run_id)
+    await attempt(bot, body, lambda: bot.call(do, run_id, actor), said=said)
 
 
 async def approve_task(bot: Bot, body: Body) -> None:

@@ -29,9 +29,17 @@ ON_CALL: dict[str, Any] = {
 }
 
 
+OPERATED: dict[str, Any] = {
+    "id": "operated",
+    "name": "Operated",
+    "settings": {"slack_channel": "#ops", "operators": ["slack_group:S0OPS"]},
+    "steps": [approval("approve")],
+}
+
+
 @pytest.fixture
 def slack_engine(redis_conn: redis.Redis, namespace: str, tmp_path: Path) -> Engine:
-    catalog = load_folder(write_workflows(tmp_path / "workflows", {"on-call": ON_CALL}))
+    catalog = load_folder(write_workflows(tmp_path / "workflows", {"on-call": ON_CALL, "operated": OPERATED}))
     assert not catalog.errors, catalog.errors
     return Engine(redis_conn, catalog, key_prefix=f"{namespace}:", queue_name=namespace)
 
@@ -93,3 +101,21 @@ def test_group_refs_match_only_slack_users_the_edge_found_in_them() -> None:
     assert not member.matches(["slack_group:S0OTHER"])
     assert not Actor(kind=ActorKind.SLACK, id="U1").matches(["slack_group:S0ONCALL"])
     assert not Actor(kind=ActorKind.API, id="S0ONCALL", groups=["S0ONCALL"]).matches(["slack_group:S0ONCALL"])
+
+
+async def test_operators_may_be_a_slack_group(slack: Slack) -> None:
+    """``operators: [slack_group:S0OPS]``: members may pause, resume and stop its runs from Slack."""
+    slack.fake.usergroups["S0OPS"] = [BOB.id]
+    assert "Started" in (await slack.command("start operated", user=ALICE))["text"]
+    run = slack.engine.list_runs().runs[0]
+
+    refused = (await slack.command(f"pause {run.short_id}", user=CAROL))["text"]
+    assert "carol may not pause runs of 'operated'; its operators are slack_group:S0OPS" in refused
+    assert slack.engine.get_run(run.run_id).status is RunStatus.RUNNING
+
+    assert "Paused" in (await slack.command(f"pause {run.short_id}", user=BOB))["text"]
+    assert slack.engine.get_run(run.run_id).paused_by.id == BOB.id  # type: ignore[union-attr]
+    assert "Resumed" in (await slack.command(f"resume {run.short_id}", user=BOB))["text"]
+    assert "Stopped" in (await slack.command(f"stop {run.short_id}", user=BOB))["text"]
+    assert slack.engine.get_run(run.run_id).status is RunStatus.STOPPED
+    assert len(slack.fake.ok_calls("usergroups.users.list")) == 1  # then read from the cache
