@@ -10,8 +10,11 @@ they counted, whose retention (``SWITCHBOARD_RETENTION``) is usually shorter.
 
 What an hour's hash holds (``wf`` a workflow id, which cannot contain ``|``):
 
-- ``started|wf``: runs that started (left ``queued``); ``ended|<status>|wf``: runs that
-  finished completed, failed or stopped; ``failure|<code>|wf``: their failure codes;
+- ``started|wf``: runs that started (left ``queued``; a recovered run is not started again);
+  ``ended|<status>|wf``: runs that finished completed, failed or stopped; ``failure|<code>|wf``:
+  their failure codes; ``recovered|wf``: failed or stopped runs recovered. An ending is counted
+  when it happens: a run that failed, was recovered and then completed counts one failure, one
+  recovery and one completion (the failure did happen; the recovery says it was made good);
 - ``steps|wf``: steps executed (finished after they ran: succeeded or failed; skipped and
   cancelled steps are not counted);
 - ``run_n|wf|<bin>`` and ``run_ms|wf|<bin>``: finished runs' durations (start to finish);
@@ -53,7 +56,7 @@ KEEP_SECONDS = int(MAX_WINDOW.total_seconds()) + DAY  # an hour's counters outli
 BINS_PER_DECADE = 20
 Bucket = Literal["hour", "day"]
 _ENDED_STATUS = {event: status for status, event in RUN_END_EVENT_OF.items()}
-_OUTCOMES = ("started", "completed", "failed", "stopped", "steps")
+_OUTCOMES = ("started", "completed", "failed", "stopped", "recovered", "steps")
 
 
 def hour_of(moment: datetime) -> int:
@@ -79,6 +82,8 @@ def tally(run: Run, events: Iterable[Event]) -> dict[int, Counter[str]]:
         match event.type:
             case EventType.RUN_STARTED if not event.data.get("recovered"):
                 hour[f"started|{wf}"] += 1
+            case EventType.RUN_RECOVERED:
+                hour[f"recovered|{wf}"] += 1
             case EventType.STEP_FAILED:
                 hour[f"steps|{wf}"] += 1
             case EventType.STEP_COMPLETED if not event.data.get("skipped"):
@@ -125,6 +130,7 @@ class Outcomes(BaseModel):
     runs_completed: int = 0
     runs_failed: int = 0
     runs_stopped: int = 0
+    runs_recovered: int = 0  # failed or stopped runs that were recovered (their ending stays counted)
     steps_executed: int = 0
 
     @computed_field  # type: ignore[prop-decorator]
@@ -233,7 +239,7 @@ class _Totals:
         for name, value in counts.items():
             kind, *parts = name.split("|")
             match kind, parts:
-                case "started" | "steps", [wf]:
+                case "started" | "steps" | "recovered", [wf]:
                     self.outcomes[wf][kind] += value
                 case "ended", [status, wf]:
                     self.outcomes[wf][status] += value
@@ -254,6 +260,7 @@ class _Totals:
             "runs_completed": total["completed"],
             "runs_failed": total["failed"],
             "runs_stopped": total["stopped"],
+            "runs_recovered": total["recovered"],
             "steps_executed": total["steps"],
         }
 

@@ -12,6 +12,7 @@ import json
 import threading
 import zipfile
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -493,3 +494,20 @@ def test_a_recovered_run_with_room_under_the_limit_runs_at_once(redis_conn: redi
     running = engine.recover(failed.run_id, BOB_ACTOR, inputs={"region": "eu"})
     assert running.status is RunStatus.RUNNING
     assert running.steps["ship"].status is StepStatus.QUEUED
+
+
+def test_analytics_count_a_recovered_run_started_once_and_its_recovery(
+    redis_conn: redis.Redis, namespace: str
+) -> None:
+    clock = Clock()
+    engine = engine_for(redis_conn, namespace, deploy("deploy", idempotent=True), clock=clock)
+    failed = finish_step(engine, engine.start("deploy", {}, ALICE_ACTOR), "build", {"built": 1})
+    assert failed.status is RunStatus.FAILED
+    clock.advance(60)
+    running = engine.recover(failed.run_id, BOB_ACTOR, inputs={"region": "eu"})
+    done = finish_step(engine, running, "ship", "ok")
+    assert done.status is RunStatus.COMPLETED
+
+    totals = engine.analytics_summary(since=clock.now - timedelta(hours=1), until=clock.now + timedelta(hours=1)).totals
+    started_and_ended = (totals.runs_started, totals.runs_failed, totals.runs_completed, totals.runs_recovered)
+    assert started_and_ended == (1, 1, 1, 1)
