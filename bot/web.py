@@ -131,8 +131,13 @@ def parse_body(text: str, content_type: str) -> dict[str, Any]:
 
 
 def to_bolt_request(text: str, body: dict[str, Any], request: web.Request) -> AsyncBoltRequest:
-    """A bolt request with the body parsed here (bolt still verifies the raw text's signature)."""
-    bolt_request = AsyncBoltRequest(body=text, query=request.query_string, headers=dict(request.headers))
+    """A bolt request with the body parsed here (bolt still verifies the raw text's signature).
+
+    Built empty and then given the text and the body: given the text, bolt would parse
+    it all over again (a second form and JSON parse on the ack's path) only to have it replaced.
+    """
+    bolt_request = AsyncBoltRequest(body="", query=request.query_string, headers=dict(request.headers))
+    bolt_request.raw_body = text
     bolt_request.body = body
     bolt_request.context = build_async_context(AsyncBoltContext({}), body)
     return bolt_request
