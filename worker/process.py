@@ -164,6 +164,7 @@ class SwitchboardWorker(Worker):
         self._prepared_job_id: str | None = None  # in the horse: the job its worker prepared
         self._last_beat = 0.0
         self._next_suspension_check = 0.0
+        self._take_waiting = self.connection.register_script(TAKE_WAITING_JOB)
 
     def _through_outage(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` tried until Redis answers; in a work horse for ``report_patience`` at most."""
@@ -188,7 +189,7 @@ class SwitchboardWorker(Worker):
                 self._horse_pid = horse.pid
             horse.assign(assignment)
         self.monitor_work_horse(job, queue, execution)
-        self.set_state(WorkerStatus.IDLE)
+        # Not idle yet: a next job already waiting is taken at once (``dequeue_job_and_maintain_ttl``).
 
     def _ready_horse(self) -> Horse:
         """The live horse, forked now if there is none (first job, or the last one died)."""
@@ -360,6 +361,38 @@ class SwitchboardWorker(Worker):
             return  # RQ says idle after a job and again before the next dequeue
         self._through_outage(super().set_state, state)
 
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        """A job already waiting, taken and read in one round trip; otherwise RQ's blocking dequeue.
+
+        RQ says idle, moves the job to its intermediate list, then reads it: three round trips
+        before every job, and the worker is busy again a moment later. Steps of a run follow
+        each other (the engine enqueues the next one before the horse reports), so the next job
+        is usually waiting: one Lua call moves it as ``LMOVE`` does and returns its hash, and
+        the worker stays busy. Only a worker about to wait says idle (in RQ's dequeue).
+        """
+        if len(self.queues) == 1 and self.get_redis_server_version() >= (6, 2, 0):
+            taken = self._through_outage(self._take_waiting_job, self.queues[0])
+            if taken is not None:
+                return taken
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def _take_waiting_job(self, queue: Queue) -> tuple[Job, Queue] | None:
+        keys = [queue.key, queue.intermediate_queue_key]
+        while True:
+            reply = self._take_waiting(keys, [self.job_class.redis_job_namespace_prefix])
+            if not reply:
+                return None
+            job_id, fields = reply
+            if not fields:
+                continue  # its hash is gone: RQ's dequeue passes over such a job too
+            job = self.job_class(text(job_id), connection=self.connection, serializer=self.serializer)
+            job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
+            job.redis_server_version = self.get_redis_server_version()
+            self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
+            return job, queue
+
     def check_for_suspension(self, burst: bool) -> None:
         # ``rq suspend`` takes effect within a second, not one Redis call per job.
         if time.monotonic() < self._next_suspension_check:
@@ -507,6 +540,18 @@ class SwitchboardWorker(Worker):
             log.info("no work horse to kill", extra={"worker": self.name})
             return
         super().kill_horse(sig)
+
+
+# The job at the head of a queue (KEYS[1]) moved to RQ's intermediate list (KEYS[2]) as
+# RQ's non-blocking dequeue moves it, and its hash (ARGV[1]: the jobs' key prefix); false
+# if the queue is empty.
+TAKE_WAITING_JOB = """
+local job_id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+if not job_id then
+    return false
+end
+return {job_id, redis.call('HGETALL', ARGV[1] .. job_id)}
+"""
 
 
 def job_record(job: Job) -> dict[bytes, bytes]:
