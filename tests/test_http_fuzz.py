@@ -408,6 +408,18 @@ async def test_rest_entry_points(
     await judge(site, caplog, data.draw(requests(site, method, template, rest_bodies(template))))
 
 
+async def test_a_path_with_a_newline_and_a_method_it_does_not_take_is_answered_by_us(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the fuzz: a decoded newline in a path once escaped the catch-all route, and
+    aiohttp's own answer failed on an ``Expect`` value that is not UTF-8."""
+    caplog.set_level(logging.WARNING)
+    target = f"/v1/workflows/%0A/runs/{site.run_id}/evidence"
+    await judge(site, caplog, Request("POST", target, {"Expect": b"\xff"}, b"{}"))
+    status, _ = await send(site.client, Request("POST", target, {}, b"{}"))
+    assert status == 405
+
+
 # -- /webhooks/{source} ----------------------------------------------------------------------
 
 WEBHOOK_PAYLOAD = {

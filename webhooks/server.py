@@ -145,7 +145,9 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
         web.get("/v1/docs", reference.api_reference),
         web.get("/healthz", healthz),
         web.get("/metrics", metrics),
-        web.route("*", "/{path:.*}", no_route),  # matched last: more specific paths win
+        # Matched last (more specific paths win); any character, a decoded newline too, or
+        # aiohttp would answer the request itself (see no_route).
+        web.route("*", r"/{path:[\s\S]*}", no_route),
     ]
     for route in routes:  # each with an Expect handler that cannot fail (see webhooks.inbound)
         assert isinstance(route, web.RouteDef)
