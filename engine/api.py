@@ -515,7 +515,7 @@ class Engine:
         def decide(_pipe: Pipeline, run: Run) -> Outcome:
             return core.apply(self.workflow_of(run), run, command, now or self.clock())
 
-        run, outcome = self.store.transact(run_id, decide)
+        run, outcome = self.store.transact(run_id, decide, steps=core.steps_named(command))
         if outcome is not None and outcome.changed:
             self._after_commit(outcome)
         return run, outcome

@@ -303,6 +303,13 @@ def new_run(
     return Outcome(run=run, events=[event])
 
 
+def steps_named(command: Command) -> list[str]:
+    """The step a command is about (a task, a worker's step, a timer's): what its transition
+    reads first, so the store loads it with the run."""
+    named = getattr(command, "step_id", None) or getattr(command, "task_id", None)
+    return [named] if isinstance(named, str) and named else []
+
+
 def apply(workflow: Workflow, run: Run, command: Command, now: datetime) -> Outcome:
     """Apply ``command``; raises :class:`CommandRefused` (or a subclass) when it does not fit."""
     outcome = _Transition(workflow, run, now).handle(command)
@@ -1149,6 +1156,8 @@ class _Transition:
             # recursively) is seen by its live status.
             pending = steps.ids_with_status(StepStatus.PENDING)
             finished = steps.ids_with_status(*FINISHED_STEP_STATUSES)
+            ready = [s for s in self.workflow.steps if s.id in pending and finished.issuperset(s.needs)]
+            steps.prefetch([s.id for s in ready] + [need for s in ready for need in s.needs])
             for step in self.workflow.steps:
                 if step.id not in pending or not finished.issuperset(step.needs):
                     continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping, ValuesView
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -291,6 +291,20 @@ class StepState(BaseModel):
     # its next start, as its next attempt; its earlier attempts stay in the events.
     rerun: bool = False
 
+    @property
+    def awaits_decision(self) -> bool:
+        """A human task open for a decision."""
+        return self.status is StepStatus.WAITING and self.task is not None and self.task.decided_at is None
+
+    @property
+    def awaits_answer(self) -> bool:
+        """An ``ask`` step's question open for an answer."""
+        question = self.question
+        return self.status is StepStatus.WAITING and question is not None and question.answer is None
+
+
+# Reads the stored JSON of a run's steps by id (None for a step not stored).
+FetchSteps = Callable[[list[str]], list[bytes | str | None]]
 
 # The serialization context that writes a run's head: its steps as their statuses only, each
 # step's state being stored on its own (:meth:`engine.store.RunStore.write`).
@@ -307,21 +321,29 @@ class Steps(MutableMapping[str, StepState]):
     scheduler asks "what can start?" without reading a step), and :meth:`touched` tells the
     store which steps to write. The head of a stored run holds the statuses; each step is
     a field of its own (:class:`engine.store.Keys.run_steps`).
+
+    A run loaded for a transition need not even hold every step's JSON: given ``fetch``, a
+    step not in hand is read from Redis when it is first read (:meth:`prefetch` reads
+    several in one round trip). The transaction watches the run's head, which every change
+    of a step rewrites, so what a transition read is what it commits against.
     """
 
-    __slots__ = ("_parsed", "_raw", "_status", "_unsaved")
+    __slots__ = ("_carried", "_fetch", "_parsed", "_status", "_stored")
 
     def __init__(
         self,
         parsed: dict[str, StepState] | None = None,
-        raw: dict[str, str | bytes] | None = None,
+        stored: dict[str, str | bytes] | None = None,
         statuses: dict[str, str] | None = None,
-        unsaved: frozenset[str] = frozenset(),
+        carried: dict[str, str | bytes] | None = None,
+        fetch: FetchSteps | None = None,
     ) -> None:
         self._parsed: dict[str, StepState] = dict(parsed or {})
-        self._raw: dict[str, str | bytes] = raw or {}
-        # Steps held as JSON that was never stored: read in the run this one was copied from.
-        self._unsaved = unsaved
+        # The steps' JSON as stored, shared by the copies of one loaded run (what they fetch).
+        self._stored: dict[str, str | bytes] = stored if stored is not None else {}
+        # The JSON of steps read (so perhaps changed) in the run this one was copied from.
+        self._carried: dict[str, str | bytes] = carried or {}
+        self._fetch = fetch
         # Each step's status as stored (its value: plain strings copy and serialise fastest),
         # in the steps' order; a parsed step's own status is the truth.
         self._status: dict[str, str] = statuses if statuses is not None else {}
@@ -333,8 +355,26 @@ class Steps(MutableMapping[str, StepState]):
         if state is None:
             if step_id not in self._status:
                 raise KeyError(step_id)
-            state = self._parsed[step_id] = StepState.model_validate_json(self._raw[step_id])
+            state = self._parsed[step_id] = StepState.model_validate_json(self._json(step_id))
         return state
+
+    def _json(self, step_id: str) -> str | bytes:
+        found = self._carried.get(step_id) or self._stored.get(step_id)
+        if found is None:
+            self.prefetch([step_id])
+            found = self._stored.get(step_id)
+            if found is None:
+                raise KeyError(f"step {step_id!r} is named by the run but not stored")
+        return found
+
+    def prefetch(self, step_ids: Iterable[str]) -> None:
+        """Have the JSON of these steps in hand, reading those missing in one round trip."""
+        have = (self._parsed, self._carried, self._stored)
+        missing = [s for s in step_ids if s in self._status and not any(s in h for h in have)]
+        if missing and self._fetch is not None:
+            for step_id, found in zip(missing, self._fetch(missing), strict=True):
+                if found is not None:
+                    self._stored[step_id] = found
 
     def __setitem__(self, step_id: str, state: StepState) -> None:
         self._parsed[step_id] = state
@@ -343,7 +383,7 @@ class Steps(MutableMapping[str, StepState]):
     def __delitem__(self, step_id: str) -> None:
         del self._status[step_id]
         self._parsed.pop(step_id, None)
-        self._raw.pop(step_id, None)
+        self._carried.pop(step_id, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._status)
@@ -356,6 +396,14 @@ class Steps(MutableMapping[str, StepState]):
 
     def __repr__(self) -> str:
         return f"Steps({self.statuses()!r})"
+
+    def values(self) -> ValuesView[StepState]:
+        self.prefetch(self._status)  # one round trip for the whole run, not one per step
+        return super().values()
+
+    def items(self) -> ItemsView[str, StepState]:
+        self.prefetch(self._status)
+        return super().items()
 
     def status(self, step_id: str) -> StepStatus:
         """A step's status, without reading the step."""
@@ -374,7 +422,9 @@ class Steps(MutableMapping[str, StepState]):
 
     def with_status(self, *wanted: StepStatus) -> list[StepState]:
         """The steps in one of the ``wanted`` statuses, in order; only those are read."""
-        return [self[step_id] for step_id, value in self._values().items() if value in wanted]
+        ids = [step_id for step_id, value in self._values().items() if value in wanted]
+        self.prefetch(ids)
+        return [self[step_id] for step_id in ids]
 
     def ids_with_status(self, *wanted: StepStatus) -> set[str]:
         """The ids of the steps in one of the ``wanted`` statuses; no step is read."""
@@ -387,17 +437,17 @@ class Steps(MutableMapping[str, StepState]):
     def touched(self) -> dict[str, str | bytes]:
         """The JSON of every step read (and so perhaps changed) since the run was loaded,
         here or in the runs this one was copied from: what the store must write."""
-        changed = {step_id: self._raw[step_id] for step_id in self._unsaved if step_id not in self._parsed}
+        changed = dict(self._carried)
         for step_id, state in self._parsed.items():
             changed[step_id] = state.model_dump_json()
         return changed
 
     def copy(self) -> Steps:
-        """An independent copy: a step read here is held as JSON again for the copy to read."""
-        raw = dict(self._raw)
+        """An independent copy: a step read here is carried as JSON for the copy to read."""
+        carried = dict(self._carried)
         for step_id, state in self._parsed.items():
-            raw[step_id] = state.model_dump_json()
-        return Steps(raw=raw, statuses=self._values(), unsaved=self._unsaved | self._parsed.keys())
+            carried[step_id] = state.model_dump_json()
+        return Steps(stored=self._stored, statuses=self._values(), carried=carried, fetch=self._fetch)
 
     # -- as a pydantic field -------------------------------------------------------------
 
@@ -420,20 +470,22 @@ class Steps(MutableMapping[str, StepState]):
     @classmethod
     def _validate(cls, value: Any, info: ValidationInfo) -> Steps:
         """Steps as they come: every step's state (a document, a test), or a stored run's head
-        (statuses only), whose steps' JSON comes in the validation context (``{"steps": ...}``)."""
+        (statuses only), whose steps come in the validation context: ``{"steps": ...}`` (their
+        JSON by id, or the :class:`Steps` of a run being copied) and ``{"fetch": ...}``."""
         if isinstance(value, Steps):
             return value
         if not isinstance(value, dict):
             raise ValueError("steps must be an object of step states by step id")
         if value and isinstance(next(iter(value.values())), str):  # a head: statuses only
-            given = (info.context or {}).get("steps")
+            context = info.context or {}
+            given = context.get("steps")
             if not _STEP_STATUS_OF.keys() >= set(value.values()):
                 raise ValueError(f"unknown step statuses {set(value.values()) - _STEP_STATUS_OF.keys()}")
             if isinstance(given, Steps):
                 return given
             if not isinstance(given, dict):
                 raise ValueError("a run's head names its steps' statuses; their states are missing")
-            return cls(raw=given, statuses=value)
+            return cls(stored=given, statuses=value, fetch=context.get("fetch"))
         return cls(parsed={k: StepState.model_validate(v) for k, v in value.items()})
 
     @staticmethod
@@ -441,10 +493,11 @@ class Steps(MutableMapping[str, StepState]):
         if (info.context or {}).get("steps") == "status":
             return steps._values()
         mode = "json" if info.mode_is_json() else "python"
+        steps.prefetch(steps)
         dumped: dict[str, Any] = {}
         for step_id in steps:
             if mode == "json" and step_id not in steps._parsed:
-                dumped[step_id] = json.loads(steps._raw[step_id])  # as stored, unread
+                dumped[step_id] = json.loads(steps._json(step_id))  # as stored, unread
             else:
                 dumped[step_id] = steps[step_id].model_dump(mode=mode)
         return dumped
@@ -455,7 +508,6 @@ class Steps(MutableMapping[str, StepState]):
         return dict(self.items()) == dict(other.items())
 
     __hash__ = None  # type: ignore[assignment]
-
 
 StopMode = Literal["immediate", "graceful"]  # immediate: in-flight steps are killed; graceful: they finish
 
@@ -505,19 +557,11 @@ class Run(BaseModel):
         return Run.model_validate_json(head, context={"steps": self.steps.copy()})
 
     def open_tasks(self) -> list[StepState]:
-        return [
-            s
-            for s in self.steps.with_status(StepStatus.WAITING)
-            if s.task is not None and s.task.decided_at is None
-        ]
+        return [s for s in self.steps.with_status(StepStatus.WAITING) if s.awaits_decision]
 
     def open_questions(self) -> list[StepState]:
         """The ``ask`` steps waiting for an answer."""
-        return [
-            s
-            for s in self.steps.with_status(StepStatus.WAITING)
-            if s.question is not None and s.question.answer is None
-        ]
+        return [s for s in self.steps.with_status(StepStatus.WAITING) if s.awaits_answer]
 
 
 class EventType(StrEnum):

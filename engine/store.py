@@ -41,6 +41,7 @@ from engine.model import (
     STEP_STATUSES_ONLY,
     Event,
     EventType,
+    FetchSteps,
     Run,
     RunStatus,
 )
@@ -57,8 +58,14 @@ RUN_TIMER_KINDS = ("run_timeout", "drain_timeout")  # timers of the run itself (
 _CLAIMED = "claimed:"  # an event delivery's id while a delivery holds it, before its run ids
 # Let go of a delivery id, unless the claim expired and another delivery holds it now.
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-# A run's head and steps in one round trip, inside a transaction's WATCH (immediate mode).
+# A run's head and steps in one round trip, inside a transaction's WATCH (immediate mode):
+# all its steps, or (for a transition) those named in ARGV, the rest read when first read.
 _LOAD_RUN = "return {redis.call('GET', KEYS[1]), redis.call('HGETALL', KEYS[2])}"
+_LOAD_HEAD_AND_STEPS = """
+local steps = {}
+if #ARGV > 0 then steps = redis.call('HMGET', KEYS[2], unpack(ARGV)) end
+return {redis.call('GET', KEYS[1]), steps}
+"""
 
 
 def ts(moment: datetime) -> float:
@@ -392,19 +399,35 @@ class RunStore:
         run_id: str,
         decide: Callable[[Pipeline, Run], Outcome | None],
         watch: Iterable[str] = (),
+        steps: Iterable[str] = (),
     ) -> tuple[Run, Outcome | None]:
         """Apply ``decide`` to the current run atomically, retrying on a concurrent change.
 
         ``decide`` may read more keys through the pipeline (it is in immediate mode) and
-        ``watch`` names keys whose change must also invalidate the decision.
+        ``watch`` names keys whose change must also invalidate the decision. The run comes
+        with its head and the ``steps`` named (the ones the change is about); any other step
+        is read from Redis when first read (:class:`engine.model.Steps`), so a transition of
+        a long run reads what it needs, not every step.
+
+        A step read after the transaction is read as it is then: a caller that wants a
+        consistent picture of the whole run loads it (:meth:`load`).
         """
         key = self.keys.run(run_id)
+        steps_key = self.keys.run_steps(run_id)
+        named = list(dict.fromkeys(steps))
+
+        def fetch(step_ids: list[str]) -> list[bytes | str | None]:
+            # Another connection: inside the transaction the WATCH on the head (rewritten by
+            # every change of a step) keeps what is read consistent with what is committed.
+            return self.redis.hmget(steps_key, step_ids)
+
         with self.redis.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(key, *watch)
-                    head, steps = pipe.eval(_LOAD_RUN, 2, key, self.keys.run_steps(run_id))
-                    before = decode_run(head, steps)
+                    head, found = pipe.eval(_LOAD_HEAD_AND_STEPS, 2, key, steps_key, *named)
+                    stored = {step: raw for step, raw in zip(named, found, strict=True) if raw is not None}
+                    before = decode_run(head, stored, fetch)
                     if before is None:
                         raise NotFound(f"No run {run_id!r}.")
                     outcome = decide(pipe, before)
@@ -428,13 +451,13 @@ class RunStore:
         touched = run.steps.touched()
         if touched:
             pipe.hset(keys.run_steps(run.run_id), mapping=touched)  # type: ignore[arg-type]
+        self._write_indexes(pipe, before, run, touched)
         for event in outcome.events:
             body = event.model_dump_json(exclude={"id"})
             fields: dict[Any, Any] = {"type": event.type, "run_id": run.run_id, "event": body}
             pipe.xadd(keys.run_events(run.run_id), fields)
             feed_fields = {**fields, "workflow_id": run.workflow_id}  # the Logs page filters by it
             pipe.xadd(keys.events, feed_fields, maxlen=EVENTS_MAXLEN, approximate=True)
-        self._write_indexes(pipe, before, run)
         for hour, counts in analytics.tally(run, outcome.events).items():
             for name, amount in counts.items():
                 pipe.hincrby(keys.stats_hour(hour), name, amount)
@@ -453,7 +476,7 @@ class RunStore:
         for job in outcome.enqueue:
             self._enqueue(pipe, run, job)
 
-    def _write_indexes(self, pipe: Pipeline, before: Run | None, run: Run) -> None:
+    def _write_indexes(self, pipe: Pipeline, before: Run | None, run: Run, touched: Iterable[str]) -> None:
         keys = self.keys
         moment = ts(run.updated_at)
         if before is None or before.status is not run.status:
@@ -468,22 +491,21 @@ class RunStore:
                 pipe.zadd(keys.admitted(run.workflow_id), {run.run_id: ts(run.created_at)})
             else:
                 pipe.zrem(keys.admitted(run.workflow_id), run.run_id)
-        open_before = {s.step_id for s in before.open_tasks()} if before else set()
-        open_now = {s.step_id: s for s in run.open_tasks()}
-        for task_id in open_before - set(open_now):
-            pipe.zrem(keys.pending_tasks, task_member(run.run_id, task_id))
-        for task_id in set(open_now) - open_before:
-            task = open_now[task_id].task
-            opened = ts(task.opened_at) if task else moment
-            pipe.zadd(keys.pending_tasks, {task_member(run.run_id, task_id): opened})
-        asked_before = {s.step_id for s in before.open_questions()} if before else set()
-        asked_now = {s.step_id: s for s in run.open_questions()}
-        for step_id in asked_before - set(asked_now):
-            pipe.zrem(keys.open_questions, step_member(run.run_id, step_id))
-        for step_id in set(asked_now) - asked_before:
-            question = asked_now[step_id].question
-            asked = ts(question.asked_at) if question else moment
-            pipe.zadd(keys.open_questions, {step_member(run.run_id, step_id): asked})
+        # Only a step the change read can have changed: only those can open or close a task.
+        for step_id in touched:
+            now = run.steps[step_id]
+            was = before.steps[step_id] if before is not None and step_id in before.steps else None
+            member = step_member(run.run_id, step_id)
+            if now.awaits_decision and not (was and was.awaits_decision):
+                opened = ts(now.task.opened_at) if now.task else moment
+                pipe.zadd(keys.pending_tasks, {member: opened})
+            elif was and was.awaits_decision and not now.awaits_decision:
+                pipe.zrem(keys.pending_tasks, member)
+            if now.awaits_answer and not (was and was.awaits_answer):
+                asked = ts(now.question.asked_at) if now.question else moment
+                pipe.zadd(keys.open_questions, {member: asked})
+            elif was and was.awaits_answer and not now.awaits_answer:
+                pipe.zrem(keys.open_questions, member)
 
     # -- admission -----------------------------------------------------------------------
 
@@ -665,16 +687,19 @@ class RunStore:
         return [parse_step_member(m) for m in texts(self.redis.smembers(self.keys.waits(wait_key)))]
 
 
-def decode_run(head: bytes | str | None, steps: dict[Any, Any] | list[Any] | None) -> Run | None:
+def decode_run(
+    head: bytes | str | None, steps: dict[Any, Any] | list[Any] | None, fetch: FetchSteps | None = None
+) -> Run | None:
     """A run from its stored head and steps' hash (a reply of HGETALL, or of it inside a
-    script: a flat list); None when there is no head. A head holding every step (a run
-    stored whole by an earlier version) needs no steps."""
+    script: a flat list); None when there is no head. ``fetch`` reads the steps not given
+    when they are read. A head holding every step (a run stored whole by an earlier
+    version) needs no steps."""
     if head is None:
         return None
     if isinstance(steps, list):
         steps = dict(zip(steps[::2], steps[1::2], strict=True))
     states = {text(step_id): state for step_id, state in (steps or {}).items()}
-    return Run.model_validate_json(head, context={"steps": states})
+    return Run.model_validate_json(head, context={"steps": states, "fetch": fetch})
 
 
 def event_from_entry(entry_id: Any, fields: Any) -> Event:
