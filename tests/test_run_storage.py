@@ -55,6 +55,18 @@ def monitored(server: RedisServer) -> Iterator[list[list[str]]]:
         thread.join(5)
 
 
+def steps_read(commands: list[list[str]], steps_key: str) -> list[str]:
+    """The step ids read from a run's steps hash (HMGET, also inside a script); "*" for HGETALL."""
+    read: list[str] = []
+    for words in commands:
+        names = [w.strip('"') for w in words]
+        if names[0].upper() == "HGETALL" and names[1] == steps_key:
+            read.append("*")
+        elif names[0].upper() == "HMGET" and names[1] == steps_key:
+            read += names[2:]
+    return read
+
+
 def steps_written(commands: list[list[str]], steps_key: str) -> list[str]:
     """The step ids each HSET on a run's steps hash wrote, in order."""
     written: list[str] = []
@@ -79,6 +91,8 @@ def test_a_step_of_a_long_run_writes_the_steps_it_concerns(own_redis: RedisServe
     assert "s1" in written and "s2" in written
     assert len(written) <= 5, written  # not the 30 steps of the run
     assert run.steps.status("s2") is StepStatus.QUEUED
+    read = steps_read(commands, steps_key)
+    assert "*" not in read and set(read) <= {"s0", "s1", "s2"}, read  # the run's 30 steps are not all read
 
 
 def test_what_a_transition_computed_is_what_is_stored(redis_conn: redis.Redis, namespace: str) -> None:
