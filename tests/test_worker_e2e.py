@@ -449,7 +449,9 @@ def test_paused_run_holds_queued_steps_until_resumed(harness: Harness) -> None:
     harness.engine.pause(run.run_id, OPERATOR)
 
     harness.start_worker()
-    held = harness.wait_for(run.run_id, lambda r: "step_held" in harness.event_types(r.run_id), "held")
+    harness.wait_for(run.run_id, lambda r: "step_held" in harness.event_types(r.run_id), "held")
+    # Read after the event: the run read before it may predate the hold (one transaction writes both).
+    held = harness.engine.get_run(run.run_id)
     assert held.status is RunStatus.PAUSED
     assert held.steps["slow"].status is StepStatus.PENDING
     assert marker_lines(marker) == []
