@@ -17,7 +17,9 @@ gave is kept:
 
 The worker and its horse talk over a socket pair: an :class:`Assignment` per job (the
 job as its worker read and prepared it, so the horse needs no Redis call to start) and a
-:class:`Report` once RQ has recorded the job's end. Death is seen on a pidfd (Linux), or by polling.
+:class:`Report` once the job is over (a step's success carries what RQ records, for the
+worker to write along with its next call, so the horse needs none to end either). Death
+is seen on a pidfd (Linux), or by polling.
 This module keeps the process; :class:`worker.process.SwitchboardWorker` does the RQ side.
 """
 
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection, Pipe, wait
 from resource import struct_rusage
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from engine.lifetime import die_with_parent
 
@@ -59,10 +61,24 @@ class Assignment:
 
 
 @dataclass(frozen=True)
+class Finished:
+    """A job that succeeded, for its worker to record in RQ (the horse did not)."""
+
+    result: Any
+    started_at: datetime
+    ended_at: datetime
+
+
+@dataclass(frozen=True)
 class Report:
-    """The horse finished a job (RQ recorded its end); its resident memory after it."""
+    """The horse finished a job; its resident memory after it.
+
+    RQ recorded the job's end, or, for a job that ``finished`` says succeeded, its worker
+    records it with its next Redis call.
+    """
 
     rss: int
+    finished: Finished | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from resource import struct_rusage
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from redis.client import Pipeline, PubSub, PubSubWorkerThread
+from redis.exceptions import NoScriptError
 from rq import worker_registration
 from rq.command import handle_command, parse_payload
 from rq.exceptions import InvalidJobOperation
@@ -48,7 +49,7 @@ from engine.outage import LONGEST_RETRY_SECONDS, REDIS_DOWN, Outage
 from engine.redis_idioms import text
 from engine.settings import Settings
 from worker import jobs
-from worker.horse import Assignment, Ended, Horse, Report, resident_bytes
+from worker.horse import Assignment, Ended, Finished, Horse, Report, resident_bytes
 from worker.housekeeping import housekeep
 from worker.keys import WorkerKeys
 from worker.reaper import reap, redis_uptime
@@ -108,13 +109,15 @@ class SwitchboardWorker(Worker):
     """RQ's worker with a reused work horse, made to ride out Redis outages, and guarded on kills.
 
     **The horse.** Where RQ forks a horse per job, this worker keeps one
-    (:class:`worker.horse.Horse`) and hands it each job it dequeues; RQ's bookkeeping is
-    unchanged (the worker prepares the execution and watches the horse, heartbeats
-    included; the horse marks the job started, runs it under its timeout and records its
-    end). A stop command for the running job kills the horse; a horse that ends without
-    reporting is handled as RQ handles a killed horse (the step is reported lost); either
-    way the next job gets a fresh horse. A horse is retired after ``horse_max_jobs`` jobs
-    or once a job leaves it above ``horse_max_rss`` bytes (0: never).
+    (:class:`worker.horse.Horse`) and hands it each job it dequeues; RQ's records are
+    RQ's (the worker marks the job started with its execution and watches the horse,
+    heartbeats included; the horse runs the job under its timeout and records its end, or
+    for a step that succeeded leaves that to the worker's next call, which takes the next
+    job: :meth:`dequeue_job_and_maintain_ttl`). A stop command for the running job kills
+    the horse; a horse that ends without reporting is handled as RQ handles a killed horse
+    (the step is reported lost); either way the next job gets a fresh horse. A horse is
+    retired after ``horse_max_jobs`` jobs or once a job leaves it above ``horse_max_rss``
+    bytes (0: never).
 
     **Outages.** RQ's work loop quits on any error it does not expect, and a Redis restart
     raises them everywhere: while it sends heartbeats for a running job, sets its state,
@@ -165,6 +168,9 @@ class SwitchboardWorker(Worker):
         self._last_beat = 0.0
         self._next_suspension_check = 0.0
         self._take_waiting = self.connection.register_script(TAKE_WAITING_JOB)
+        # A step job its horse reported successful, not recorded in RQ yet (in the worker).
+        self._unrecorded: tuple[Job, Execution, Finished] | None = None
+        self._finished: Finished | None = None  # in the horse: the success of the job just run
 
     def _through_outage(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` tried until Redis answers; in a work horse for ``report_patience`` at most."""
@@ -221,6 +227,8 @@ class SwitchboardWorker(Worker):
         if isinstance(outcome, Report):
             if self._stopped_job_id == job.id:
                 self._stopped_job_id = None  # the stop came after the job had ended
+            if outcome.finished is not None:
+                self._unrecorded = (job, execution, outcome.finished)
             self._after_job(horse, outcome)
             return
         self.horse = None
@@ -285,6 +293,9 @@ class SwitchboardWorker(Worker):
         if not self.is_horse and self.horse is not None:
             self.horse.retire()
             self.horse = None
+        if self._unrecorded is not None:
+            with contextlib.suppress(*REDIS_DOWN):  # RQ's own cleanup ends the job's execution later
+                self._record_unrecorded()
         super().teardown()
 
     # -- the reused horse: horse side ----------------------------------------------------
@@ -302,13 +313,14 @@ class SwitchboardWorker(Worker):
                 os._exit(0)  # the worker is gone
             if assignment is None:
                 os._exit(0)  # retired
+            self._finished = None
             try:
                 self._perform(assignment, queues)
             except BaseException:
                 # As a forked horse that failed outside its job: the worker records the job.
                 log.exception("work horse failed outside its job", extra={"job_id": assignment.job_id})
                 os._exit(1)
-            conn.send(Report(rss=resident_bytes()))
+            conn.send(Report(rss=resident_bytes(), finished=self._finished))
 
     def _perform(self, assignment: Assignment, queues: dict[str, Queue]) -> None:
         job = self.job_class(assignment.job_id, connection=self.connection, serializer=self.serializer)
@@ -376,12 +388,29 @@ class SwitchboardWorker(Worker):
             taken = self._through_outage(self._take_waiting_job, self.queues[0])
             if taken is not None:
                 return taken
+        elif self._unrecorded is not None:
+            self._through_outage(self._record_unrecorded)
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def _take_waiting_job(self, queue: Queue) -> tuple[Job, Queue] | None:
+        """The waiting job and its hash, in the round trip that records the last step's success."""
         keys = [queue.key, queue.intermediate_queue_key]
+        args = [self.job_class.redis_job_namespace_prefix]
         while True:
-            reply = self._take_waiting(keys, [self.job_class.redis_job_namespace_prefix])
+            if self._unrecorded is not None:
+                with self.connection.pipeline() as pipe:
+                    self._record_success(pipe, *self._unrecorded)
+                    pipe.evalsha(self._take_waiting.sha, len(keys), *keys, *args)
+                    *recorded, reply = pipe.execute(raise_on_error=False)
+                self._unrecorded = None
+                for failed in (r for r in recorded if isinstance(r, Exception)):
+                    raise failed
+                if isinstance(reply, NoScriptError):  # Redis restarted since the script was loaded
+                    reply = self._take_waiting(keys, args)
+                elif isinstance(reply, Exception):
+                    raise reply
+            else:
+                reply = self._take_waiting(keys, args)
             if not reply:
                 return None
             job_id, fields = reply
@@ -398,6 +427,7 @@ class SwitchboardWorker(Worker):
         if time.monotonic() < self._next_suspension_check:
             return
         self._next_suspension_check = time.monotonic() + self.beat_at_most_every
+        self._through_outage(self._record_unrecorded)  # a suspended worker waits in there
         self._through_outage(super().check_for_suspension, burst)
 
     def run_maintenance_tasks(self) -> None:
@@ -443,35 +473,53 @@ class SwitchboardWorker(Worker):
     def handle_job_success(
         self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry, execution: Execution
     ) -> None:
-        """A step job's success in one round trip.
+        """A step job's success, recorded by the worker with its next Redis call.
 
         RQ first watches and reads the job's dependents (to enqueue them) and, for a result
         kept no time at all, reads the job's status and executions (to delete it): three to
         seven round trips. A step job has no dependents, repeats or rate limit (the engine
         enqueues what follows in the step's own transaction), so RQ's writes are all there
         is: its counters, the job finished with its result for ``result_ttl``, the
-        execution cleaned up.
+        execution cleaned up. The horse hands them to its worker with its report
+        (:meth:`_record_success`), and the worker sends them with the call that takes the
+        next job: the step's end costs no round trip of its own. The engine has the step's
+        outcome already; these are RQ's records of the job.
         """
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         if job.func_name != STEP_JOB or result_ttl <= 0 or job.repeats_left or job.has_rate_limit:
             super().handle_job_success(job, queue, started_job_registry, execution)
             return
         assert job.started_at is not None and job.ended_at is not None
-        with self.connection.pipeline() as pipe:
-            self.increment_successful_job_count(pipeline=pipe)
-            self.increment_total_working_time(job.ended_at - job.started_at, pipe)
-            job._handle_success(
-                result_ttl,
-                pipeline=pipe,
-                worker_name=self.name,
-                execution_id=execution.id,
-                execution_started_at=execution.created_at,
-                execution_ended_at=job.ended_at,
-            )
-            job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-            self.cleanup_execution(job, pipeline=pipe, execution=execution)
-            pipe.execute()
+        self._finished = Finished(job._result, job.started_at, job.ended_at)
         job._status = JobStatus.FINISHED
+
+    def _record_success(self, pipe: Pipeline, job: Job, execution: Execution, finished: Finished) -> None:
+        """RQ's writes for a step job that succeeded in the horse, queued on ``pipe``."""
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        job._result = finished.result
+        job.started_at, job.ended_at = finished.started_at, finished.ended_at
+        self.increment_successful_job_count(pipeline=pipe)
+        self.increment_total_working_time(finished.ended_at - finished.started_at, pipe)
+        job._handle_success(
+            result_ttl,
+            pipeline=pipe,
+            worker_name=self.name,
+            execution_id=execution.id,
+            execution_started_at=execution.created_at,
+            execution_ended_at=finished.ended_at,
+        )
+        job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+        self.cleanup_execution(job, pipeline=pipe, execution=execution)
+        job._status = JobStatus.FINISHED
+
+    def _record_unrecorded(self) -> None:
+        """The last step's success on its own (when no job is taken right after it)."""
+        if self._unrecorded is None:
+            return
+        with self.connection.pipeline() as pipe:
+            self._record_success(pipe, *self._unrecorded)
+            pipe.execute()
+        self._unrecorded = None
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
         # Between polls of a running horse: a missed beat is retried at the next poll, and
