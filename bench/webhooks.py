@@ -1,7 +1,10 @@
 """Benchmark: signed webhook deliveries per second against a bare aiohttp endpoint, driven by wrk.
 
-Both servers run in a child process of their own (one at a time, same machine, same
-client), so the ratio compares like with like. The client is ``wrk`` (a C load generator;
+Both servers run in a child process of their own (same machine, same client), so the
+ratio compares like with like; they are measured in alternating rounds, and each figure is
+the median of its server's rounds, so a burst of load from other processes on a shared
+machine is not charged to one server alone. Beside each server's rate it prints the CPU
+the server process spent per request, which depends less on how busy the machine is. The client is ``wrk`` (a C load generator;
 a Python client saturated before the servers did): a Lua script hands each request the
 next of a set of deliveries signed beforehand, each thread its own share, so every
 delivery is a new one (no duplicate answered from memory) unless the set runs out, which
@@ -14,7 +17,7 @@ measures the web process and not how this machine shares its cores; ``--workers-
 runs them during the deliveries instead. Either way it prints how fast they started
 every accepted run.
 
-    .venv/bin/python bench/webhooks.py [--seconds 5] [--connections 32] [--workers 1]
+    .venv/bin/python bench/webhooks.py [--rounds 4] [--seconds 2] [--connections 32] [--workers 1]
 
 Needs ``wrk`` (Debian/Ubuntu: ``apt-get install -y wrk``) and a Redis at REDIS_URL
 (default redis://127.0.0.1:6379/0); it uses a key prefix of its own and deletes its keys
@@ -29,6 +32,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,6 +75,7 @@ sources:
 
 
 WARM_UP = 200  # deliveries before the measure (connections, caches, the first runs)
+KINDS = ("bare", "real")
 
 
 @dataclass
@@ -80,6 +85,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     failures: int  # answers other than 2xx, and connection errors
+    cpu_us: float | None  # the server process's CPU per request (user + system), where /proc says
 
 
 def serve(kind: str, port: int, prefix: str, redis_url: str, folder: Path) -> None:
@@ -231,23 +237,69 @@ async def warm_up(port: int, count: int, tag: str) -> None:
                 await response.read()
 
 
-async def measure(kind: str, args: argparse.Namespace, prefix: str, folder: Path) -> Result:
-    port = free_port()
-    command = [sys.executable, __file__, "--serve", kind, "--port", str(port), "--prefix", prefix]
-    child = subprocess.Popen([*command, "--redis-url", args.redis_url, "--folder", str(folder)])
-    workers: list[subprocess.Popen[bytes]] = []
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux's /proc; None elsewhere)."""
     try:
-        await wait_until_up(port)
-        if kind == "real" and args.workers_during:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summarise(kind: str, rounds: list[tuple[dict[str, float], float | None]]) -> Result:
+    """One figure per measure from several rounds: the median round's."""
+    rates = [summary["requests"] / summary["seconds"] for summary, _ in rounds]
+    cpus = [cpu for _, cpu in rounds if cpu is not None]
+    return Result(
+        kind,
+        statistics.median(rates),
+        statistics.median(summary["p50_ms"] for summary, _ in rounds),
+        statistics.median(summary["p99_ms"] for summary, _ in rounds),
+        int(sum(summary["not_2xx"] + summary["errors"] for summary, _ in rounds)),
+        statistics.median(cpus) if cpus else None,
+    )
+
+
+async def measure(args: argparse.Namespace, prefix: str, folder: Path) -> tuple[Result, Result]:
+    """Both servers up at once, measured in alternating rounds (bare, real, real, bare, ...).
+
+    On a shared machine the load of other processes comes and goes: measuring one server
+    and then the other would charge a burst of it to whichever was measured then. Rounds
+    that alternate, and the median of each server's rounds, leave such bursts out.
+    """
+    ports = {kind: free_port() for kind in KINDS}
+    serve = ["--prefix", prefix, "--redis-url", args.redis_url, "--folder", str(folder)]
+    children = {
+        kind: subprocess.Popen(
+            [sys.executable, __file__, "--serve", kind, "--port", str(ports[kind]), *serve]
+        )
+        for kind in KINDS
+    }
+    workers: list[subprocess.Popen[bytes]] = []
+    rounds: dict[str, list[tuple[dict[str, float], float | None]]] = {kind: [] for kind in KINDS}
+    try:
+        for kind in KINDS:
+            await wait_until_up(ports[kind])
+        if args.workers_during:
             workers = start_workers(args.workers, prefix, args.redis_url, folder)
-        await warm_up(port, WARM_UP, f"warm{kind}")
-        summary = await asyncio.to_thread(run_wrk, port, args, folder, kind)
-        if summary["requests"] > args.deliveries:
-            print(
-                f"  note: {kind} took more than {args.deliveries} deliveries: some were repeats (--deliveries)"
-            )
-        if kind == "real" and args.workers:
-            total = WARM_UP + min(int(summary["requests"] - summary["not_2xx"]), args.deliveries)
+        for kind in KINDS:
+            await warm_up(ports[kind], WARM_UP, f"warm{kind}")
+        for number in range(args.rounds):
+            for kind in KINDS if number % 2 == 0 else KINDS[::-1]:
+                before = cpu_seconds(children[kind].pid)
+                summary = await asyncio.to_thread(run_wrk, ports[kind], args, folder, f"{kind}{number}")
+                after = cpu_seconds(children[kind].pid)
+                cpu = (
+                    None if before is None or after is None else (after - before) * 1e6 / summary["requests"]
+                )
+                rounds[kind].append((summary, cpu))
+                if summary["requests"] > args.deliveries:
+                    print(
+                        f"  note: {kind} took more than {args.deliveries} deliveries in a round: some were repeats"
+                    )
+        if args.workers:
+            answered = sum(min(int(s["requests"] - s["not_2xx"]), args.deliveries) for s, _ in rounds["real"])
+            total = WARM_UP + answered
             began = time.perf_counter()
             workers = workers or start_workers(args.workers, prefix, args.redis_url, folder)
             waited = await wait_for_runs(args.redis_url, prefix, total)
@@ -259,19 +311,16 @@ async def measure(kind: str, args: argparse.Namespace, prefix: str, folder: Path
             )
     finally:
         stop(workers)
-        child.terminate()
-        child.wait(10)
-    return Result(
-        kind,
-        summary["requests"] / summary["seconds"],
-        summary["p50_ms"],
-        summary["p99_ms"],
-        int(summary["not_2xx"] + summary["errors"]),
-    )
+        for child in children.values():
+            child.terminate()
+        for child in children.values():
+            child.wait(10)
+    return summarise("bare", rounds["bare"]), summarise("real", rounds["real"])
 
 
-async def wait_for_runs(redis_url: str, prefix: str, count: int, limit: float = 300.0) -> float:
-    """Seconds until the workers had started ``count`` runs."""
+async def wait_for_runs(redis_url: str, prefix: str, count: int) -> float:
+    """Seconds until the workers had started ``count`` runs (given up below 50 runs/s)."""
+    limit = max(300.0, count / 50)
     connection = redis.Redis.from_url(redis_url)
     began = time.perf_counter()
     while connection.zcard(f"{prefix}runs") < count:
@@ -283,7 +332,8 @@ async def wait_for_runs(redis_url: str, prefix: str, count: int, limit: float = 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=5, help="how long wrk sends, per server")
+    parser.add_argument("--seconds", type=int, default=2, help="how long wrk sends, per server and round")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per server")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--deliveries", type=int, default=60_000, help="signed beforehand, per server")
@@ -310,21 +360,21 @@ def main() -> None:
     (folder / "workflows" / "bench-release.json").write_text(json.dumps(WORKFLOW))
     (folder / "sources.yaml").write_text(SOURCES)
     try:
-        bare = asyncio.run(measure("bare", args, prefix, folder))
-        real = asyncio.run(measure("real", args, prefix, folder))
+        bare, real = asyncio.run(measure(args, prefix, folder))
     finally:
         connection = redis.Redis.from_url(args.redis_url)
         for key in connection.scan_iter(f"{prefix}*", count=1000):
             connection.delete(key)
         shutil.rmtree(folder, ignore_errors=True)
     print(
-        f"wrk, {args.connections} connections, {args.threads} threads, {args.seconds} s per server,"
-        f" {os.cpu_count()} CPUs; Redis at {args.redis_url}"
+        f"wrk, {args.connections} connections, {args.threads} threads, {args.rounds} alternating rounds of"
+        f" {args.seconds} s per server (medians), {os.cpu_count()} CPUs; Redis at {args.redis_url}"
     )
     for result in (bare, real):
+        cpu = f"   CPU {result.cpu_us:4.0f} us/request" if result.cpu_us is not None else ""
         print(
             f"  {result.name:5} {result.rate:8.0f} req/s   p50 {result.p50_ms:7.2f} ms   p99 {result.p99_ms:7.2f} ms"
-            f"   failed {result.failures}"
+            f"   failed {result.failures}{cpu}"
         )
     ratio = real.rate / bare.rate
     print(
