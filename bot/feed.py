@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from bot import cards
-from bot.home import QUESTION_LIMIT, home_view
+from bot.home import home_view
 from bot.outbox import Outbound
 from bot.runtime import Bot
 from engine.errors import NotFound
@@ -308,8 +308,7 @@ class HomeRefresher:
 
 async def publish_home(bot: Bot, user: str, notice: str | None = None) -> None:
     center = await bot.call(bot.engine.command_center)
-    questions = await bot.call(bot.engine.open_questions, None, QUESTION_LIMIT)
-    view = home_view(center, notice, questions)
+    view = home_view(center, notice)
     await bot.outbox.put(
         f"home:{user}", Outbound(method="views.publish", args={"user_id": user, "view": view})
     )

@@ -35,16 +35,13 @@ from engine.views import describe
 
 APPROVAL_ROWS = 8
 QUESTION_ROWS = 5
-QUESTION_LIMIT = 50  # questions read for the home: the count says "50+" beyond
 DRAINING_ROWS = 5
 RUNNING_ROWS = 10
 FAILED_ROWS = 8
 
 
-def home_view(
-    center: CommandCenter, notice: str | None = None, questions: Sequence[OpenQuestion] = ()
-) -> Block:
-    """The home of one user; ``questions`` are the open questions (up to :data:`QUESTION_LIMIT`)."""
+def home_view(center: CommandCenter, notice: str | None = None) -> Block:
+    """The home of one user."""
     counts = center.counts
     blocks: list[Block] = [header("Command Center")]
     if notice:
@@ -56,7 +53,7 @@ def home_view(
         )
     )
     blocks += _awaiting(center.awaiting_approval, counts.get("pending", 0))
-    blocks += _questions(questions)
+    blocks += _questions(center.awaiting_answer, counts.get("questions", 0))
     blocks += _section(
         f"Stopping gracefully · {counts.get('draining', 0)} draining",
         center.stopping_gracefully,
@@ -117,17 +114,15 @@ def _task_row(pending: PendingTask) -> list[Block]:
     return [section(text), actions(*buttons)]
 
 
-def _questions(questions: Sequence[OpenQuestion]) -> list[Block]:
-    # Only QUESTION_LIMIT are read: at the limit there may be more than the count says.
-    beyond = "+" if len(questions) >= QUESTION_LIMIT else ""
-    blocks: list[Block] = [divider(), section(f"*Waiting for an answer* · {len(questions)}{beyond} open")]
+def _questions(questions: Sequence[OpenQuestion], total: int) -> list[Block]:
+    blocks: list[Block] = [divider(), section(f"*Waiting for an answer* · {total} open")]
     if not questions:
         return [*blocks, context("No question is waiting for an answer.")]
     shown = questions[:QUESTION_ROWS]
     for found in shown:
         blocks += _question_row(found)
-    if len(questions) > len(shown):
-        blocks.append(context(f"… and {len(questions) - len(shown)}{beyond} more open"))
+    if total > len(shown):
+        blocks.append(context(f"… and {total - len(shown)} more open"))
     return blocks
 
 

@@ -126,9 +126,11 @@ class EventPage(BaseModel):
 
 @dataclass
 class CommandCenter:
-    """The operator inbox: four sections, each with its total count and first rows."""
+    """The operator inbox: its sections (tasks and questions waiting on people, draining,
+    running and recently failed runs), each with its total count and first rows."""
 
     awaiting_approval: list[PendingTask] = field(default_factory=list)
+    awaiting_answer: list[OpenQuestion] = field(default_factory=list)
     stopping_gracefully: list[Run] = field(default_factory=list)
     running_now: list[Run] = field(default_factory=list)
     failed_recently: list[Run] = field(default_factory=list)
@@ -281,12 +283,13 @@ class Queries:
         return found
 
     def command_center(self, rows: int = 25) -> CommandCenter:
-        """The four inbox sections with their counts, from indexes (never a scan of all runs)."""
+        """The inbox sections with their counts, from indexes (never a scan of all runs)."""
         recent = ts(self.clock() - FAILED_RECENTLY)
         n = self.store.status_counts(since={RunStatus.FAILED: recent, RunStatus.STOPPED: recent})
         center = CommandCenter(
             counts={
                 "pending": self.store.pending_task_count(),
+                "questions": self.store.open_question_count(),
                 "draining": n[RunStatus.DRAINING],
                 "running": n[RunStatus.RUNNING] + n[RunStatus.PAUSED] + n[RunStatus.QUEUED],
                 "failed": n[RunStatus.FAILED] + n[RunStatus.STOPPED],  # the section: both
@@ -295,6 +298,7 @@ class Queries:
             }
         )
         center.awaiting_approval = self.pending_tasks(limit=rows)
+        center.awaiting_answer = self.open_questions(limit=rows)
         center.stopping_gracefully = self.store.latest_with_status(RunStatus.DRAINING, rows)
         active = [RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.QUEUED]
         center.running_now = sorted(

@@ -306,6 +306,9 @@ class RunStore:
         members = self.redis.zrange(self.keys.open_questions, 0, limit - 1)
         return [parse_step_member(m) for m in texts(members)]
 
+    def open_question_count(self) -> int:
+        return int(self.redis.zcard(self.keys.open_questions))
+
     def pending_task_count(self) -> int:
         return int(self.redis.zcard(self.keys.pending_tasks))
 

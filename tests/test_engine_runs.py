@@ -445,7 +445,7 @@ def test_command_center_sections_and_counts(redis_conn: redis.Redis, namespace: 
     finish_step(engine, failed_again, "b", error=StepError(code=FailureCode.STEP_FAILED, message="y"))
     center = engine.command_center()
     assert center.counts == {
-        "pending": 1, "draining": 1, "running": 2, "failed": 1, "failed_runs": 1, "stopped_runs": 0
+        "pending": 1, "questions": 0, "draining": 1, "running": 2, "failed": 1, "failed_runs": 1, "stopped_runs": 0
     }
     assert [(t.run.run_id, t.task.task_id) for t in center.awaiting_approval] == [(waiting.run_id, "approve")]
     # App Home shows the waiting tasks grouped by workflow, then by run.

@@ -89,6 +89,21 @@ async def test_rest_lists_open_questions_of_all_runs_and_of_one(
     check(document, "/v1/runs/{run_id}/tasks/{task_id}/answer", "post", 200, await answered.json())
     assert await listed(client, "/v1/questions") == []
     assert await listed(client, f"/v1/runs/{asked.run_id}/questions") == []
+
+
+async def test_the_command_center_counts_and_lists_open_questions(
+    client_and_engine: tuple[TestClient, Engine],
+) -> None:
+    client, engine = client_and_engine
+    document = await document_of(client)
+    asked = engine.start("ask-ops", {"service": "billing"}, OPS)
+    center = await (await client.get("/v1/command-center", headers=bearer("viewer"))).json()
+    check(document, "/v1/command-center", "get", 200, center)
+    assert center["counts"]["questions"] == 1
+    assert [(q["run_id"], q["step_id"]) for q in center["awaiting_answer"]] == [(asked.run_id, "region")]
+    engine.answer(asked.run_id, "region", OPS, "eu-west")
+    center = await (await client.get("/v1/command-center", headers=bearer("viewer"))).json()
+    assert center["counts"]["questions"] == 0 and center["awaiting_answer"] == []
     operation = document["paths"]["/v1/questions"]["get"]
     assert operation["x-required-role"] == "viewer" and operation["tags"] == ["tasks"]
 

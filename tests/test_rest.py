@@ -340,7 +340,7 @@ async def test_workflows(client: TestClient) -> None:
     assert len(runs["runs"]) == 1
 
 
-async def test_command_center_has_four_sections_and_counts(client: TestClient, web_engine: Engine) -> None:
+async def test_command_center_has_its_sections_and_counts(client: TestClient, web_engine: Engine) -> None:
     waiting = web_engine.start("release", {"service": "api"}, OPS)
     stopped = web_engine.start("release", {"service": "old"}, OPS)
     web_engine.stop(stopped.run_id, OPS)
@@ -348,6 +348,7 @@ async def test_command_center_has_four_sections_and_counts(client: TestClient, w
     assert set(center) == {
         "counts",
         "awaiting_approval",
+        "awaiting_answer",
         "stopping_gracefully",
         "running_now",
         "failed_recently",
@@ -355,9 +356,9 @@ async def test_command_center_has_four_sections_and_counts(client: TestClient, w
     assert [t["run_id"] for t in center["awaiting_approval"]] == [waiting.run_id]
     assert [r["run_id"] for r in center["running_now"]] == [waiting.run_id]
     assert [r["run_id"] for r in center["failed_recently"]] == [stopped.run_id]
-    assert center["stopping_gracefully"] == []
+    assert center["stopping_gracefully"] == [] and center["awaiting_answer"] == []
     assert center["counts"] == {
-        "pending": 1, "draining": 0, "running": 1, "failed": 1, "failed_runs": 0, "stopped_runs": 1
+        "pending": 1, "questions": 0, "draining": 0, "running": 1, "failed": 1, "failed_runs": 0, "stopped_runs": 1
     }
 
 

@@ -231,6 +231,7 @@ def workflow_json(workflow: Workflow) -> dict[str, Any]:
 class CommandCenterAnswer(BaseModel):
     counts: dict[str, int]
     awaiting_approval: list[TaskDocument]
+    awaiting_answer: list[QuestionDocument]
     stopping_gracefully: list[RunSummary]
     running_now: list[RunSummary]
     failed_recently: list[RunSummary]
@@ -240,6 +241,7 @@ class CommandCenterAnswer(BaseModel):
         return cls(
             counts=center.counts,
             awaiting_approval=[TaskDocument.of(t) for t in center.awaiting_approval],
+            awaiting_answer=[QuestionDocument.of(q) for q in center.awaiting_answer],
             stopping_gracefully=[RunSummary.of(r) for r in center.stopping_gracefully],
             running_now=[RunSummary.of(r) for r in center.running_now],
             failed_recently=[RunSummary.of(r) for r in center.failed_recently],
