@@ -1056,7 +1056,7 @@ class _Transition:
         if self.run.status is RunStatus.DRAINING:
             self._finish_drain_if_idle()
         else:
-            self._advance()
+            self._advance(after=st.step_id)
 
     def _fail(self, st: StepState, error: StepError) -> None:
         """Fail-fast: the step fails, and with it the run."""
@@ -1142,40 +1142,48 @@ class _Transition:
 
     # -- scheduling ----------------------------------------------------------------------
 
-    def _advance(self) -> None:
-        """Start every step whose needs are met, until nothing more can start."""
+    def _advance(self, after: str | None = None) -> None:
+        """Start every step whose needs are met, until nothing more can start.
+
+        ``after``: the step that just succeeded. Every other step whose needs were met has
+        started already, so the first pass looks at the steps that need it, not at every
+        step of the run (a step's cost stays flat however long the run). A pass in which a
+        step finished at once (skipped) is followed by a pass over every step.
+        """
         if self.run.status is not RunStatus.RUNNING:
             return
         steps = self.run.steps
-        progressed = True
-        while progressed and self.run.status is RunStatus.RUNNING:
-            progressed = False
-            # Statuses first: a step is read (parsed) only when it may start now. The sets are
-            # this pass's view: a step that finishes at once (skipped) counts for the steps after
-            # it, and one started meanwhile (a step finishing at once advances the run itself,
-            # recursively) is seen by its live status.
-            pending = steps.ids_with_status(StepStatus.PENDING)
-            finished = steps.ids_with_status(*FINISHED_STEP_STATUSES)
-            ready = [s for s in self.workflow.steps if s.id in pending and finished.issuperset(s.needs)]
+        candidates = self.workflow.steps if after is None else self.workflow.needed_by(after)
+        while candidates and self.run.status is RunStatus.RUNNING:
+            # Statuses first: a step is read (parsed) only when it may start now, and those
+            # are read in one round trip. Statuses are looked at live: a step that finishes at
+            # once counts for the steps after it, and a step started meanwhile (a step that
+            # finished at once advanced the run itself, recursively) is not started again.
+            ready = [s for s in candidates if self._may_start(s)]
             steps.prefetch([s.id for s in ready] + [need for s in ready for need in s.needs])
-            for step in self.workflow.steps:
-                if step.id not in pending or not finished.issuperset(step.needs):
-                    continue
-                if steps.status(step.id) is not StepStatus.PENDING:
-                    continue
+            finished_in_pass = False
+            for step in candidates:
                 if self.run.status is not RunStatus.RUNNING:
                     break
+                if not self._may_start(step):
+                    continue
                 st = steps[step.id]
                 if st.retry_at is not None and st.retry_at > self.now:
                     continue
-                if self._try_start(step, st):
-                    progressed = True
-                    if st.status in FINISHED_STEP_STATUSES:
-                        finished.add(step.id)
+                if self._try_start(step, st) and st.status in FINISHED_STEP_STATUSES:
+                    finished_in_pass = True
+            candidates = self.workflow.steps if finished_in_pass else []
         if self.run.status is RunStatus.RUNNING and steps.all_finished():
             self.run.status = RunStatus.COMPLETED
             self.run.finished_at = self.now
             self._event(EventType.RUN_COMPLETED)
+
+    def _may_start(self, step: Step) -> bool:
+        """Pending with every need finished, by the statuses alone (no step is read)."""
+        status_of = self.run.steps.status
+        return status_of(step.id) is StepStatus.PENDING and FINISHED_STEP_STATUSES.issuperset(
+            map(status_of, step.needs)
+        )
 
     def _try_start(self, step: Step, st: StepState) -> bool:
         needs = [self.run.steps[n] for n in step.needs]

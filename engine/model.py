@@ -426,10 +426,6 @@ class Steps(MutableMapping[str, StepState]):
         self.prefetch(ids)
         return [self[step_id] for step_id in ids]
 
-    def ids_with_status(self, *wanted: StepStatus) -> set[str]:
-        """The ids of the steps in one of the ``wanted`` statuses; no step is read."""
-        return {step_id for step_id, value in self._values().items() if value in wanted}
-
     def all_finished(self) -> bool:
         # A StrEnum equals its value: the plain values are looked up in the set of members.
         return FINISHED_STEP_STATUSES.issuperset(self._values().values())

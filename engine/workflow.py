@@ -271,6 +271,18 @@ class Workflow(_Strict):
                 )
         return self
 
+    def needed_by(self, step_id: str) -> list[Step]:
+        """The steps that need ``step_id`` directly, in the workflow's order."""
+        return self._needed_by.get(step_id, [])
+
+    @cached_property
+    def _needed_by(self) -> dict[str, list[Step]]:
+        found: dict[str, list[Step]] = {}
+        for step in self.steps:
+            for need in step.needs:
+                found.setdefault(need, []).append(step)
+        return found
+
     def downstream_of(self, step_id: str) -> set[str]:
         """Every step that needs ``step_id``, directly or through other steps."""
         return {step.id for step in self.steps if step_id in self.upstream_of(step.id)}
