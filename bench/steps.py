@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,7 @@ import types
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatchcase as fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS_PER_RUN = 10
 PER_STEP_SIZES = (10, 100, 500)
 ACTOR = Actor.system("bench")
+STEP_JOB_RUN = re.compile(r"\bsb-([0-9a-f]+)-s")  # the run id in a step job's id
 NO_PROGRESS_SECONDS = 4  # a run that long without news failed (below redis-py's 5 s socket timeout)
 
 # The peers' app modules: their worker process imports one, and this process runs the same
@@ -147,9 +150,14 @@ def worker_registered(connection: redis.Redis, name: str) -> Callable[[], bool]:
 
 
 def cleanup(connection: redis.Redis, *patterns: str) -> None:
+    """Delete the keys matching ``patterns``, and RQ's mentions of the queues among them."""
     for pattern in patterns:
         for key in connection.scan_iter(pattern, count=1000):
             connection.delete(key)
+    members: Any = connection.smembers("rq:queues")
+    queues = [name for name in members if any(fnmatch(name.decode(), p) for p in patterns)]
+    if queues:
+        connection.srem("rq:queues", *queues)
 
 
 # -- Switchboard -------------------------------------------------------------------------------
@@ -204,6 +212,7 @@ class Switchboard(Timed):
         self.keys = Keys(f"{self.namespace}:")
         self.env = switchboard_env(self.namespace, redis_url, folder)
         self.log = logs / f"{self.namespace}.log"
+        self.run_ids: set[str] = set()
 
     actor = ACTOR
 
@@ -215,10 +224,23 @@ class Switchboard(Timed):
             if warm_up:  # a first run, unmeasured: the horse is forked, modules imported
                 self.run_alone(STEPS_PER_RUN)
             yield
-        cleanup(self.redis, f"{self.namespace}:*", f"rq:*{self.namespace}*", "rq:*sb-*")
+        cleanup(self.redis, f"{self.namespace}:*", f"rq:*{self.namespace}*")
+        self.cleanup_jobs()
+
+    def cleanup_jobs(self) -> None:
+        """RQ's keys of this bench's step jobs, whose ids (``sb-<run id>-…``) do not name the queue.
+
+        Other Switchboards may share the Redis: only the keys of runs started here go.
+        """
+        for key in self.redis.scan_iter("rq:*sb-*", count=1000):
+            found = STEP_JOB_RUN.search(key.decode())
+            if found and found.group(1) in self.run_ids:
+                self.redis.delete(key)
 
     def start(self, size: int) -> str:
-        return self.engine.start(f"noop{size}", {}, ACTOR).run_id
+        run_id = self.engine.start(f"noop{size}", {}, ACTOR).run_id
+        self.run_ids.add(run_id)
+        return run_id
 
     def wait_ended(self, run_id: str) -> None:
         """Block on the run's event stream until it records the run's end."""
