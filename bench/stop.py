@@ -99,6 +99,7 @@ def main() -> None:
             for i in range(args.stops):
                 marker = logs / f"step{i}.pid"
                 run = sb.engine.start("long", {"path": str(marker)}, sb.actor)
+                sb.run_ids.add(run.run_id)  # its RQ job is removed with the bench's keys
                 until(partial(wrote_pid, marker), 30, "ran the step")
                 pid = int(marker.read_text())
                 job_id = sb.engine.get_run(run.run_id).steps["sleep"].job_id
