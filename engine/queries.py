@@ -34,7 +34,7 @@ from redis.asyncio.client import Pipeline as AsyncPipeline
 from engine import analytics, core
 from engine.errors import AmbiguousRunId, NotFound
 from engine.intake import AcceptedRun, read_accepted
-from engine.model import Event, EventType, Question, Run, RunStatus, Severity, Task
+from engine.model import Event, EventType, Question, Run, RunStatus, Severity, StepState, Task
 from engine.redis_idioms import ensure_group, text
 from engine.store import Keys, RunStore, decode_run, event_from_entry, ts
 
@@ -257,30 +257,24 @@ class Queries:
         if run_ref is not None:
             one = self.get_run(run_ref)
             return [PendingTask(one, s.task) for s in one.open_tasks() if s.task]
-        pairs = self.store.pending_task_members(limit)
-        runs = {r.run_id: r for r in self.store.load_many(sorted({run_id for run_id, _ in pairs}))}
-        tasks: list[PendingTask] = []
-        for run_id, task_id in pairs:
-            run = runs.get(run_id)
-            step = run.steps.get(task_id) if run else None
-            if run and step and step.task:
-                tasks.append(PendingTask(run, step.task))
-        return tasks
+        found = self._indexed_steps(self.store.pending_task_members(limit))
+        return [PendingTask(run, step.task) for run, step in found if step.task]
 
     def open_questions(self, run_ref: str | None = None, limit: int = 200) -> list[OpenQuestion]:
         """Questions waiting for an answer: one run's, or all runs' (oldest first, up to ``limit``)."""
         if run_ref is not None:
             one = self.get_run(run_ref)
             return [OpenQuestion(one, s.step_id, s.question) for s in one.open_questions() if s.question]
-        pairs = self.store.open_question_members(limit)
-        runs = {r.run_id: r for r in self.store.load_many(sorted({run_id for run_id, _ in pairs}))}
-        found: list[OpenQuestion] = []
-        for run_id, step_id in pairs:
-            run = runs.get(run_id)
-            step = run.steps.get(step_id) if run else None
-            if run and step and step.question and step.question.answer is None:
-                found.append(OpenQuestion(run, step_id, step.question))
-        return found
+        found = self._indexed_steps(self.store.open_question_members(limit))
+        asked = [(run, s.step_id, s.question) for run, s in found if s.awaits_answer]
+        return [OpenQuestion(run, step_id, question) for run, step_id, question in asked if question]
+
+    def _indexed_steps(self, members: list[tuple[str, str]]) -> list[tuple[Run, StepState]]:
+        """The (run, step) of each (run id, step id) an index listed, in its order; the runs
+        loaded in one round trip, an entry whose run or step is gone left out."""
+        runs = {r.run_id: r for r in self.store.load_many(sorted({run_id for run_id, _ in members}))}
+        listed = [(runs.get(run_id), step_id) for run_id, step_id in members]
+        return [(run, run.steps[step_id]) for run, step_id in listed if run and step_id in run.steps]
 
     def command_center(self, rows: int = 25) -> CommandCenter:
         """The inbox sections with their counts, from indexes (never a scan of all runs)."""

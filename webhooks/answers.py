@@ -118,8 +118,8 @@ class RunContext(RootModel[dict[str, Any]]):
     """What the run's templates see: ``inputs`` and ``steps`` (status, arguments, result)."""
 
 
-class TaskDocument(Task):
-    """A pending human task with the run it belongs to."""
+class InRun(BaseModel):
+    """Where a task or a question is: its run and step."""
 
     run_id: str
     short_id: str
@@ -127,17 +127,23 @@ class TaskDocument(Task):
     workflow_name: str
     step_id: str
 
+
+def in_run(run: Run, step_id: str) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "short_id": run.short_id,
+        "workflow_id": run.workflow_id,
+        "workflow_name": run.workflow_name,
+        "step_id": step_id,
+    }
+
+
+class TaskDocument(Task, InRun):
+    """A pending human task with the run it belongs to."""
+
     @classmethod
     def of(cls, pending: PendingTask) -> TaskDocument:
-        run = pending.run
-        return cls.model_construct(
-            **dict(pending.task),
-            run_id=run.run_id,
-            short_id=run.short_id,
-            workflow_id=run.workflow_id,
-            workflow_name=run.workflow_name,
-            step_id=pending.task.task_id,
-        )
+        return cls.model_construct(**dict(pending.task), **in_run(pending.run, pending.task.task_id))
 
 
 def task_json(pending: PendingTask) -> dict[str, Any]:
@@ -148,26 +154,12 @@ class TasksAnswer(BaseModel):
     tasks: list[TaskDocument]
 
 
-class QuestionDocument(Question):
+class QuestionDocument(Question, InRun):
     """An ``ask`` step's question waiting for an answer, with the run and step it belongs to."""
-
-    run_id: str
-    short_id: str
-    workflow_id: str
-    workflow_name: str
-    step_id: str
 
     @classmethod
     def of(cls, found: OpenQuestion) -> QuestionDocument:
-        run = found.run
-        return cls.model_construct(
-            **dict(found.question),
-            run_id=run.run_id,
-            short_id=run.short_id,
-            workflow_id=run.workflow_id,
-            workflow_name=run.workflow_name,
-            step_id=found.step_id,
-        )
+        return cls.model_construct(**dict(found.question), **in_run(found.run, found.step_id))
 
 
 def question_json(found: OpenQuestion) -> dict[str, Any]:
