@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from itertools import groupby
+from typing import TypeVar
 
 from bot import cards, ids
 from bot.blocks import (
@@ -32,6 +33,8 @@ from bot.blocks import (
 from engine.model import Run, RunStatus
 from engine.queries import CommandCenter, OpenQuestion, PendingTask
 from engine.views import describe
+
+T = TypeVar("T")
 
 APPROVAL_ROWS = 8
 QUESTION_ROWS = 5
@@ -115,15 +118,8 @@ def _task_row(pending: PendingTask) -> list[Block]:
 
 
 def _questions(questions: Sequence[OpenQuestion], total: int) -> list[Block]:
-    blocks: list[Block] = [divider(), section(f"*Waiting for an answer* · {total} open")]
-    if not questions:
-        return [*blocks, context("No question is waiting for an answer.")]
-    shown = questions[:QUESTION_ROWS]
-    for found in shown:
-        blocks += _question_row(found)
-    if total > len(shown):
-        blocks.append(context(f"… and {total - len(shown)} more open"))
-    return blocks
+    title, empty = f"Waiting for an answer · {total} open", "No question is waiting for an answer."
+    return _section(title, questions, total, QUESTION_ROWS, _question_row, empty)
 
 
 def _question_row(found: OpenQuestion) -> list[Block]:
@@ -138,18 +134,19 @@ def _question_row(found: OpenQuestion) -> list[Block]:
 
 def _section(
     title: str,
-    runs: list[Run],
+    items: Sequence[T],
     total: int,
     rows: int,
-    row: Callable[[Run], list[Block]],
+    row: Callable[[T], list[Block]],
     empty: str,
 ) -> list[Block]:
+    """A titled section: its first ``rows`` items, then how many more of ``total`` there are."""
     blocks: list[Block] = [divider(), section(f"*{title}*")]
-    if not runs:
+    if not items:
         return [*blocks, context(empty)]
-    shown = runs[:rows]
-    for run in shown:
-        blocks += row(run)
+    shown = items[:rows]
+    for item in shown:
+        blocks += row(item)
     if total > len(shown):
         blocks.append(context(f"… and {total - len(shown)} more"))
     return blocks

@@ -161,7 +161,7 @@ async def test_app_home_shows_open_questions_with_the_answer_button(slack: Slack
         view: dict[str, Any] = calls[-1].args["view"] if calls else {"blocks": []}
         return view
 
-    await slack.fake.wait_for(lambda: "Waiting for an answer* · 0 open" in all_text({"view": latest_home()}))
+    await slack.fake.wait_for(lambda: "Waiting for an answer · 0 open*" in all_text({"view": latest_home()}))
     assert "No question is waiting for an answer." in all_text({"view": latest_home()})
 
     await slack.command("start ask-then-build", user=ALICE)
@@ -170,7 +170,7 @@ async def test_app_home_shows_open_questions_with_the_answer_button(slack: Slack
     # The question appears on the open home by itself, refreshed as the run's events come.
     await slack.fake.wait_for(lambda: buttons_of(latest_home(), ids.QUESTION_ANSWER) == [value])
     home = all_text({"view": latest_home()})
-    assert "Waiting for an answer* · 1 open" in home and "❓ *Build in which region?*" in home
+    assert "Waiting for an answer · 1 open*" in home and "❓ *Build in which region?*" in home
     assert f"*Ask then build* · run `{run.short_id}` · step `region` · asked #ops" in home
 
     # The home's button opens the question's answer modal; its answer is the step's result.
@@ -184,7 +184,7 @@ async def test_app_home_shows_open_questions_with_the_answer_button(slack: Slack
     assert answered.steps["region"].result == {"answer": "ap-south", "answered_by": f"slack:{BOB.id}"}
     assert answered.status is RunStatus.RUNNING  # the build waits for a worker: no run event
     # The answer alone refreshes the open home: the question is gone from it.
-    await slack.fake.wait_for(lambda: "Waiting for an answer* · 0 open" in all_text({"view": latest_home()}))
+    await slack.fake.wait_for(lambda: "Waiting for an answer · 0 open*" in all_text({"view": latest_home()}))
     assert buttons_of(latest_home(), ids.QUESTION_ANSWER) == []
 
     # The same modal submitted again (a stale home): the engine's refusal is a notice on the home.
