@@ -14,6 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,6 +58,8 @@ from engine.views import RUN_ACTIONS
 from engine.workflow import InputError, Workflow, validate_inputs
 
 log = logging.getLogger(__name__)
+
+RECENT_RUNS = 4096  # runs whose workflow definition a process remembers (see Engine._remember_digest)
 
 STEP_JOB = "worker.jobs.execute_step"
 EVENT_DELIVERY_TTL_SECONDS = 7 * 86400  # how long a delivered event's id is remembered against replays
@@ -109,6 +112,7 @@ class Engine:
         self.queries = Queries(self.store, clock)  # the read side; the methods below delegate to it
         self._saved_digests: set[str] = set()  # snapshots this process has stored in Redis
         self._workflows_by_digest: dict[str, Workflow] = {w.digest: w for w in catalog.workflows.values()}
+        self._run_digests: OrderedDict[str, str] = OrderedDict()  # recent runs' definitions
 
     # -- workflows -----------------------------------------------------------------------
 
@@ -515,10 +519,20 @@ class Engine:
         def decide(_pipe: Pipeline, run: Run) -> Outcome:
             return core.apply(self.workflow_of(run), run, command, now or self.clock())
 
-        run, outcome = self.store.transact(run_id, decide, steps=core.steps_named(command))
+        known = self._workflows_by_digest.get(self._run_digests.get(run_id, ""))
+        run, outcome = self.store.transact(run_id, decide, steps=core.steps_named(command, known))
+        self._remember_digest(run)
         if outcome is not None and outcome.changed:
             self._after_commit(outcome)
         return run, outcome
+
+    def _remember_digest(self, run: Run) -> None:
+        """Which workflow definition a run ran, for the next command on it: a worker reports
+        the step it started, and the store can load the steps that may start next at once."""
+        self._run_digests[run.run_id] = run.workflow_digest
+        self._run_digests.move_to_end(run.run_id)
+        if len(self._run_digests) > RECENT_RUNS:
+            self._run_digests.popitem(last=False)
 
     def _after_commit(self, outcome: Outcome) -> None:
         """Side effects that cannot be part of the transaction: they act on other processes."""

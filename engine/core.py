@@ -303,11 +303,17 @@ def new_run(
     return Outcome(run=run, events=[event])
 
 
-def steps_named(command: Command) -> list[str]:
-    """The step a command is about (a task, a worker's step, a timer's): what its transition
-    reads first, so the store loads it with the run."""
+def steps_named(command: Command, workflow: Workflow | None = None) -> list[str]:
+    """The steps a command's transition reads first, so the store loads them with the run:
+    the step it is about (a task, a worker's step, a timer's) and, for a worker's report when
+    the run's ``workflow`` is known, the steps that may start next and what they need."""
     named = getattr(command, "step_id", None) or getattr(command, "task_id", None)
-    return [named] if isinstance(named, str) and named else []
+    if not isinstance(named, str) or not named:
+        return []
+    if workflow is None or not isinstance(command, StepFinished):
+        return [named]
+    after = workflow.needed_by(named)
+    return [named, *(s.id for s in after), *(need for s in after for need in s.needs)]
 
 
 def apply(workflow: Workflow, run: Run, command: Command, now: datetime) -> Outcome:
