@@ -52,6 +52,7 @@ from bot.web import attach
 from engine.api import Engine
 from engine.catalog import load_folder
 from engine.model import RunStatus
+from switchboard.app import settle_heap
 from tests.fake_slack import (
     ALICE,
     BOB,
@@ -206,6 +207,7 @@ def serve(
             )
             app = web.Application()
             attach(app, engine, slack_settings(FakeSlack(url=fake_url)))
+            app.on_startup.append(settle_heap)  # as `switchboard web` does
         else:
             app = baseline_app()
         runner = web.AppRunner(app)

@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.api import Engine  # noqa: E402
 from engine.catalog import load_folder  # noqa: E402
+from switchboard.app import settle_heap  # noqa: E402
 from webhooks.server import create_app  # noqa: E402
 from webhooks.settings import WebSettings  # noqa: E402
 from webhooks.signatures import Scheme, secret_key, sign_standard  # noqa: E402
@@ -105,6 +106,7 @@ def serve(kind: str, port: int, prefix: str, redis_url: str, folder: Path) -> No
         os.environ["BENCH_WEBHOOK_SECRET"] = SECRET
         # Workers start the runs; the web process's standby starter must not step in mid-measure.
         app = create_app(engine, WebSettings(sources_file=folder / "sources.yaml", starts_after=3600))
+        app.on_startup.append(settle_heap)  # as `switchboard web` does
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 

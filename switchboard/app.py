@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 def build_app(engine: Engine, slack: SlackSettings | None = None) -> web.Application:
     """The aiohttp app; Slack joins it over Socket Mode (SLACK_APP_TOKEN) or HTTP (/slack/events)."""
     app = create_app(engine)
+    app.on_startup.append(settle_heap)
     slack = slack or get_slack_settings()
     if slack.app_token and slack.bot_token:
         app.cleanup_ctx.append(_socket_mode(engine, slack))
@@ -33,6 +35,18 @@ def build_app(engine: Engine, slack: SlackSettings | None = None) -> web.Applica
     else:
         log.info("slack bot off: set SLACK_BOT_TOKEN with SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN)")
     return app
+
+
+async def settle_heap(_app: web.Application) -> None:
+    """Take what starting made (modules, the app, the catalog, lasting as long as the process)
+    out of the garbage collector's sight, so its full collections stop walking it.
+
+    A full collection in a started web process took tens of milliseconds, and a wave of
+    100 Slack requests that met one answered late: with this, bench/slack_ack.py's p99 fell
+    from 88-92 ms to 47-74 ms (three runs each).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _socket_mode(engine: Engine, slack: SlackSettings) -> Callable[[web.Application], AsyncIterator[None]]:

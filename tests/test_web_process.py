@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from bot.settings import SlackSettings
 from engine.api import Engine
 from switchboard.app import build_app
 from tests.fake_slack import FakeSlack, Slack, slack_settings
+
+
+@pytest.fixture(autouse=True)
+def unfrozen() -> Iterator[None]:
+    """The web process freezes its heap once started (settle_heap); a test's process goes on."""
+    yield
+    gc.unfreeze()
+
+
+async def test_the_started_process_moves_its_heap_out_of_the_collectors_sight(
+    slack_engine: Engine, aiohttp_client: Any
+) -> None:
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    await aiohttp_client(build_app(slack_engine, SlackSettings(SLACK_BOT_TOKEN=None, SLACK_APP_TOKEN=None)))
+    assert gc.get_freeze_count() > 0
 
 
 async def test_slack_is_mounted_beside_the_rest_api(
