@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -52,6 +53,14 @@ def _test_redis_url() -> str:
 
 _embedded: list[redis.Redis] = []
 REDIS_URL = _test_redis_url()
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_heap() -> Iterator[None]:
+    """A web app built as `switchboard web` builds it freezes the heap once started
+    (``switchboard.app.settle_heap``): the test's process goes on, so it is thawed after."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(autouse=True)

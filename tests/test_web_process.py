@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from bot.settings import SlackSettings
 from engine.api import Engine
 from switchboard.app import build_app
 from tests.fake_slack import FakeSlack, Slack, slack_settings
-
-
-@pytest.fixture(autouse=True)
-def unfrozen() -> Iterator[None]:
-    """The web process freezes its heap once started (settle_heap); a test's process goes on."""
-    yield
-    gc.unfreeze()
 
 
 async def test_the_started_process_moves_its_heap_out_of_the_collectors_sight(
