@@ -438,6 +438,9 @@ class Steps(MutableMapping[str, StepState]):
             changed[step_id] = state.model_dump_json()
         return changed
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Steps:
+        return self.copy()
+
     def copy(self) -> Steps:
         """An independent copy: a step read here is carried as JSON for the copy to read."""
         carried = dict(self._carried)
@@ -467,7 +470,7 @@ class Steps(MutableMapping[str, StepState]):
     def _validate(cls, value: Any, info: ValidationInfo) -> Steps:
         """Steps as they come: every step's state (a document, a test), or a stored run's head
         (statuses only), whose steps come in the validation context: ``{"steps": ...}`` (their
-        JSON by id, or the :class:`Steps` of a run being copied) and ``{"fetch": ...}``."""
+        JSON by id) and ``{"fetch": ...}`` (what reads the others)."""
         if isinstance(value, Steps):
             return value
         if not isinstance(value, dict):
@@ -477,8 +480,6 @@ class Steps(MutableMapping[str, StepState]):
             given = context.get("steps")
             if not _STEP_STATUS_OF.keys() >= set(value.values()):
                 raise ValueError(f"unknown step statuses {set(value.values()) - _STEP_STATUS_OF.keys()}")
-            if isinstance(given, Steps):
-                return given
             if not isinstance(given, dict):
                 raise ValueError("a run's head names its steps' statuses; their states are missing")
             return cls(stored=given, statuses=value, fetch=context.get("fetch"))
@@ -544,13 +545,10 @@ class Run(BaseModel):
         return self.run_id[:8]
 
     def clone(self) -> Run:
-        """An independent copy to change: the head's JSON round trip, and the steps copied
-        as JSON (:meth:`Steps.copy`), so a step nobody reads is neither parsed nor dumped.
-
-        Several times faster than ``model_copy(deep=True)``, which every command paid.
-        """
-        head = self.model_dump_json(context=STEP_STATUSES_ONLY)
-        return Run.model_validate_json(head, context={"steps": self.steps.copy()})
+        """An independent copy to change: the head copied deeply, the steps as :meth:`Steps.copy`
+        does (a step nobody read is neither parsed nor dumped), in ~25 us whatever the run's size
+        (a JSON round trip of the head took 13 us for 10 steps, 110 us for 500)."""
+        return self.model_copy(deep=True)
 
     def open_tasks(self) -> list[StepState]:
         return [s for s in self.steps.with_status(StepStatus.WAITING) if s.awaits_decision]
