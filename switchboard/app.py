@@ -62,7 +62,14 @@ def _socket_mode(engine: Engine, slack: SlackSettings) -> Callable[[web.Applicat
     return lifetime
 
 
-def serve(settings: Settings, host: str, port: int) -> None:
+def serve(settings: Settings, host: str, port: int, listening: Callable[[], None] | None = None) -> None:
+    """Serve until stopped; ``listening`` is called once the port takes connections."""
     engine = build_engine(settings)
-    log.info("web listening", extra={"url": f"http://{host}:{port}", "workflows": len(engine.workflows())})
-    web.run_app(build_app(engine), host=host, port=port, print=None)
+
+    def started(_message: str) -> None:  # aiohttp says it is running once its sites listen
+        url = f"http://{host}:{port}"
+        log.info("web listening", extra={"url": url, "workflows": len(engine.workflows())})
+        if listening is not None:
+            listening()
+
+    web.run_app(build_app(engine), host=host, port=port, print=started)

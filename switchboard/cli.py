@@ -427,10 +427,13 @@ def up(host: str, port: int, workers: int) -> None:
         )
     )
     log.info("switchboard up", extra={"url": address, "redis": redis_text, "workers": workers})
-    click.echo(up_banner(settings, address, workers))
-    click.echo(f"(recorded in {recorded} for CLI commands run elsewhere)\n")
+
+    def say_where() -> None:  # once the console answers: the sign-in link works when printed
+        click.echo(up_banner(settings, address, workers))
+        click.echo(f"(recorded in {recorded} for CLI commands run elsewhere)\n")
+
     try:
-        serve(settings, host, port)
+        serve(settings, host, port, listening=say_where)
     finally:
         instance.forget(os.getpid())
         for process in processes:
