@@ -245,7 +245,7 @@ class Engine:
         if replay.run_id in original.replays:
             return replay  # a retry: that replay is linked already
 
-        def link(_pipe: Pipeline, run: Run) -> Outcome:
+        def link(run: Run) -> Outcome:
             out = Outcome(run=run.clone())
             out.run.replays.append(replay.run_id)
             out.events.append(
@@ -305,7 +305,7 @@ class Engine:
         now = self.clock()
         pack = evidence.build_pack(run, self.workflow_of(run), events, actor, now, attachments)
 
-        def record(_pipe: Pipeline, current: Run) -> Outcome:
+        def record(current: Run) -> Outcome:
             out = Outcome(run=current.clone())
             data = {"digest": pack.digest, "filename": pack.filename, "bytes": len(pack.content)}
             out.events.append(
@@ -516,7 +516,7 @@ class Engine:
     def _apply(
         self, run_id: str, command: core.Command, now: datetime | None = None
     ) -> tuple[Run, Outcome | None]:
-        def decide(_pipe: Pipeline, run: Run) -> Outcome:
+        def decide(run: Run) -> Outcome:
             return core.apply(self.workflow_of(run), run, command, now or self.clock())
 
         known = self._workflows_by_digest.get(self._run_digests.get(run_id, ""))
@@ -555,7 +555,8 @@ class Engine:
             return core.apply(workflow, run, core.Admit(Actor.system("admission")), self.clock())
 
         while (run_id := self.store.oldest_waiting(workflow.id)) is not None:
-            run, outcome = self.store.transact(run_id, admit, watch=[self.keys.admitted(workflow.id)])
+            slots = [self.keys.admitted(workflow.id)]
+            run, outcome = self.store.transact_watching(run_id, admit, watch=slots)
             if outcome is None:
                 if run.status is RunStatus.QUEUED:
                     return  # full: the next run to finish admits it

@@ -17,6 +17,7 @@ A finished run leaves the same way, in one transaction (:meth:`RunStore.purge`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import secrets
@@ -61,6 +62,18 @@ _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL
 # A run's head and steps in one round trip, inside a transaction's WATCH (immediate mode):
 # all its steps, or (for a transition) those named in ARGV, the rest read when first read.
 _LOAD_RUN = "return {redis.call('GET', KEYS[1]), redis.call('HGETALL', KEYS[2])}"
+# A change's commands, run only if the run's head is still the one the change was computed
+# from. ARGV: the head's SHA-1, how many commands, then each as its word count and words.
+_COMMIT_IF_UNCHANGED = """
+if redis.sha1hex(redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+local at = 3
+for _ = 1, tonumber(ARGV[2]) do
+  local count = tonumber(ARGV[at])
+  redis.call(unpack(ARGV, at + 1, at + count))
+  at = at + count + 1
+end
+return 1
+"""
 _LOAD_HEAD_AND_STEPS = """
 local steps = {}
 if #ARGV > 0 then steps = redis.call('HMGET', KEYS[2], unpack(ARGV)) end
@@ -227,6 +240,7 @@ class RunStore:
         self.default_job_timeout = default_job_timeout
         # Due timers are claimed for a lease: one whose process died fires again, not lost.
         self._claim_timers = connection.register_script(CLAIM_DUE_SCRIPT)
+        self._commit = connection.register_script(_COMMIT_IF_UNCHANGED)
         # RQ's records of a job that name it by id, beside its hash and result stream.
         self._job_registries = [
             queue.finished_job_registry.key,
@@ -400,39 +414,49 @@ class RunStore:
     def transact(
         self,
         run_id: str,
-        decide: Callable[[Pipeline, Run], Outcome | None],
-        watch: Iterable[str] = (),
+        decide: Callable[[Run], Outcome | None],
         steps: Iterable[str] = (),
     ) -> tuple[Run, Outcome | None]:
         """Apply ``decide`` to the current run atomically, retrying on a concurrent change.
 
-        ``decide`` may read more keys through the pipeline (it is in immediate mode) and
-        ``watch`` names keys whose change must also invalidate the decision. The run comes
-        with its head and the ``steps`` named (the ones the change is about); any other step
-        is read from Redis when first read (:class:`engine.model.Steps`), so a transition of
-        a long run reads what it needs, not every step.
+        Compare and set: the run is read, ``decide`` computes the change, and one script
+        commits it only if the run's head is still what was read (every change of a run
+        rewrites its head), else the change is computed again on the new state. That is two
+        round trips where WATCH, read and MULTI/EXEC took three, and one reply to read where
+        EXEC had one per command.
 
-        A step read after the transaction is read as it is then: a caller that wants a
-        consistent picture of the whole run loads it (:meth:`load`).
+        The run comes with its head and the ``steps`` named (the ones the change is about);
+        any other step is read from Redis when first read (:class:`engine.model.Steps`), so a
+        transition of a long run reads what it needs, not every step. What it reads is checked
+        with the head at commit. A step read after the transaction is read as it is then: a
+        caller that wants a consistent picture of the whole run loads it (:meth:`load`).
         """
+        while True:
+            before, head = self._load_for_change(run_id, steps)
+            outcome = decide(before)
+            if outcome is None or not outcome.changed:
+                return before, outcome
+            with self.redis.pipeline() as pipe:
+                pipe.multi()  # only collects the commands (RQ's enqueue wants a MULTI): never executed
+                self.write(pipe, before, outcome)
+                commands = [args for args, _options in pipe.command_stack]
+            if self._commit_if_unchanged(run_id, head, commands):
+                return outcome.run, outcome
+
+    def transact_watching(
+        self,
+        run_id: str,
+        decide: Callable[[Pipeline, Run], Outcome | None],
+        watch: Iterable[str],
+    ) -> tuple[Run, Outcome | None]:
+        """:meth:`transact` for a change that also depends on other keys: ``watch`` names them,
+        and ``decide`` may read them through the pipeline (it is in immediate mode)."""
         key = self.keys.run(run_id)
-        steps_key = self.keys.run_steps(run_id)
-        named = list(dict.fromkeys(steps))
-
-        def fetch(step_ids: list[str]) -> list[bytes | str | None]:
-            # Another connection: inside the transaction the WATCH on the head (rewritten by
-            # every change of a step) keeps what is read consistent with what is committed.
-            return self.redis.hmget(steps_key, step_ids)
-
         with self.redis.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(key, *watch)
-                    head, found = pipe.eval(_LOAD_HEAD_AND_STEPS, 2, key, steps_key, *named)
-                    stored = {step: raw for step, raw in zip(named, found, strict=True) if raw is not None}
-                    before = decode_run(head, stored, fetch)
-                    if before is None:
-                        raise NotFound(f"No run {run_id!r}.")
+                    before, _head = self._load_for_change(run_id, (), pipe)
                     outcome = decide(pipe, before)
                     if outcome is None or not outcome.changed:
                         pipe.reset()
@@ -443,6 +467,31 @@ class RunStore:
                     return outcome.run, outcome
                 except redis.WatchError:
                     continue
+
+    def _load_for_change(
+        self, run_id: str, steps: Iterable[str], client: redis.Redis | Pipeline | None = None
+    ) -> tuple[Run, bytes]:
+        """The run as a change reads it (its head, the ``steps`` named, the others on demand),
+        and its head as stored."""
+        key, steps_key = self.keys.run(run_id), self.keys.run_steps(run_id)
+        named = list(dict.fromkeys(steps))
+
+        def fetch(step_ids: list[str]) -> list[bytes | str | None]:
+            return self.redis.hmget(steps_key, step_ids)
+
+        head, found = (client or self.redis).eval(_LOAD_HEAD_AND_STEPS, 2, key, steps_key, *named)
+        stored = {step: raw for step, raw in zip(named, found, strict=True) if raw is not None}
+        run = decode_run(head, stored, fetch)
+        if run is None:
+            raise NotFound(f"No run {run_id!r}.")
+        return run, head
+
+    def _commit_if_unchanged(self, run_id: str, head: bytes, commands: list[tuple[Any, ...]]) -> bool:
+        """Run ``commands`` in one script if the run's head is still ``head``; False if it changed."""
+        words: list[Any] = [hashlib.sha1(head).hexdigest(), len(commands)]
+        for command in commands:
+            words += [len(command), *command]
+        return bool(self._commit(keys=[self.keys.run(run_id)], args=words))
 
     def write(self, pipe: Pipeline, before: Run | None, outcome: Outcome) -> None:
         """Queue in ``pipe`` (already in MULTI) everything that commits ``outcome``."""
