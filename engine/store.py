@@ -7,12 +7,13 @@ the steps it read, never the whole run: a step of a 500-step run costs what a st
 stored whole by an earlier version (its head holding every step) is read as it is and
 stored split on its next change.
 
-A change to a run is an optimistic transaction: WATCH the run's head, load the run,
-compute the outcome with the pure core, then MULTI/EXEC the new head and steps together
-with its events, index updates, timers and RQ enqueues. If another process changed the run in
-between, EXEC fails and the change is recomputed on the new state; so concurrent
-commands never interleave, and a step is enqueued exactly when its state says so.
-A finished run leaves the same way, in one transaction (:meth:`RunStore.purge`).
+A change to a run is optimistic: load the run, compute the outcome with the pure core,
+then one script commits the new head and steps together with its events, index updates,
+timers and RQ enqueues, if the run's head is still the one read (:meth:`RunStore.transact`).
+If another process changed the run in between, the change is recomputed on the new state;
+so concurrent commands never interleave, and a step is enqueued exactly when its state says
+so. A change that also depends on other keys (admission under a concurrency limit) and a
+finished run's removal (:meth:`RunStore.purge`) are WATCH/MULTI transactions.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ RUN_TIMER_KINDS = ("run_timeout", "drain_timeout")  # timers of the run itself (
 _CLAIMED = "claimed:"  # an event delivery's id while a delivery holds it, before its run ids
 # Let go of a delivery id, unless the claim expired and another delivery holds it now.
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-# A run's head and steps in one round trip, inside a transaction's WATCH (immediate mode):
+# A run's head and steps in one round trip (inside a WATCH, too: a pipeline in immediate mode):
 # all its steps, or (for a transition) those named in ARGV, the rest read when first read.
 _LOAD_RUN = "return {redis.call('GET', KEYS[1]), redis.call('HGETALL', KEYS[2])}"
 # A change's commands, run only if the run's head is still the one the change was computed
