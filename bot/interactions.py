@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
@@ -156,37 +157,30 @@ async def approve_task(bot: Bot, body: Body) -> None:
 async def reject_task(bot: Bot, body: Body, view: Body) -> None:
     origin = cards.origin_of(view)
     reason = _input(view, ids.REASON_BLOCK, ids.REASON_INPUT) or None
-    actor = await task_actor(bot, slack_actor(body.get("user")), origin["run"], origin["task"])
-
-    async def decide() -> Run:
-        return await bot.call(
-            bot.engine.complete_task, origin["run"], origin["task"], actor, False, comment=reason
-        )
-
-    await attempt(bot, body, decide, origin.get("channel"))
+    reject = partial(bot.engine.complete_task, approved=False, comment=reason)
+    await decide_from_modal(bot, body, origin, reject)
 
 
 async def request_changes(bot: Bot, body: Body, view: Body) -> None:
     origin = cards.origin_of(view)
     comment = _input(view, ids.REASON_BLOCK, ids.REASON_INPUT)
-    actor = await task_actor(bot, slack_actor(body.get("user")), origin["run"], origin["task"])
-
-    async def decide() -> Run:
-        return await bot.call(bot.engine.request_changes, origin["run"], origin["task"], actor, comment)
-
-    await attempt(bot, body, decide, origin.get("channel"))
+    await decide_from_modal(bot, body, origin, partial(bot.engine.request_changes, comment=comment))
 
 
 async def approve_edits(bot: Bot, body: Body, origin: dict[str, Any], edits: dict[str, Any]) -> None:
     """The edit modal's submission: approve, with the edited fields as the task's result."""
-    actor = await task_actor(bot, slack_actor(body.get("user")), origin["run"], origin["task"])
+    await decide_from_modal(bot, body, origin, partial(bot.engine.complete_task, approved=True, result=edits))
 
-    async def decide() -> Run:
-        return await bot.call(
-            bot.engine.complete_task, origin["run"], origin["task"], actor, True, result=edits
-        )
 
-    await attempt(bot, body, decide, origin.get("channel"))
+async def decide_from_modal(
+    bot: Bot, body: Body, origin: dict[str, Any], decide: Callable[[str, str, Actor], Run]
+) -> None:
+    """A task modal's submission: ``decide(run id, task id, actor)`` on the engine as the user
+    who submitted it (with the groups the task's approvers name that the user is in); a
+    refusal goes back to them in the channel the modal was opened from."""
+    run_id, task_id = origin["run"], origin["task"]
+    actor = await task_actor(bot, slack_actor(body.get("user")), run_id, task_id)
+    await attempt(bot, body, lambda: bot.call(decide, run_id, task_id, actor), origin.get("channel"))
 
 
 async def thread_reply(bot: Bot, event: Body) -> None:
