@@ -97,28 +97,16 @@ class Control:
     confirm: str = ""
 
 
+_STOPS = [
+    Control(
+        "stop-graceful", "Stop gracefully", "", "Stop gracefully: running steps finish, nothing new starts?"
+    ),
+    Control("stop", "Stop now", "danger", "Stop now: running steps are killed?"),
+]
 _CONTROLS: dict[RunStatus, list[Control]] = {
     RunStatus.QUEUED: [Control("stop", "Stop", "danger", "Stop this run before it starts?")],
-    RunStatus.RUNNING: [
-        Control("pause", "Pause"),
-        Control(
-            "stop-graceful",
-            "Stop gracefully",
-            "",
-            "Stop gracefully: running steps finish, nothing new starts?",
-        ),
-        Control("stop", "Stop now", "danger", "Stop now: running steps are killed?"),
-    ],
-    RunStatus.PAUSED: [
-        Control("resume", "Resume", "primary"),
-        Control(
-            "stop-graceful",
-            "Stop gracefully",
-            "",
-            "Stop gracefully: running steps finish, nothing new starts?",
-        ),
-        Control("stop", "Stop now", "danger", "Stop now: running steps are killed?"),
-    ],
+    RunStatus.RUNNING: [Control("pause", "Pause"), *_STOPS],
+    RunStatus.PAUSED: [Control("resume", "Resume", "primary"), *_STOPS],
     RunStatus.DRAINING: [
         Control("stop", "Escalate to immediate stop", "danger", "Stop now: steps still draining are killed?")
     ],
