@@ -520,7 +520,12 @@ class Engine:
             return core.apply(self.workflow_of(run), run, command, now or self.clock())
 
         known = self._workflows_by_digest.get(self._run_digests.get(run_id, ""))
-        run, outcome = self.store.transact(run_id, decide, steps=core.steps_named(command, known))
+        run, outcome = self.store.transact(
+            run_id,
+            decide,
+            steps=core.steps_named(command, known),
+            read_after=core.steps_read_next(command, known),
+        )
         self._remember_digest(run)
         if outcome is not None and outcome.changed:
             self._after_commit(outcome)

@@ -312,8 +312,20 @@ def steps_named(command: Command, workflow: Workflow | None = None) -> list[str]
         return []
     if workflow is None or not isinstance(command, StepFinished):
         return [named]
-    after = workflow.needed_by(named)
-    return [named, *(s.id for s in after), *(need for s in after for need in s.needs)]
+    return _read_by_report(named, workflow)
+
+
+def steps_read_next(command: Command, workflow: Workflow | None = None) -> list[str]:
+    """The steps the command expected after this one reads first: once a worker starts a
+    step, its report on it (:func:`steps_named`). The store reads them with this commit."""
+    if workflow is None or not isinstance(command, StepStarted):
+        return []
+    return _read_by_report(command.step_id, workflow)
+
+
+def _read_by_report(step_id: str, workflow: Workflow) -> list[str]:
+    after = workflow.needed_by(step_id)
+    return [step_id, *(s.id for s in after), *(need for s in after for need in s.needs)]
 
 
 def apply(workflow: Workflow, run: Run, command: Command, now: datetime) -> Outcome:

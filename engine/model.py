@@ -438,6 +438,10 @@ class Steps(MutableMapping[str, StepState]):
             changed[step_id] = state.model_dump_json()
         return changed
 
+    def as_loaded(self) -> dict[str, str | bytes]:
+        """The JSON of the steps read from Redis with the run or since (not those changed here)."""
+        return dict(self._stored)
+
     def __deepcopy__(self, memo: dict[int, Any]) -> Steps:
         return self.copy()
 

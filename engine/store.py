@@ -50,6 +50,7 @@ from engine.model import (
 from engine.redis_idioms import CLAIM_DUE_SCRIPT, text, texts
 from engine.workflow import Workflow
 
+COMMITTED_RUNS = 128  # runs a process keeps as it committed them (see RunStore.transact)
 EVENTS_MAXLEN = 100_000  # the global feed the bot and metrics follow; runs keep their own
 TIMER_LEASE_SECONDS = 30.0
 # A job taken off the queue by a command may still be in a worker's hands (dequeued a moment
@@ -63,8 +64,10 @@ _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL
 # A run's head and steps in one round trip (inside a WATCH, too: a pipeline in immediate mode):
 # all its steps, or (for a transition) those named in ARGV, the rest read when first read.
 _LOAD_RUN = "return {redis.call('GET', KEYS[1]), redis.call('HGETALL', KEYS[2])}"
-# A change's commands, run only if the run's head is still the one the change was computed
-# from. ARGV: the head's SHA-1, how many commands, then each as its word count and words.
+# A change's commands, run only if the run's head (KEYS[1]) is still the one the change was
+# computed from. ARGV: the head's SHA-1, how many commands, then each as its word count and
+# words, then the steps to read from the run's steps (KEYS[2]) once committed. The reply:
+# 0 if the head changed, else the steps read.
 _COMMIT_IF_UNCHANGED = """
 if redis.sha1hex(redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
 local at = 3
@@ -73,7 +76,8 @@ for _ = 1, tonumber(ARGV[2]) do
   redis.call(unpack(ARGV, at + 1, at + count))
   at = at + count + 1
 end
-return 1
+if at > #ARGV then return {} end
+return redis.call('HMGET', KEYS[2], unpack(ARGV, at))
 """
 _LOAD_HEAD_AND_STEPS = """
 local steps = {}
@@ -217,6 +221,14 @@ def parse_step_member(member: str) -> tuple[str, str]:
     return run_id, step_id
 
 
+@dataclass(frozen=True)
+class Written:
+    """What :meth:`RunStore.write` stores of a run: its head, and the steps it writes (JSON by id)."""
+
+    head: str
+    steps: dict[str, str | bytes]
+
+
 class RunStore:
     """Reads and writes runs, their events and indexes: the engine's Redis commands on them are here.
 
@@ -242,6 +254,8 @@ class RunStore:
         # Due timers are claimed for a lease: one whose process died fires again, not lost.
         self._claim_timers = connection.register_script(CLAIM_DUE_SCRIPT)
         self._commit = connection.register_script(_COMMIT_IF_UNCHANGED)
+        # The runs this process changed last, as committed: head and the steps known with it.
+        self._committed: dict[str, tuple[bytes, dict[str, str | bytes]]] = {}
         # RQ's records of a job that name it by id, beside its hash and result stream.
         self._job_registries = [
             queue.finished_job_registry.key,
@@ -417,6 +431,7 @@ class RunStore:
         run_id: str,
         decide: Callable[[Run], Outcome | None],
         steps: Iterable[str] = (),
+        read_after: Iterable[str] = (),
     ) -> tuple[Run, Outcome | None]:
         """Apply ``decide`` to the current run atomically, retrying on a concurrent change.
 
@@ -431,18 +446,44 @@ class RunStore:
         transition of a long run reads what it needs, not every step. What it reads is checked
         with the head at commit. A step read after the transaction is read as it is then: a
         caller that wants a consistent picture of the whole run loads it (:meth:`load`).
+
+        A run this process changed last is not read back: its next change starts from the
+        head and steps as committed (with the ``read_after`` steps, read by the commit for the
+        change expected next), and the commit's check of the head finds out if another
+        process changed it since. So a worker's two reports on a step cost a round trip each.
+        A refusal, or no change at all, is only ever judged on the run as read from Redis.
         """
         while True:
-            before, head = self._load_for_change(run_id, steps)
-            outcome = decide(before)
+            remembered = self._committed.pop(run_id, None)
+            if remembered is not None:
+                before, head = self._decode_for_change(run_id, *remembered)
+            else:
+                before, head = self._load_for_change(run_id, steps)
+            try:
+                outcome = decide(before)
+            except Exception:
+                if remembered is None:
+                    raise
+                continue  # judged on what this process wrote last: judge it on the run as stored
             if outcome is None or not outcome.changed:
-                return before, outcome
+                if remembered is None:
+                    return before, outcome
+                continue  # likewise
             with self.redis.pipeline() as pipe:
                 pipe.multi()  # only collects the commands (RQ's enqueue wants a MULTI): never executed
-                self.write(pipe, before, outcome)
+                written = self.write(pipe, before, outcome)
                 commands = [args for args, _options in pipe.command_stack]
-            if self._commit_if_unchanged(run_id, head, commands):
+            read = self._commit_if_unchanged(run_id, head, commands, list(read_after))
+            if read is not None:
+                known = {**outcome.run.steps.as_loaded(), **written.steps, **read}
+                self._remember(run_id, written.head.encode(), known)
                 return outcome.run, outcome
+
+    def _remember(self, run_id: str, head: bytes, steps: dict[str, str | bytes]) -> None:
+        """Keep a run as this process committed it, for its next change here (see :meth:`transact`)."""
+        self._committed[run_id] = (head, steps)
+        if len(self._committed) > COMMITTED_RUNS:
+            self._committed.pop(next(iter(self._committed)))
 
     def transact_watching(
         self,
@@ -453,6 +494,7 @@ class RunStore:
         """:meth:`transact` for a change that also depends on other keys: ``watch`` names them,
         and ``decide`` may read them through the pipeline (it is in immediate mode)."""
         key = self.keys.run(run_id)
+        self._committed.pop(run_id, None)  # read from Redis under the watch
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -476,30 +518,45 @@ class RunStore:
         and its head as stored."""
         key, steps_key = self.keys.run(run_id), self.keys.run_steps(run_id)
         named = list(dict.fromkeys(steps))
+        head, found = (client or self.redis).eval(_LOAD_HEAD_AND_STEPS, 2, key, steps_key, *named)
+        stored = {step: raw for step, raw in zip(named, found, strict=True) if raw is not None}
+        return self._decode_for_change(run_id, head, stored)
+
+    def _decode_for_change(
+        self, run_id: str, head: bytes | None, stored: dict[str, str | bytes]
+    ) -> tuple[Run, bytes]:
+        """The run of ``head`` with the steps ``stored`` in hand, the others read when first read."""
+        steps_key = self.keys.run_steps(run_id)
 
         def fetch(step_ids: list[str]) -> list[bytes | str | None]:
             return self.redis.hmget(steps_key, step_ids)
 
-        head, found = (client or self.redis).eval(_LOAD_HEAD_AND_STEPS, 2, key, steps_key, *named)
-        stored = {step: raw for step, raw in zip(named, found, strict=True) if raw is not None}
         run = decode_run(head, stored, fetch)
-        if run is None:
+        if run is None or head is None:
             raise NotFound(f"No run {run_id!r}.")
         return run, head
 
-    def _commit_if_unchanged(self, run_id: str, head: bytes, commands: list[tuple[Any, ...]]) -> bool:
-        """Run ``commands`` in one script if the run's head is still ``head``; False if it changed."""
+    def _commit_if_unchanged(
+        self, run_id: str, head: bytes, commands: list[tuple[Any, ...]], read_after: list[str]
+    ) -> dict[str, str | bytes] | None:
+        """Run ``commands`` in one script if the run's head is still ``head``, then read the
+        ``read_after`` steps (those stored, by id); None if the head changed."""
         words: list[Any] = [hashlib.sha1(head).hexdigest(), len(commands)]
         for command in commands:
             words += [len(command), *command]
-        return bool(self._commit(keys=[self.keys.run(run_id)], args=words))
+        keys = [self.keys.run(run_id), self.keys.run_steps(run_id)]
+        reply = self._commit(keys=keys, args=words + read_after)
+        if reply == 0:
+            return None
+        return {step: raw for step, raw in zip(read_after, reply, strict=True) if raw is not None}
 
-    def write(self, pipe: Pipeline, before: Run | None, outcome: Outcome) -> None:
+    def write(self, pipe: Pipeline, before: Run | None, outcome: Outcome) -> Written:
         """Queue in ``pipe`` (already in MULTI) everything that commits ``outcome``."""
         run = outcome.run
         run.version = (before.version if before else 0) + 1
         keys = self.keys
-        pipe.set(keys.run(run.run_id), run.model_dump_json(context=STEP_STATUSES_ONLY))
+        head = run.model_dump_json(context=STEP_STATUSES_ONLY)
+        pipe.set(keys.run(run.run_id), head)
         # The steps this change read: the only ones it can have changed.
         touched = run.steps.touched()
         if touched:
@@ -528,6 +585,7 @@ class RunStore:
             pipe.expire(Job.key_for(job_id), CANCELLED_JOB_TTL_SECONDS)
         for job in outcome.enqueue:
             self._enqueue(pipe, run, job)
+        return Written(head, touched)
 
     def _write_indexes(self, pipe: Pipeline, before: Run | None, run: Run, touched: Iterable[str]) -> None:
         keys = self.keys

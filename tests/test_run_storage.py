@@ -15,7 +15,7 @@ import redis
 
 from engine.api import Engine
 from engine.model import Run, RunStatus, StepStatus
-from tests.engine_helpers import ALICE, engine_for, finish_step
+from tests.engine_helpers import ALICE, engine_for, finish_step, start_step
 from tests.redis_servers import RedisServer
 
 STEPS = 30
@@ -30,8 +30,9 @@ CHAIN = {
 
 
 @contextmanager
-def monitored(server: RedisServer) -> Iterator[list[list[str]]]:
-    """Every command Redis executes meanwhile, split into words, as MONITOR reports them."""
+def monitored(server: RedisServer, sent_only: bool = False) -> Iterator[list[list[str]]]:
+    """Every command Redis executes meanwhile, split into words, as MONITOR reports them;
+    ``sent_only``: only those clients sent, not those their scripts ran."""
     commands: list[list[str]] = []
     ready, done = threading.Event(), threading.Event()
 
@@ -42,7 +43,8 @@ def monitored(server: RedisServer) -> Iterator[list[list[str]]]:
                 if line["command"] == "ECHO monitor-end":
                     done.set()
                     return
-                commands.append(line["command"].split(" "))
+                if not (sent_only and line["client_type"] == "lua"):
+                    commands.append(line["command"].split(" "))
 
     thread = threading.Thread(target=listen, daemon=True)
     thread.start()
@@ -140,3 +142,37 @@ def test_a_purged_run_leaves_no_steps_hash(redis_conn: redis.Redis, namespace: s
     assert redis_conn.exists(engine.keys.run_steps(run.run_id))
     assert engine.store.purge(run.run_id)
     assert not redis_conn.exists(engine.keys.run(run.run_id), engine.keys.run_steps(run.run_id))
+
+
+def test_a_worker_s_start_and_report_of_a_step_cost_a_round_trip_each(own_redis: RedisServer) -> None:
+    engine = engine_for(own_redis.client(), "store", CHAIN)
+    run = finish_step(engine, engine.start("chain", {}, ALICE), "s0")
+    with monitored(own_redis, sent_only=True) as commands:
+        run = finish_step(engine, run, "s1")
+    sent = [words[0].upper() for words in commands if words[0].upper() != "HELLO"]  # the end marker's client
+    # The process committed the run last: it is not read back, the commit checks its head.
+    assert sent == ["EVALSHA", "EVALSHA"], sent
+    assert run.steps.status("s2") is StepStatus.QUEUED
+    assert engine.get_run(run.run_id).model_dump() == run.model_dump()
+
+
+def test_a_change_by_another_process_in_between_is_seen(redis_conn: redis.Redis, namespace: str) -> None:
+    worker_side, operator_side = engine_for(redis_conn, namespace, CHAIN), engine_for(redis_conn, namespace, CHAIN)
+    run = start_step(worker_side, worker_side.start("chain", {}, ALICE), "s0")
+    operator_side.stop(run.run_id, ALICE)
+    run = worker_side.step_finished(run.run_id, "s0", run.steps["s0"].attempt, result={"late": True})
+    assert run.status is RunStatus.STOPPED
+    assert run.steps.status("s1") is StepStatus.SKIPPED  # not enqueued on a stale picture
+    assert engine_for(redis_conn, namespace, CHAIN).get_run(run.run_id).model_dump() == run.model_dump()
+
+
+def test_a_refusal_is_judged_on_the_run_as_stored(redis_conn: redis.Redis, namespace: str) -> None:
+    worker_side, operator_side = engine_for(redis_conn, namespace, CHAIN), engine_for(redis_conn, namespace, CHAIN)
+    run = worker_side.stop(worker_side.start("chain", {}, ALICE).run_id, ALICE)  # committed here: stopped
+    recovered = operator_side.recover(run.run_id, ALICE)
+    s0 = recovered.steps["s0"]
+    assert recovered.status is RunStatus.RUNNING and s0.status is StepStatus.QUEUED
+    # Stopped, as this process last wrote it, the run would refuse the start: it is running now.
+    started = worker_side.step_started(run.run_id, "s0", s0.attempt, s0.dispatch, "worker-1")
+    assert started.proceed, started.message
+    assert started.run.steps.status("s0") is StepStatus.RUNNING
