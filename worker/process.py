@@ -28,13 +28,13 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from resource import struct_rusage
 from typing import Any, NoReturn, ParamSpec, TypeVar
+from uuid import uuid4
 
 from redis.client import Pipeline, PubSub, PubSubWorkerThread
-from redis.exceptions import NoScriptError
 from rq import worker_registration
 from rq.command import handle_command, parse_payload
 from rq.exceptions import InvalidJobOperation
-from rq.executions import Execution
+from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
@@ -182,7 +182,10 @@ class SwitchboardWorker(Worker):
     # -- the reused horse: worker side ---------------------------------------------------
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        execution = self.prepare_execution(job)
+        execution = Execution(uuid4().hex, job.id, self.connection, worker_name=self.name)
+        execution._job = job
+        preparation = self.connection.pipeline()
+        job.prepare_for_execution(self.name, pipeline=preparation)  # the job as the horse gets it
         assignment = Assignment(job.id, job_record(job), queue.name, execution.id, execution.created_at)
         with self._horse_lock:
             self._running_job_id, self._running_execution_id = job.id, execution.id
@@ -194,6 +197,8 @@ class SwitchboardWorker(Worker):
                 horse = self._ready_horse()
                 self._horse_pid = horse.pid
             horse.assign(assignment)
+        self._queue_preparation(preparation, job, execution)
+        self._record_preparation(preparation, job, execution)
         self.monitor_work_horse(job, queue, execution)
         # Not idle yet: a next job already waiting is taken at once (``dequeue_job_and_maintain_ttl``).
 
@@ -382,7 +387,9 @@ class SwitchboardWorker(Worker):
         before every job, and the worker is busy again a moment later. Steps of a run follow
         each other (the engine enqueues the next one before the horse reports), so the next job
         is usually waiting: one Lua call moves it as ``LMOVE`` does and returns its hash, and
-        the worker stays busy. Only a worker about to wait says idle (in RQ's dequeue).
+        the worker stays busy. Only a worker about to wait says idle (in RQ's dequeue). The
+        last job's success is recorded with the next job's preparation (:meth:`execute_job`),
+        or before the worker waits.
         """
         if len(self.queues) == 1 and self.get_redis_server_version() >= (6, 2, 0):
             taken = self._through_outage(self._take_waiting_job, self.queues[0])
@@ -393,25 +400,13 @@ class SwitchboardWorker(Worker):
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def _take_waiting_job(self, queue: Queue) -> tuple[Job, Queue] | None:
-        """The waiting job and its hash, in the round trip that records the last step's success."""
+        """The waiting job and its hash, or None (the last step's success is recorded then)."""
         keys = [queue.key, queue.intermediate_queue_key]
         args = [self.job_class.redis_job_namespace_prefix]
         while True:
-            if self._unrecorded is not None:
-                with self.connection.pipeline() as pipe:
-                    self._record_success(pipe, *self._unrecorded)
-                    pipe.evalsha(self._take_waiting.sha, len(keys), *keys, *args)
-                    *recorded, reply = pipe.execute(raise_on_error=False)
-                self._unrecorded = None
-                for failed in (r for r in recorded if isinstance(r, Exception)):
-                    raise failed
-                if isinstance(reply, NoScriptError):  # Redis restarted since the script was loaded
-                    reply = self._take_waiting(keys, args)
-                elif isinstance(reply, Exception):
-                    raise reply
-            else:
-                reply = self._take_waiting(keys, args)
+            reply = self._take_waiting(keys, args)
             if not reply:
+                self._record_unrecorded()
                 return None
             job_id, fields = reply
             if not fields:
@@ -433,29 +428,54 @@ class SwitchboardWorker(Worker):
     def run_maintenance_tasks(self) -> None:
         self._through_outage(super().run_maintenance_tasks)
 
-    def prepare_execution(self, job: Job) -> Execution:
-        return self._through_outage(self._prepare_execution, job)
-
-    def _prepare_execution(self, job: Job) -> Execution:
-        """RQ's preparation of a job in one round trip: the worker's part and the horse's.
+    def _queue_preparation(self, pipe: Pipeline, job: Job, execution: Execution) -> None:
+        """RQ's preparation of a job, the worker's part and the horse's, queued on ``pipe``
+        (where ``job.prepare_for_execution`` queued the job's own fields), with the success of
+        the job before it (not recorded yet: :meth:`handle_job_success`).
 
         RQ's worker records the execution (and its own busy state), then its horse marks
         the job started (heartbeats, status, out of the intermediate list). The horse is
-        this worker's own child now, so the worker does both, and hands the job over as read.
+        this worker's own child now, so the worker does both, and hands the job over as
+        prepared; the records are queued and sent while the horse starts
+        (:meth:`_record_preparation`).
         """
+        if self._unrecorded is not None:
+            self._record_success(pipe, *self._unrecorded)
         ttl = self.get_heartbeat_ttl(job)
-        with self.connection.pipeline() as pipe:
-            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
-            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            self.heartbeat(ttl, pipeline=pipe)
-            job.heartbeat(now(), ttl, pipeline=pipe)
-            job.prepare_for_execution(self.name, pipeline=pipe)
-            pipe.persist(job.key)
-            if len(self.queues) == 1:
-                pipe.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
-            pipe.execute()
+        # What ``Execution.create`` queues, for an execution made beforehand (its id is the horse's).
+        execution.save(ttl=ttl, pipeline=pipe)
+        ExecutionRegistry(job_id=job.id, connection=pipe).add(execution=execution, ttl=ttl, pipeline=pipe)
+        job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=ttl, xx=False)
+        pipe.sadd(execution.worker_executions_key, execution.composite_key)
+        pipe.expire(execution.worker_executions_key, ttl + 60)
+        self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+        self.heartbeat(ttl, pipeline=pipe)
+        job.heartbeat(now(), ttl, pipeline=pipe)
+        job.prepare_for_execution(self.name, pipeline=pipe)
+        pipe.persist(job.key)
+        if len(self.queues) == 1:
+            pipe.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+
+    def _record_preparation(self, preparation: Pipeline, job: Job, execution: Execution) -> None:
+        """Send the queued preparation: one round trip, while the horse already starts the job.
+
+        The horse needs none of it (it got the job as prepared); a stop command for the job
+        finds it running already. Through an outage the preparation is queued again and sent
+        once Redis is back (the pipeline forgets its commands when it fails).
+        """
+        try:
+            with preparation:
+                preparation.execute()
+        except REDIS_DOWN:
+            self._through_outage(self._prepare_again, job, execution)
+        self._unrecorded = None
         self.executions[execution.id] = execution
-        return execution
+
+    def _prepare_again(self, job: Job, execution: Execution) -> None:
+        with self.connection.pipeline() as pipe:
+            job.prepare_for_execution(self.name, pipeline=pipe)
+            self._queue_preparation(pipe, job, execution)
+            pipe.execute()
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         if job.id == self._prepared_job_id:  # by the worker, with the execution
@@ -481,8 +501,8 @@ class SwitchboardWorker(Worker):
         enqueues what follows in the step's own transaction), so RQ's writes are all there
         is: its counters, the job finished with its result for ``result_ttl``, the
         execution cleaned up. The horse hands them to its worker with its report
-        (:meth:`_record_success`), and the worker sends them with the call that takes the
-        next job: the step's end costs no round trip of its own. The engine has the step's
+        (:meth:`_record_success`), and the worker sends them with the next job's preparation,
+        while the horse starts that job: the step's end costs no round trip of its own. The engine has the step's
         outcome already; these are RQ's records of the job.
         """
         result_ttl = job.get_result_ttl(self.default_result_ttl)
