@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping, ValuesView
 from datetime import datetime
@@ -549,10 +550,17 @@ class Run(BaseModel):
         return self.run_id[:8]
 
     def clone(self) -> Run:
-        """An independent copy to change: the head copied deeply, the steps as :meth:`Steps.copy`
-        does (a step nobody read is neither parsed nor dumped), in ~25 us whatever the run's size
-        (a JSON round trip of the head took 13 us for 10 steps, 110 us for 500)."""
-        return self.model_copy(deep=True)
+        """An independent copy to change: what can change in place copied deeply, the steps as
+        :meth:`Steps.copy` does (a step nobody read is neither parsed nor dumped), scalars and
+        datetimes shared (immutable). ~10 us whatever the run's size; ``copy.deepcopy`` of
+        the whole took ~35 us, a JSON round trip of the head 13 us for 10 steps, 110 for 500."""
+        twin = copy.copy(self)
+        fields = twin.__dict__
+        for name, value in fields.items():
+            if value is None or isinstance(value, str | int | float | datetime):  # enums are str
+                continue
+            fields[name] = value.copy() if type(value) is Steps else copy.deepcopy(value)
+        return twin
 
     def open_tasks(self) -> list[StepState]:
         return [s for s in self.steps.with_status(StepStatus.WAITING) if s.awaits_decision]

@@ -501,9 +501,9 @@ class SwitchboardWorker(Worker):
         enqueues what follows in the step's own transaction), so RQ's writes are all there
         is: its counters, the job finished with its result for ``result_ttl``, the
         execution cleaned up. The horse hands them to its worker with its report
-        (:meth:`_record_success`), and the worker sends them with the next job's preparation,
-        while the horse starts that job: the step's end costs no round trip of its own. The engine has the step's
-        outcome already; these are RQ's records of the job.
+        (:meth:`_record_success`), and the worker sends them with the next job's
+        preparation, while the horse starts that job: the step's end costs no round trip of
+        its own. The engine has the step's outcome already; these are RQ's records of the job.
         """
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         if job.func_name != STEP_JOB or result_ttl <= 0 or job.repeats_left or job.has_rate_limit:
