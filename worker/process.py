@@ -46,7 +46,7 @@ from engine.background import LoopThread
 from engine.errors import CommandRefused, NotFound
 from engine.intake import Intake, Starter
 from engine.outage import LONGEST_RETRY_SECONDS, REDIS_DOWN, Outage
-from engine.redis_idioms import text
+from engine.redis_idioms import RUN_COMMANDS, command_words, text
 from engine.settings import Settings
 from worker import jobs
 from worker.horse import Assignment, Ended, Finished, Horse, Report, resident_bytes
@@ -168,6 +168,7 @@ class SwitchboardWorker(Worker):
         self._last_beat = 0.0
         self._next_suspension_check = 0.0
         self._take_waiting = self.connection.register_script(TAKE_WAITING_JOB)
+        self._run_commands = self.connection.register_script(RUN_COMMANDS)
         # A step job its horse reported successful, not recorded in RQ yet (in the worker).
         self._unrecorded: tuple[Job, Execution, Finished] | None = None
         self._finished: Finished | None = None  # in the horse: the success of the job just run
@@ -185,6 +186,7 @@ class SwitchboardWorker(Worker):
         execution = Execution(uuid4().hex, job.id, self.connection, worker_name=self.name)
         execution._job = job
         preparation = self.connection.pipeline()
+        preparation.multi()  # only collects RQ's commands: sent by one script call
         job.prepare_for_execution(self.name, pipeline=preparation)  # the job as the horse gets it
         assignment = Assignment(job.id, job_record(job), queue.name, execution.id, execution.created_at)
         with self._horse_lock:
@@ -457,17 +459,20 @@ class SwitchboardWorker(Worker):
             pipe.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
 
     def _record_preparation(self, preparation: Pipeline, job: Job, execution: Execution) -> None:
-        """Send the queued preparation: one round trip, while the horse already starts the job.
+        """Send the queued preparation while the horse already starts the job: one script
+        call (:data:`RUN_COMMANDS`), atomic as RQ's transaction, with one reply where the
+        transaction had one per command (some thirty: most of what a step cost this process).
 
         The horse needs none of it (it got the job as prepared); a stop command for the job
         finds it running already. Through an outage the preparation is queued again and sent
-        once Redis is back (the pipeline forgets its commands when it fails).
+        once Redis is back.
         """
         try:
-            with preparation:
-                preparation.execute()
+            self._run_commands(args=command_words(preparation))
         except REDIS_DOWN:
             self._through_outage(self._prepare_again, job, execution)
+        finally:
+            preparation.reset()
         self._unrecorded = None
         self.executions[execution.id] = execution
 
@@ -475,7 +480,7 @@ class SwitchboardWorker(Worker):
         with self.connection.pipeline() as pipe:
             job.prepare_for_execution(self.name, pipeline=pipe)
             self._queue_preparation(pipe, job, execution)
-            pipe.execute()
+            self._run_commands(args=command_words(pipe))
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         if job.id == self._prepared_job_id:  # by the worker, with the execution
