@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from rq import Queue, Worker
+from rq.job import Job, JobStatus
+from rq.results import Result
 
 from engine.api import Engine
 from engine.catalog import load_folder
@@ -208,3 +211,33 @@ def test_a_horse_that_leaks_is_replaced_after_the_step(pool: Harness) -> None:
         retired = step.result["resident_mb"] > limit_mb
         assert (after.result["pid"] != step.result["pid"]) is retired, [s.result for s in steps]
     assert any(step.result["resident_mb"] > limit_mb for step in steps[:-1]), [s.result for s in steps]
+
+
+def test_rq_records_each_step_job_as_its_own_worker_would(pool: Harness) -> None:
+    """The worker writes RQ's records of a job's start and success itself (one script call
+    each, while its horse works): RQ's own API reads them as RQ's worker leaves them."""
+    name = pool.start_worker()
+    run = completed(pool, "pids")
+    queue = Queue(pool.namespace, connection=pool.engine.redis)
+    worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + name, connection=pool.engine.redis)
+    assert worker is not None
+    deadline = time.monotonic() + 5  # the last step's success is recorded before the worker waits
+    while worker.successful_job_count < len(run.steps) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        worker.refresh()
+    assert worker.successful_job_count == len(run.steps)
+    assert worker.total_working_time > 0
+    finished = set(queue.finished_job_registry.get_job_ids())
+    for step in run.steps.values():
+        assert step.job_id is not None
+        job = Job.fetch(step.job_id, connection=pool.engine.redis)
+        assert job.get_status() is JobStatus.FINISHED
+        assert job.worker_name == name
+        assert job.started_at is not None and job.ended_at is not None and job.started_at <= job.ended_at
+        result = job.latest_result()
+        assert result is not None and result.type is Result.Type.SUCCESSFUL
+        assert result.return_value == {"outcome": "succeeded"}
+        assert step.job_id in finished
+        assert not pool.engine.redis.exists(f"rq:executions:{step.job_id}")  # the execution was cleaned up
+    assert queue.started_job_registry.get_job_ids() == []
+    assert pool.engine.redis.lrange(queue.intermediate_queue_key, 0, -1) == []
