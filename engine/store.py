@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import secrets
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -256,6 +257,7 @@ class RunStore:
         self._commit = connection.register_script(_COMMIT_IF_UNCHANGED)
         # The runs this process changed last, as committed: head and the steps known with it.
         self._committed: dict[str, tuple[bytes, dict[str, str | bytes]]] = {}
+        self._committed_lock = threading.Lock()
         # RQ's records of a job that name it by id, beside its hash and result stream.
         self._job_registries = [
             queue.finished_job_registry.key,
@@ -454,7 +456,8 @@ class RunStore:
         A refusal, or no change at all, is only ever judged on the run as read from Redis.
         """
         while True:
-            remembered = self._committed.pop(run_id, None)
+            with self._committed_lock:
+                remembered = self._committed.pop(run_id, None)
             if remembered is not None:
                 before, head = self._decode_for_change(run_id, *remembered)
             else:
@@ -481,9 +484,10 @@ class RunStore:
 
     def _remember(self, run_id: str, head: bytes, steps: dict[str, str | bytes]) -> None:
         """Keep a run as this process committed it, for its next change here (see :meth:`transact`)."""
-        self._committed[run_id] = (head, steps)
-        if len(self._committed) > COMMITTED_RUNS:
-            self._committed.pop(next(iter(self._committed)))
+        with self._committed_lock:  # the web process runs commands on several threads
+            self._committed[run_id] = (head, steps)
+            if len(self._committed) > COMMITTED_RUNS:
+                self._committed.pop(next(iter(self._committed)))
 
     def transact_watching(
         self,
@@ -494,7 +498,8 @@ class RunStore:
         """:meth:`transact` for a change that also depends on other keys: ``watch`` names them,
         and ``decide`` may read them through the pipeline (it is in immediate mode)."""
         key = self.keys.run(run_id)
-        self._committed.pop(run_id, None)  # read from Redis under the watch
+        with self._committed_lock:
+            self._committed.pop(run_id, None)  # read from Redis under the watch
         with self.redis.pipeline() as pipe:
             while True:
                 try:
