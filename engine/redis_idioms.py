@@ -6,7 +6,7 @@ way: how a reply becomes text (clients may or may not decode responses), that a
 consumer group which already exists is fine, how work in a sorted set scored by
 when it is due is claimed for a lease (the engine's timers, the Slack outbox's keys), so
 a process that dies holding it leaves it due again instead of lost, and how the commands
-of a transaction are sent as one script call (a run's commit, a worker's RQ records).
+of a transaction are sent as one script call (a run's commit).
 """
 
 from __future__ import annotations
@@ -41,13 +41,12 @@ for _ = 1, commands do
   at = at + count + 1
 end
 """
-RUN_COMMANDS = "local at = 1\n" + RUN_COMMANDS_LUA
 
 
 def command_words(pipe: Pipeline) -> list[Any]:
     """The commands queued on ``pipe`` (in MULTI mode, never executed) as ARGV words for
-    :data:`RUN_COMMANDS_LUA`. The pipeline's own methods build them: RQ's records, the
-    engine's writes, as they would be sent in a transaction."""
+    :data:`RUN_COMMANDS_LUA`: built by the pipeline's own methods (the engine's writes, RQ's
+    enqueues), as they would be sent in a transaction."""
     words: list[Any] = [len(pipe.command_stack)]
     for args, _options in pipe.command_stack:
         words += [len(args), *args]

@@ -214,8 +214,8 @@ def test_a_horse_that_leaks_is_replaced_after_the_step(pool: Harness) -> None:
 
 
 def test_rq_records_each_step_job_as_its_own_worker_would(pool: Harness) -> None:
-    """The worker writes RQ's records of a job's start and success itself (one script call
-    each, while its horse works): RQ's own API reads them as RQ's worker leaves them."""
+    """The worker writes RQ's records of a job's start and of the last job's success itself
+    (one script call, while its horse works): RQ's own API reads them as RQ's worker leaves them."""
     name = pool.start_worker()
     run = completed(pool, "pids")
     queue = Queue(pool.namespace, connection=pool.engine.redis)
@@ -241,3 +241,22 @@ def test_rq_records_each_step_job_as_its_own_worker_would(pool: Harness) -> None
         assert not pool.engine.redis.exists(f"rq:executions:{step.job_id}")  # the execution was cleaned up
     assert queue.started_job_registry.get_job_ids() == []
     assert pool.engine.redis.lrange(queue.intermediate_queue_key, 0, -1) == []
+
+    # And while a step runs: its start, as the worker recorded it.
+    marker = pool.tmp / "long.pid"
+    run = pool.start("long", marker=str(marker))
+    pool.wait_until_running(run.run_id, "slow")
+    marked_pid(marker)
+    job_id = pool.engine.get_run(run.run_id).steps["slow"].job_id
+    assert job_id is not None
+    job = Job.fetch(job_id, connection=pool.engine.redis)
+    assert job.get_status() is JobStatus.STARTED and job.worker_name == name
+    assert queue.started_job_registry.get_job_ids() == [job_id]
+    [execution] = job.get_executions()
+    assert execution.worker_name == name
+    worker.refresh()
+    assert worker.get_state() == "busy"
+    assert worker.get_current_job_id() in (None, job_id)  # RQ 3 keeps executions, not a current job
+    assert pool.engine.redis.ttl(job.key) == -1  # persisted while it runs
+    assert pool.engine.redis.lrange(queue.intermediate_queue_key, 0, -1) == []
+    pool.engine.stop(run.run_id, OPERATOR)

@@ -34,21 +34,21 @@ from redis.client import Pipeline, PubSub, PubSubWorkerThread
 from rq import worker_registration
 from rq.command import handle_command, parse_payload
 from rq.exceptions import InvalidJobOperation
-from rq.executions import Execution, ExecutionRegistry
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.utils import now, utcformat
-from rq.worker import Worker, WorkerStatus
+from rq.worker import Worker
 
 from engine.api import STEP_JOB, Engine
 from engine.background import LoopThread
 from engine.errors import CommandRefused, NotFound
 from engine.intake import Intake, Starter
 from engine.outage import LONGEST_RETRY_SECONDS, REDIS_DOWN, Outage
-from engine.redis_idioms import RUN_COMMANDS, command_words, text
+from engine.redis_idioms import text
 from engine.settings import Settings
-from worker import jobs
+from worker import jobs, rq_records
 from worker.horse import Assignment, Ended, Finished, Horse, Report, resident_bytes
 from worker.housekeeping import housekeep
 from worker.keys import WorkerKeys
@@ -168,9 +168,9 @@ class SwitchboardWorker(Worker):
         self._last_beat = 0.0
         self._next_suspension_check = 0.0
         self._take_waiting = self.connection.register_script(TAKE_WAITING_JOB)
-        self._run_commands = self.connection.register_script(RUN_COMMANDS)
+        self._record = self.connection.register_script(rq_records.RECORD)
         # A step job its horse reported successful, not recorded in RQ yet (in the worker).
-        self._unrecorded: tuple[Job, Execution, Finished] | None = None
+        self._unrecorded: rq_records.Succeeded | None = None
         self._finished: Finished | None = None  # in the horse: the success of the job just run
 
     def _through_outage(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -185,9 +185,7 @@ class SwitchboardWorker(Worker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         execution = Execution(uuid4().hex, job.id, self.connection, worker_name=self.name)
         execution._job = job
-        preparation = self.connection.pipeline()
-        preparation.multi()  # only collects RQ's commands: sent by one script call
-        job.prepare_for_execution(self.name, pipeline=preparation)  # the job as the horse gets it
+        rq_records.mark_started(job, self.name)  # the job as the horse gets it
         assignment = Assignment(job.id, job_record(job), queue.name, execution.id, execution.created_at)
         with self._horse_lock:
             self._running_job_id, self._running_execution_id = job.id, execution.id
@@ -199,8 +197,7 @@ class SwitchboardWorker(Worker):
                 horse = self._ready_horse()
                 self._horse_pid = horse.pid
             horse.assign(assignment)
-        self._queue_preparation(preparation, job, execution)
-        self._record_preparation(preparation, job, execution)
+        self._through_outage(self._record_start, job, execution)
         self.monitor_work_horse(job, queue, execution)
         # Not idle yet: a next job already waiting is taken at once (``dequeue_job_and_maintain_ttl``).
 
@@ -235,7 +232,10 @@ class SwitchboardWorker(Worker):
             if self._stopped_job_id == job.id:
                 self._stopped_job_id = None  # the stop came after the job had ended
             if outcome.finished is not None:
-                self._unrecorded = (job, execution, outcome.finished)
+                finished = outcome.finished
+                self._unrecorded = rq_records.Succeeded(
+                    job, execution, finished.result, finished.started_at, finished.ended_at
+                )
             self._after_job(horse, outcome)
             return
         self.horse = None
@@ -390,7 +390,7 @@ class SwitchboardWorker(Worker):
         each other (the engine enqueues the next one before the horse reports), so the next job
         is usually waiting: one Lua call moves it as ``LMOVE`` does and returns its hash, and
         the worker stays busy. Only a worker about to wait says idle (in RQ's dequeue). The
-        last job's success is recorded with the next job's preparation (:meth:`execute_job`),
+        last job's success is recorded with the next job's start (:meth:`_record_start`),
         or before the worker waits.
         """
         if len(self.queues) == 1 and self.get_redis_server_version() >= (6, 2, 0):
@@ -430,57 +430,20 @@ class SwitchboardWorker(Worker):
     def run_maintenance_tasks(self) -> None:
         self._through_outage(super().run_maintenance_tasks)
 
-    def _queue_preparation(self, pipe: Pipeline, job: Job, execution: Execution) -> None:
-        """RQ's preparation of a job, the worker's part and the horse's, queued on ``pipe``
-        (where ``job.prepare_for_execution`` queued the job's own fields), with the success of
-        the job before it (not recorded yet: :meth:`handle_job_success`).
+    def _record_start(self, job: Job, execution: Execution) -> None:
+        """RQ's records of the job's start, with the last job's success, in one script call,
+        sent while the horse already starts the job (:mod:`worker.rq_records`).
 
-        RQ's worker records the execution (and its own busy state), then its horse marks
-        the job started (heartbeats, status, out of the intermediate list). The horse is
-        this worker's own child now, so the worker does both, and hands the job over as
-        prepared; the records are queued and sent while the horse starts
-        (:meth:`_record_preparation`).
+        RQ's worker records the execution (and its own busy state), then its horse marks the
+        job started (heartbeats, status, out of the intermediate list). The horse is this
+        worker's own child now, so the worker does both; the horse needs none of it (it got
+        the job as prepared), and a stop command for the job finds it running already.
         """
-        if self._unrecorded is not None:
-            self._record_success(pipe, *self._unrecorded)
         ttl = self.get_heartbeat_ttl(job)
-        # What ``Execution.create`` queues, for an execution made beforehand (its id is the horse's).
-        execution.save(ttl=ttl, pipeline=pipe)
-        ExecutionRegistry(job_id=job.id, connection=pipe).add(execution=execution, ttl=ttl, pipeline=pipe)
-        job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=ttl, xx=False)
-        pipe.sadd(execution.worker_executions_key, execution.composite_key)
-        pipe.expire(execution.worker_executions_key, ttl + 60)
-        self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-        self.heartbeat(ttl, pipeline=pipe)
-        job.heartbeat(now(), ttl, pipeline=pipe)
-        job.prepare_for_execution(self.name, pipeline=pipe)
-        pipe.persist(job.key)
-        if len(self.queues) == 1:
-            pipe.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
-
-    def _record_preparation(self, preparation: Pipeline, job: Job, execution: Execution) -> None:
-        """Send the queued preparation while the horse already starts the job: one script
-        call (:data:`RUN_COMMANDS`), atomic as RQ's transaction, with one reply where the
-        transaction had one per command (some thirty: most of what a step cost this process).
-
-        The horse needs none of it (it got the job as prepared); a stop command for the job
-        finds it running already. Through an outage the preparation is queued again and sent
-        once Redis is back.
-        """
-        try:
-            self._run_commands(args=command_words(preparation))
-        except REDIS_DOWN:
-            self._through_outage(self._prepare_again, job, execution)
-        finally:
-            preparation.reset()
+        single = len(self.queues) == 1
+        rq_records.record(self._record, self, job, execution, ttl, self._unrecorded, intermediate=single)
         self._unrecorded = None
         self.executions[execution.id] = execution
-
-    def _prepare_again(self, job: Job, execution: Execution) -> None:
-        with self.connection.pipeline() as pipe:
-            job.prepare_for_execution(self.name, pipeline=pipe)
-            self._queue_preparation(pipe, job, execution)
-            self._run_commands(args=command_words(pipe))
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         if job.id == self._prepared_job_id:  # by the worker, with the execution
@@ -505,10 +468,11 @@ class SwitchboardWorker(Worker):
         seven round trips. A step job has no dependents, repeats or rate limit (the engine
         enqueues what follows in the step's own transaction), so RQ's writes are all there
         is: its counters, the job finished with its result for ``result_ttl``, the
-        execution cleaned up. The horse hands them to its worker with its report
-        (:meth:`_record_success`), and the worker sends them with the next job's
-        preparation, while the horse starts that job: the step's end costs no round trip of
-        its own. The engine has the step's outcome already; these are RQ's records of the job.
+        execution cleaned up. The horse hands them to its worker with its report, and the
+        worker writes them with the next job's start (:mod:`worker.rq_records`), while the
+        horse starts that job, or by RQ's own methods before it waits for one: the step's
+        end costs no round trip of its own. The engine has the step's outcome already; these
+        are RQ's records of the job.
         """
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         if job.func_name != STEP_JOB or result_ttl <= 0 or job.repeats_left or job.has_rate_limit:
@@ -518,32 +482,30 @@ class SwitchboardWorker(Worker):
         self._finished = Finished(job._result, job.started_at, job.ended_at)
         job._status = JobStatus.FINISHED
 
-    def _record_success(self, pipe: Pipeline, job: Job, execution: Execution, finished: Finished) -> None:
-        """RQ's writes for a step job that succeeded in the horse, queued on ``pipe``."""
-        result_ttl = job.get_result_ttl(self.default_result_ttl)
-        job._result = finished.result
-        job.started_at, job.ended_at = finished.started_at, finished.ended_at
-        self.increment_successful_job_count(pipeline=pipe)
-        self.increment_total_working_time(finished.ended_at - finished.started_at, pipe)
-        job._handle_success(
-            result_ttl,
-            pipeline=pipe,
-            worker_name=self.name,
-            execution_id=execution.id,
-            execution_started_at=execution.created_at,
-            execution_ended_at=finished.ended_at,
-        )
-        job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-        self.cleanup_execution(job, pipeline=pipe, execution=execution)
-        job._status = JobStatus.FINISHED
-
     def _record_unrecorded(self) -> None:
-        """The last step's success on its own (when no job is taken right after it)."""
-        if self._unrecorded is None:
+        """The last step's success on its own (when no job is taken right after it), by RQ's methods."""
+        succeeded = self._unrecorded
+        if succeeded is None:
             return
+        job, execution = succeeded.job, succeeded.execution
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        job._result = succeeded.result
+        job.started_at, job.ended_at = succeeded.started_at, succeeded.ended_at
         with self.connection.pipeline() as pipe:
-            self._record_success(pipe, *self._unrecorded)
+            self.increment_successful_job_count(pipeline=pipe)
+            self.increment_total_working_time(succeeded.ended_at - succeeded.started_at, pipe)
+            job._handle_success(
+                result_ttl,
+                pipeline=pipe,
+                worker_name=self.name,
+                execution_id=execution.id,
+                execution_started_at=execution.created_at,
+                execution_ended_at=succeeded.ended_at,
+            )
+            job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
             pipe.execute()
+        job._status = JobStatus.FINISHED
         self._unrecorded = None
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
