@@ -21,7 +21,7 @@ from rq import Queue, Worker
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-from engine.api import Engine
+from engine.api import STEP_JOB, Engine
 from engine.catalog import load_folder
 from engine.model import FailureCode, Run, RunStatus, StepStatus
 from tests.test_worker_e2e import OPERATOR, Harness, action, workflow
@@ -260,3 +260,22 @@ def test_rq_records_each_step_job_as_its_own_worker_would(pool: Harness) -> None
     assert pool.engine.redis.ttl(job.key) == -1  # persisted while it runs
     assert pool.engine.redis.lrange(queue.intermediate_queue_key, 0, -1) == []
     pool.engine.stop(run.run_id, OPERATOR)
+
+
+def test_a_step_job_that_raises_is_failed_by_rq_and_the_horse_goes_on(pool: Harness) -> None:
+    """What a step job raises (here: called with arguments it does not take) is the job's
+    failure, recorded by RQ's own failure handling as for any job; the horse goes on."""
+    pool.start_worker()
+    before = pids(completed(pool, "pids"))[0]
+    queue = Queue(pool.namespace, connection=pool.engine.redis)
+    job = queue.enqueue(STEP_JOB, "no-such-run", "s0", job_id=f"{pool.namespace}-malformed")
+
+    deadline = time.monotonic() + 10
+    while job.get_status(refresh=True) is not JobStatus.FAILED:
+        assert time.monotonic() < deadline, f"the job is {job.get_status()}"
+        time.sleep(0.05)
+    assert job.id in queue.failed_job_registry.get_job_ids()
+    failure = job.latest_result()
+    assert failure is not None and failure.type is Result.Type.FAILED
+    assert "TypeError" in (failure.exc_string or "")
+    assert pids(completed(pool, "pids")) == [before] * 6  # the same horse, still serving

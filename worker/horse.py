@@ -58,6 +58,10 @@ class Assignment:
     queue_name: str
     execution_id: str
     execution_created_at: datetime
+    # A step job's arguments and timeout, when the horse may run it without rebuilding RQ's
+    # job (its success recorded by the worker); None: RQ's ``perform_job`` runs it.
+    step: tuple[Any, ...] | None = None
+    timeout: int = 0
 
 
 @dataclass(frozen=True)

@@ -59,13 +59,17 @@ def current_engine() -> Engine:
     return _engine if _engine is not None else configure(get_settings())
 
 
-def execute_step(run_id: str, step_id: str, attempt: int, dispatch: int) -> dict[str, Any]:
+def execute_step(
+    run_id: str, step_id: str, attempt: int, dispatch: int, *, worker: str | None = None
+) -> dict[str, Any]:
     """Run one attempt of a step and report it; the return value is only for RQ's records.
 
     Both the start and the report wait out a Redis outage (:func:`patiently`): a step
-    that ran must not lose its result because Redis restarted meanwhile.
+    that ran must not lose its result because Redis restarted meanwhile. ``worker`` names
+    the RQ worker running it (default: the one running RQ's current job).
     """
     engine = current_engine()
+    worker = worker or worker_name()
     where = {"run_id": run_id, "step_id": step_id, "attempt": attempt, "dispatch": dispatch}
     try:
         started = patiently(
@@ -75,12 +79,12 @@ def execute_step(run_id: str, step_id: str, attempt: int, dispatch: int) -> dict
             step_id,
             attempt,
             dispatch,
-            worker=worker_name(),
+            worker=worker,
         )
     except (CommandRefused, NotFound) as exc:
         log.info("step not started", extra={**where, "reason": str(exc)})
         return {"outcome": "refused", "reason": str(exc)}
-    if not started.proceed and started_by(started, attempt, dispatch, worker_name()):
+    if not started.proceed and started_by(started, attempt, dispatch, worker):
         # Our own start landed, but Redis went away before its reply came back.
         started = replace(started, proceed=True)
     if not started.proceed:
