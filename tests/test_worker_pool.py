@@ -279,3 +279,17 @@ def test_a_step_job_that_raises_is_failed_by_rq_and_the_horse_goes_on(pool: Harn
     assert failure is not None and failure.type is Result.Type.FAILED
     assert "TypeError" in (failure.exc_string or "")
     assert pids(completed(pool, "pids")) == [before] * 6  # the same horse, still serving
+
+
+def test_a_job_whose_data_cannot_be_read_is_failed_and_the_worker_goes_on(pool: Harness) -> None:
+    queue = Queue(pool.namespace, connection=pool.engine.redis)
+    job = queue.enqueue(STEP_JOB, "no-such-run", "s0", 1, 1, job_id=f"{pool.namespace}-garbled")
+    pool.engine.redis.hset(job.key, "data", b"not a pickle")
+    pool.start_worker()
+
+    deadline = time.monotonic() + 10
+    while job.get_status(refresh=True) is not JobStatus.FAILED:
+        assert time.monotonic() < deadline, f"the job is {job.get_status()}"
+        time.sleep(0.05)
+    assert job.id in queue.failed_job_registry.get_job_ids()
+    completed(pool, "pids")  # the worker goes on

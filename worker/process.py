@@ -34,7 +34,7 @@ from uuid import uuid4
 from redis.client import Pipeline, PubSub, PubSubWorkerThread
 from rq import worker_registration
 from rq.command import handle_command, parse_payload
-from rq.exceptions import InvalidJobOperation
+from rq.exceptions import DeserializationError, InvalidJobOperation
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -188,7 +188,7 @@ class SwitchboardWorker(Worker):
         execution = Execution(uuid4().hex, job.id, self.connection, worker_name=self.name)
         execution._job = job
         rq_records.mark_started(job, self.name)  # the job as the horse gets it
-        step = tuple(job.args) if self._success_recorded_here(job) else None
+        step = self._step_arguments(job)
         timeout = int(job.timeout or self.queue_class.DEFAULT_TIMEOUT)
         assignment = Assignment(
             job.id, job_record(job), queue.name, execution.id, execution.created_at, step, timeout
@@ -483,13 +483,13 @@ class SwitchboardWorker(Worker):
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         if job.id == self._prepared_job_id:  # by the worker, with the execution
-            self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
+            self.procline(f"Processing {job.id} from {job.origin} since {time.time()}")
             return
         # In the work horse, before the step: wait (bounded) rather than fail the job.
         self._through_outage(super().prepare_job_execution, job, remove_from_intermediate_queue)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
-        if job.func_name != STEP_JOB:
+        if not is_step_job(job):
             super().handle_execution_ended(job, queue, heartbeat_ttl)
             return
         job.ended_at = now()  # no callbacks to keep the job alive for: its end is recorded next
@@ -517,12 +517,18 @@ class SwitchboardWorker(Worker):
         self._finished = Finished(job._result, job.started_at, job.ended_at)
         job._status = JobStatus.FINISHED
 
+    def _step_arguments(self, job: Job) -> tuple[Any, ...] | None:
+        """A step job's arguments, for its horse to run it directly (:meth:`_perform_step`);
+        None for any other job, and for one whose data cannot be read (RQ's ``perform_job``
+        fails it in the horse, as it fails any such job)."""
+        return tuple(job.args) if self._success_recorded_here(job) else None
+
     def _success_recorded_here(self, job: Job) -> bool:
         """Whether this worker records the job's success (a step job: no dependents, repeats
         or rate limit, a result kept for a while) rather than RQ's ``handle_job_success``."""
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         plain = not job.repeats_left and not job.has_rate_limit
-        return job.func_name == STEP_JOB and result_ttl > 0 and plain
+        return is_step_job(job) and result_ttl > 0 and plain
 
     def _record_unrecorded(self) -> None:
         """The last step's success on its own (when no job is taken right after it), by RQ's methods."""
@@ -631,6 +637,15 @@ return {job_id, redis.call('HGETALL', ARGV[1] .. job_id)}
 """
 
 
+def is_step_job(job: Job) -> bool:
+    """Whether ``job`` runs a step; False for a job whose data cannot be read (RQ fails it),
+    which must not take the worker down with it."""
+    try:
+        return job.func_name == STEP_JOB
+    except DeserializationError:
+        return False
+
+
 def job_record(job: Job) -> dict[bytes, bytes]:
     """The job as its Redis hash holds it (what ``Job.restore`` reads), for the horse to rebuild."""
     record: dict[bytes, bytes] = {}
@@ -678,7 +693,7 @@ def report_killed_horse(engine: Engine, job: Job, worker_name: str, timed_out: b
     Killed by its worker for running past its timeout, the step timed out (as when its
     alarm ends it); otherwise (an OOM kill, a segfault) it was lost.
     """
-    if job.func_name != STEP_JOB:
+    if not is_step_job(job) or len(job.args) != 4:  # not a step job, or not one the engine made
         return
     run_id, step_id, attempt, _dispatch = job.args
     try:
