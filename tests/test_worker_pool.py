@@ -293,3 +293,13 @@ def test_a_job_whose_data_cannot_be_read_is_failed_and_the_worker_goes_on(pool: 
         time.sleep(0.05)
     assert job.id in queue.failed_job_registry.get_job_ids()
     completed(pool, "pids")  # the worker goes on
+
+
+def test_a_queued_id_whose_hash_is_not_a_job_is_passed_over(pool: Harness) -> None:
+    queue = Queue(pool.namespace, connection=pool.engine.redis)
+    bogus = f"{pool.namespace}-bogus"
+    pool.engine.redis.hset(Job.key_for(bogus), "status", "queued")  # no data: not a job
+    pool.engine.redis.rpush(queue.key, bogus)
+    pool.start_worker()
+    completed(pool, "pids")  # taken after the bogus id, by a worker still running
+    assert pool.engine.redis.lrange(queue.key, 0, -1) == []

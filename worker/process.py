@@ -34,7 +34,7 @@ from uuid import uuid4
 from redis.client import Pipeline, PubSub, PubSubWorkerThread
 from rq import worker_registration
 from rq.command import handle_command, parse_payload
-from rq.exceptions import DeserializationError, InvalidJobOperation
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -450,7 +450,11 @@ class SwitchboardWorker(Worker):
             if not fields:
                 continue  # its hash is gone: RQ's dequeue passes over such a job too
             job = self.job_class(text(job_id), connection=self.connection, serializer=self.serializer)
-            job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
+            try:
+                job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
+            except NoSuchJobError:  # a hash that is not a job's: passed over, as RQ's dequeue does
+                log.warning("a queued job's hash is not a job: passed over", extra={"job_id": job.id})
+                continue
             job.redis_server_version = self.get_redis_server_version()
             self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
             return job, queue
