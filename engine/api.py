@@ -520,11 +520,11 @@ class Engine:
             return core.apply(self.workflow_of(run), run, command, now or self.clock())
 
         known = self._workflows_by_digest.get(self._run_digests.get(run_id, ""))
+        def read_next(run: Run) -> list[str]:
+            return core.steps_read_next(command, self.workflow_of(run))
+
         run, outcome = self.store.transact(
-            run_id,
-            decide,
-            steps=core.steps_named(command, known),
-            read_after=core.steps_read_next(command, known),
+            run_id, decide, steps=core.steps_named(command, known), read_after=read_next
         )
         self._remember_digest(run)
         if outcome is not None and outcome.changed:

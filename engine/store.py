@@ -433,7 +433,7 @@ class RunStore:
         run_id: str,
         decide: Callable[[Run], Outcome | None],
         steps: Iterable[str] = (),
-        read_after: Iterable[str] = (),
+        read_after: Callable[[Run], Iterable[str]] | None = None,
     ) -> tuple[Run, Outcome | None]:
         """Apply ``decide`` to the current run atomically, retrying on a concurrent change.
 
@@ -450,9 +450,10 @@ class RunStore:
         caller that wants a consistent picture of the whole run loads it (:meth:`load`).
 
         A run this process changed last is not read back: its next change starts from the
-        head and steps as committed (with the ``read_after`` steps, read by the commit for the
-        change expected next), and the commit's check of the head finds out if another
-        process changed it since. So a worker's two reports on a step cost a round trip each.
+        head and steps as committed (with the steps ``read_after`` names for the changed run,
+        read by the commit for the change expected next), and the commit's check of the head
+        finds out if another process changed it since. So a worker's two reports on a step
+        cost a round trip each.
         A refusal, or no change at all, is only ever judged on the run as read from Redis.
         """
         while True:
@@ -476,7 +477,8 @@ class RunStore:
                 pipe.multi()  # only collects the commands (RQ's enqueue wants a MULTI): never executed
                 written = self.write(pipe, before, outcome)
                 commands = command_words(pipe)
-            read = self._commit_if_unchanged(run_id, head, commands, list(read_after))
+            wanted = list(read_after(outcome.run)) if read_after is not None else []
+            read = self._commit_if_unchanged(run_id, head, commands, wanted)
             if read is not None:
                 known = {**outcome.run.steps.as_loaded(), **written.steps, **read}
                 self._remember(run_id, written.head.encode(), known)

@@ -176,3 +176,15 @@ def test_a_refusal_is_judged_on_the_run_as_stored(redis_conn: redis.Redis, names
     started = worker_side.step_started(run.run_id, "s0", s0.attempt, s0.dispatch, "worker-1")
     assert started.proceed, started.message
     assert started.run.steps.status("s0") is StepStatus.RUNNING
+
+
+def test_a_worker_new_to_a_run_reads_it_once_for_a_step(own_redis: RedisServer) -> None:
+    starter = engine_for(own_redis.client(), "store", CHAIN)
+    worker_side = engine_for(own_redis.client(), "store", CHAIN)  # as a work horse
+    finish_step(worker_side, starter.start("chain", {}, ALICE), "s0")  # scripts loaded, and so on
+    run = starter.start("chain", {}, ALICE)  # new to the worker's side
+    with monitored(own_redis, sent_only=True) as commands:
+        finish_step(worker_side, run, "s0")
+    sent = [words[0].upper() for words in commands if words[0].upper() != "HELLO"]
+    # Read once with the step to start; its commit reads what the report needs (s1 may start).
+    assert sent == ["EVAL", "EVALSHA", "EVALSHA"], sent
