@@ -38,7 +38,6 @@ from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobEr
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.registry import StartedJobRegistry
 from rq.timeouts import JobTimeoutException
 from rq.utils import now, utcformat
 from rq.worker import Worker
@@ -114,8 +113,8 @@ class SwitchboardWorker(Worker):
     (:class:`worker.horse.Horse`) and hands it each job it dequeues; RQ's records are
     RQ's (the worker marks the job started with its execution and watches the horse,
     heartbeats included; the horse runs the job under its timeout and records its end, or
-    for a step that succeeded leaves that to the worker's next call, which takes the next
-    job: :meth:`dequeue_job_and_maintain_ttl`). A stop command for the running job kills
+    for a step that succeeded leaves that to the worker, which writes it with the next
+    job's start: :meth:`_record_start`). A stop command for the running job kills
     the horse; a horse that ends without reporting is handled as RQ handles a killed horse
     (the step is reported lost); either way the next job gets a fresh horse. A horse is
     retired after ``horse_max_jobs`` jobs or once a job leaves it above ``horse_max_rss``
@@ -238,10 +237,7 @@ class SwitchboardWorker(Worker):
             if self._stopped_job_id == job.id:
                 self._stopped_job_id = None  # the stop came after the job had ended
             if outcome.finished is not None:
-                finished = outcome.finished
-                self._unrecorded = rq_records.Succeeded(
-                    job, execution, finished.result, finished.started_at, finished.ended_at
-                )
+                self._unrecorded = rq_records.Succeeded(job, execution, outcome.finished)
             self._after_job(horse, outcome)
             return
         self.horse = None
@@ -498,29 +494,6 @@ class SwitchboardWorker(Worker):
             return
         job.ended_at = now()  # no callbacks to keep the job alive for: its end is recorded next
 
-    def handle_job_success(
-        self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry, execution: Execution
-    ) -> None:
-        """A step job's success, recorded by the worker with its next Redis call.
-
-        RQ first watches and reads the job's dependents (to enqueue them) and, for a result
-        kept no time at all, reads the job's status and executions (to delete it): three to
-        seven round trips. A step job has no dependents, repeats or rate limit (the engine
-        enqueues what follows in the step's own transaction), so RQ's writes are all there
-        is: its counters, the job finished with its result for ``result_ttl``, the
-        execution cleaned up. The horse hands them to its worker with its report, and the
-        worker writes them with the next job's start (:mod:`worker.rq_records`), while the
-        horse starts that job, or by RQ's own methods before it waits for one: the step's
-        end costs no round trip of its own. The engine has the step's outcome already; these
-        are RQ's records of the job.
-        """
-        if not self._success_recorded_here(job):
-            super().handle_job_success(job, queue, started_job_registry, execution)
-            return
-        assert job.started_at is not None and job.ended_at is not None
-        self._finished = Finished(job._result, job.started_at, job.ended_at)
-        job._status = JobStatus.FINISHED
-
     def _step_arguments(self, job: Job) -> tuple[Any, ...] | None:
         """A step job's arguments, for its horse to run it directly (:meth:`_perform_step`);
         None for any other job, and for one whose data cannot be read (RQ's ``perform_job``
@@ -528,8 +501,19 @@ class SwitchboardWorker(Worker):
         return tuple(job.args) if self._success_recorded_here(job) else None
 
     def _success_recorded_here(self, job: Job) -> bool:
-        """Whether this worker records the job's success (a step job: no dependents, repeats
-        or rate limit, a result kept for a while) rather than RQ's ``handle_job_success``."""
+        """Whether this worker records the job's success rather than RQ's ``handle_job_success``.
+
+        RQ first watches and reads the job's dependents (to enqueue them) and, for a result
+        kept no time at all, reads the job's status and executions (to delete it): three to
+        seven round trips. A step job has no dependents, repeats or rate limit (the engine
+        enqueues what follows in the step's own transaction), so RQ's writes are all there
+        is: its counters, the job finished with its result for ``result_ttl``, the execution
+        cleaned up. The horse reports the success (:meth:`_perform_step`), and the worker
+        writes them with the next job's start (:mod:`worker.rq_records`), while the horse
+        starts that job, or by RQ's own methods before it waits for one: the step's end costs
+        no round trip of its own. The engine has the step's outcome already; these are RQ's
+        records of the job.
+        """
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         plain = not job.repeats_left and not job.has_rate_limit
         return is_step_job(job) and result_ttl > 0 and plain
@@ -539,20 +523,20 @@ class SwitchboardWorker(Worker):
         succeeded = self._unrecorded
         if succeeded is None:
             return
-        job, execution = succeeded.job, succeeded.execution
+        job, execution, finished = succeeded.job, succeeded.execution, succeeded.finished
         result_ttl = job.get_result_ttl(self.default_result_ttl)
-        job._result = succeeded.result
-        job.started_at, job.ended_at = succeeded.started_at, succeeded.ended_at
+        job._result = finished.result
+        job.started_at, job.ended_at = finished.started_at, finished.ended_at
         with self.connection.pipeline() as pipe:
             self.increment_successful_job_count(pipeline=pipe)
-            self.increment_total_working_time(succeeded.ended_at - succeeded.started_at, pipe)
+            self.increment_total_working_time(finished.ended_at - finished.started_at, pipe)
             job._handle_success(
                 result_ttl,
                 pipeline=pipe,
                 worker_name=self.name,
                 execution_id=execution.id,
                 execution_started_at=execution.created_at,
-                execution_ended_at=succeeded.ended_at,
+                execution_ended_at=finished.ended_at,
             )
             job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
             self.cleanup_execution(job, pipeline=pipe, execution=execution)

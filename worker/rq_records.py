@@ -16,7 +16,6 @@ meanwhile) is not written back whole, only its result and registries are.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from redis import Redis
@@ -27,6 +26,8 @@ from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.utils import current_timestamp, now, utcformat
 from rq.worker import Worker, WorkerStatus
+
+from worker.horse import Finished
 
 # KEYS: the worker's hash and its executions set; the job's hash, its execution's hash, its
 # executions registry, its queue's started registry and intermediate list; then, for a
@@ -75,13 +76,11 @@ if KEYS[7] ~= '' then redis.call('LREM', KEYS[7], 1, ARGV[1]) end
 
 @dataclass(frozen=True)
 class Succeeded:
-    """A step job its horse ran to success, not recorded in RQ yet."""
+    """A step job its horse ran to success (as the horse reported it), not recorded in RQ yet."""
 
     job: Job
     execution: Execution
-    result: Any
-    started_at: datetime
-    ended_at: datetime
+    finished: Finished
 
 
 def mark_started(job: Job, worker_name: str) -> None:
@@ -131,17 +130,17 @@ def record(
     worker._state = WorkerStatus.BUSY
     worker.last_heartbeat = job.started_at
     if succeeded is not None:
-        done, ran = succeeded.job, succeeded.execution
+        done, ran, finished = succeeded.job, succeeded.execution, succeeded.finished
         result_ttl = done.get_result_ttl(worker.default_result_ttl)
         result = Result(
             job_id=done.id,
             type=Result.Type.SUCCESSFUL,
             connection=connection,
-            return_value=succeeded.result,
+            return_value=finished.result,
             worker_name=worker.name,
             execution_id=ran.id,
             execution_started_at=ran.created_at,
-            execution_ended_at=succeeded.ended_at,
+            execution_ended_at=finished.ended_at,
         )
         keys += [
             done.key,  # 8
@@ -156,8 +155,8 @@ def record(
         args += [
             done.id,  # 12
             ran.composite_key,
-            (succeeded.ended_at - succeeded.started_at).total_seconds(),
-            utcformat(succeeded.ended_at),
+            (finished.ended_at - finished.started_at).total_seconds(),
+            utcformat(finished.ended_at),
             result_ttl,  # 16
             moment + result_ttl,  # the finished registry's score
             ran.id,
