@@ -1,12 +1,10 @@
-"""Redis idioms every part of Switchboard shares: replies as text, consumer groups, due-set leases,
-commands run by one script.
+"""Redis idioms every part of Switchboard shares: replies as text, consumer groups, due-set leases.
 
 Each is a small decision that several components would otherwise each make their own
 way: how a reply becomes text (clients may or may not decode responses), that a
-consumer group which already exists is fine, how work in a sorted set scored by
+consumer group which already exists is fine, and how work in a sorted set scored by
 when it is due is claimed for a lease (the engine's timers, the Slack outbox's keys), so
-a process that dies holding it leaves it due again instead of lost, and how the commands
-of a transaction are sent as one script call (a run's commit).
+a process that dies holding it leaves it due again instead of lost.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 from typing import Any, overload
 
 import redis
-from redis.client import Pipeline
 from redis.exceptions import ResponseError
 
 # Claim up to ARGV[3] members of the sorted set KEYS[1] that are due by ARGV[1] (score
@@ -26,31 +23,6 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], member) end
 return due
 """
-
-
-# Lua that runs commands given in ARGV from index ``at``: how many, then each as its word
-# count and its words (:func:`command_words`). A script runs atomically, as MULTI/EXEC
-# does, and answers once: a client reads one reply where EXEC had one per command, and
-# packs one command where a pipeline packed each. Leaves ``at`` just past the commands.
-RUN_COMMANDS_LUA = """
-local commands = tonumber(ARGV[at])
-at = at + 1
-for _ = 1, commands do
-  local count = tonumber(ARGV[at])
-  redis.call(unpack(ARGV, at + 1, at + count))
-  at = at + count + 1
-end
-"""
-
-
-def command_words(pipe: Pipeline) -> list[Any]:
-    """The commands queued on ``pipe`` (in MULTI mode, never executed) as ARGV words for
-    :data:`RUN_COMMANDS_LUA`: built by the pipeline's own methods (the engine's writes, RQ's
-    enqueues), as they would be sent in a transaction."""
-    words: list[Any] = [len(pipe.command_stack)]
-    for args, _options in pipe.command_stack:
-        words += [len(args), *args]
-    return words
 
 
 @overload

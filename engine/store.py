@@ -48,7 +48,7 @@ from engine.model import (
     Run,
     RunStatus,
 )
-from engine.redis_idioms import CLAIM_DUE_SCRIPT, RUN_COMMANDS_LUA, command_words, text, texts
+from engine.redis_idioms import CLAIM_DUE_SCRIPT, text, texts
 from engine.workflow import Workflow
 
 COMMITTED_RUNS = 128  # runs a process keeps as it committed them (see RunStore.transact)
@@ -66,20 +66,20 @@ _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL
 # all its steps, or (for a transition) those named in ARGV, the rest read when first read.
 _LOAD_RUN = "return {redis.call('GET', KEYS[1]), redis.call('HGETALL', KEYS[2])}"
 # A change's commands, run only if the run's head (KEYS[1]) is still the one the change was
-# computed from. ARGV: the head's SHA-1, the commands (RUN_COMMANDS_LUA), then the steps to
-# read from the run's steps (KEYS[2]) once committed. The reply: 0 if the head changed,
-# else the steps read.
-_COMMIT_IF_UNCHANGED = (
-    """
+# computed from. ARGV: the head's SHA-1, how many commands, then each as its word count and
+# words (_command_words), then the steps to read from the run's steps (KEYS[2]) once
+# committed. The reply: 0 if the head changed, else the steps read.
+_COMMIT_IF_UNCHANGED = """
 if redis.sha1hex(redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
-local at = 2
-"""
-    + RUN_COMMANDS_LUA
-    + """
+local at = 3
+for _ = 1, tonumber(ARGV[2]) do
+  local count = tonumber(ARGV[at])
+  redis.call(unpack(ARGV, at + 1, at + count))
+  at = at + count + 1
+end
 if at > #ARGV then return {} end
 return redis.call('HMGET', KEYS[2], unpack(ARGV, at))
 """
-)
 _LOAD_HEAD_AND_STEPS = """
 local steps = {}
 if #ARGV > 0 then steps = redis.call('HMGET', KEYS[2], unpack(ARGV)) end
@@ -476,7 +476,7 @@ class RunStore:
             with self.redis.pipeline() as pipe:
                 pipe.multi()  # only collects the commands (RQ's enqueue wants a MULTI): never executed
                 written = self.write(pipe, before, outcome)
-                commands = command_words(pipe)
+                commands = _command_words(pipe)
             wanted = list(read_after(outcome.run)) if read_after is not None else []
             read = self._commit_if_unchanged(run_id, head, commands, wanted)
             if read is not None:
@@ -546,7 +546,7 @@ class RunStore:
     def _commit_if_unchanged(
         self, run_id: str, head: bytes, commands: list[Any], read_after: list[str]
     ) -> dict[str, str | bytes] | None:
-        """Run ``commands`` (:func:`command_words`) in one script if the run's head is still
+        """Run ``commands`` (:func:`_command_words`) in one script if the run's head is still
         ``head``, then read the ``read_after`` steps (those stored, by id); None if the head changed."""
         keys = [self.keys.run(run_id), self.keys.run_steps(run_id)]
         reply = self._commit(keys=keys, args=[hashlib.sha1(head).hexdigest(), *commands, *read_after])
@@ -800,6 +800,16 @@ class RunStore:
 
     def waiting_steps(self, wait_key: str) -> list[tuple[str, str]]:
         return [parse_step_member(m) for m in texts(self.redis.smembers(self.keys.waits(wait_key)))]
+
+
+def _command_words(pipe: Pipeline) -> list[Any]:
+    """The commands queued on ``pipe`` (in MULTI mode, never executed: the store's writes and
+    RQ's enqueues build them) as the commit script's words: how many, then each as its word
+    count and its words. A script runs atomically, as MULTI/EXEC does, and answers once."""
+    words: list[Any] = [len(pipe.command_stack)]
+    for args, _options in pipe.command_stack:
+        words += [len(args), *args]
+    return words
 
 
 def decode_run(
