@@ -9,7 +9,9 @@ each goes first in turn; each figure is the median over the rounds.
 
 - **Switchboard**: ``python -m worker`` (its reused work horse); a run is a workflow of
   10 sequential ``worker.actions:echo`` steps, each a job that asks the engine to start,
-  runs the action and reports back (which commits the step and enqueues the next).
+  runs the action and reports back (which commits the step and enqueues the next, and, by
+  eager dispatch, starts it for the same horse: up to 16 steps in a row, then the horse
+  takes the queue's next job).
 - **Celery**: ``celery worker --pool prefork --concurrency 1`` with Redis as the broker
   and no result backend (its fastest setting); a run is a chain of 10 no-op tasks whose
   last one pushes to a Redis list, so the bench hears of its end.

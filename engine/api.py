@@ -83,6 +83,16 @@ class StartedStep:
 
 
 @dataclass(frozen=True)
+class ClaimedStep:
+    """A step a worker's report started for that worker (:meth:`Engine.step_finished_then_next`):
+    its RQ job, taken off the queue for it, and the job's timeout in seconds."""
+
+    job_id: str
+    job_timeout: int
+    started: StartedStep
+
+
+@dataclass(frozen=True)
 class EventDelivery:
     """What delivering an event did: the runs it woke, then or (``duplicate``) the first time."""
 
@@ -393,6 +403,27 @@ class Engine:
         run, _ = self._apply(run_id, core.StepFinished(step_id, attempt, result, error))
         return run
 
+    def step_finished_then_next(
+        self,
+        run_id: str,
+        step_id: str,
+        attempt: int,
+        worker: str,
+        result: Any = None,
+        error: StepError | None = None,
+    ) -> ClaimedStep | None:
+        """A worker's report that starts, in the same commit and for that ``worker``, the
+        step it makes ready (:class:`engine.core.StepFinishedThenNext`); that step, for the
+        worker to run now, or None if the report started none."""
+        finished = core.StepFinished(step_id, attempt, result, error)
+        run, outcome = self._apply(run_id, core.StepFinishedThenNext(finished, worker))
+        if outcome is None or outcome.claimed is None:
+            return None
+        claimed = outcome.claimed
+        step = run.steps[claimed.step_id]
+        started = StartedStep(proceed=True, message="", run=run, step=step, workflow=self.workflow_of(run))
+        return ClaimedStep(claimed.job_id, self.store.job_timeout(claimed), started)
+
     def step_lost(self, run_id: str, step_id: str, attempt: int, worker: str) -> Run:
         run, _ = self._apply(run_id, core.StepLost(step_id, attempt, worker))
         return run
@@ -520,8 +551,9 @@ class Engine:
             return core.apply(self.workflow_of(run), run, command, now or self.clock())
 
         known = self._workflows_by_digest.get(self._run_digests.get(run_id, ""))
-        def read_next(run: Run) -> list[str]:
-            return core.steps_read_next(command, self.workflow_of(run))
+
+        def read_next(outcome: Outcome) -> list[str]:
+            return core.steps_read_next(command, outcome, self.workflow_of(outcome.run))
 
         run, outcome = self.store.transact(
             run_id, decide, steps=core.steps_named(command, known), read_after=read_next

@@ -125,6 +125,21 @@ class StepFinished:
 
 
 @dataclass(frozen=True)
+class StepFinishedThenNext:
+    """A worker's report that also starts, for that worker, a step the report makes ready.
+
+    Eager dispatch (as Temporal's eager activities): the worker that ends a step is free,
+    and the run's next step is usually what it would take off the queue a moment later,
+    after another round trip and another commit. Started in the report's own commit it
+    costs neither. The step started is the first one the report enqueues; nothing is
+    started if the report enqueues none, or if that step may not start now (a paused run).
+    """
+
+    finished: StepFinished
+    worker: str
+
+
+@dataclass(frozen=True)
 class StepLost:
     """The worker running a step died (detected by the worker-side reaper)."""
 
@@ -188,6 +203,7 @@ Command = (
     | AnswerQuestion
     | StepStarted
     | StepFinished
+    | StepFinishedThenNext
     | StepLost
     | TimerFired
     | EventDelivered
@@ -232,6 +248,9 @@ class Outcome:
     waits_removed: list[tuple[str, str]] = field(default_factory=list)
     proceed: bool = True  # for StepStarted: False when the worker must not run the step
     message: str = ""
+    # For StepFinishedThenNext: the job enqueued and started at once, which the reporting
+    # worker runs itself (the store takes it off the queue again).
+    claimed: StepJob | None = None
 
     @property
     def changed(self) -> bool:
@@ -256,7 +275,6 @@ class Outcome:
             self.waits_added.remove((wait_key, step_id))
         else:
             self.waits_removed.append((wait_key, step_id))
-
 
 
 def job_id_for(run_id: str, step: StepState) -> str:
@@ -307,6 +325,8 @@ def steps_named(command: Command, workflow: Workflow | None = None) -> list[str]
     """The steps a command's transition reads first, so the store loads them with the run:
     the step it is about (a task, a worker's step, a timer's) and, for a worker's report when
     the run's ``workflow`` is known, the steps that may start next and what they need."""
+    if isinstance(command, StepFinishedThenNext):
+        command = command.finished  # what it may start next is among what the report reads
     named = getattr(command, "step_id", None) or getattr(command, "task_id", None)
     if not isinstance(named, str) or not named:
         return []
@@ -315,12 +335,17 @@ def steps_named(command: Command, workflow: Workflow | None = None) -> list[str]
     return _read_by_report(named, workflow)
 
 
-def steps_read_next(command: Command, workflow: Workflow | None = None) -> list[str]:
+def steps_read_next(command: Command, outcome: Outcome, workflow: Workflow | None = None) -> list[str]:
     """The steps the command expected after this one reads first: once a worker starts a
-    step, its report on it (:func:`steps_named`). The store reads them with this commit."""
-    if workflow is None or not isinstance(command, StepStarted):
+    step (itself, or the one its report claimed), its report on it (:func:`steps_named`).
+    The store reads them with this commit."""
+    if workflow is None:
         return []
-    return _read_by_report(command.step_id, workflow)
+    if isinstance(command, StepStarted):
+        return _read_by_report(command.step_id, workflow)
+    if isinstance(command, StepFinishedThenNext) and outcome.claimed is not None:
+        return _read_by_report(outcome.claimed.step_id, workflow)
+    return []
 
 
 def _read_by_report(step_id: str, workflow: Workflow) -> list[str]:
@@ -330,10 +355,35 @@ def _read_by_report(step_id: str, workflow: Workflow) -> list[str]:
 
 def apply(workflow: Workflow, run: Run, command: Command, now: datetime) -> Outcome:
     """Apply ``command``; raises :class:`CommandRefused` (or a subclass) when it does not fit."""
+    if isinstance(command, StepFinishedThenNext):
+        return _finish_then_start(workflow, run, command, now)
     outcome = _Transition(workflow, run, now).handle(command)
     if run.status.terminal and not isinstance(command, Recover):
         keep_finished(run, outcome)  # a recovery is the one deliberate way back (_recover)
     return outcome
+
+
+def _finish_then_start(workflow: Workflow, run: Run, command: StepFinishedThenNext, now: datetime) -> Outcome:
+    """The report, then the start of the first step it enqueued, as one outcome (each by its own rules)."""
+    finished = apply(workflow, run, command.finished, now)
+    if not finished.enqueue:
+        return finished
+    job = finished.enqueue[0]
+    start = StepStarted(job.step_id, job.attempt, job.dispatch, command.worker)
+    started = apply(workflow, finished.run, start, now)
+    if not started.proceed:
+        return finished  # held (a paused run): it stays queued, as it would have been
+    return Outcome(
+        run=started.run,
+        events=finished.events + started.events,
+        enqueue=finished.enqueue,
+        cancel_jobs=finished.cancel_jobs + started.cancel_jobs,
+        kill_jobs=finished.kill_jobs + started.kill_jobs,
+        timers=finished.timers + started.timers,
+        waits_added=finished.waits_added + started.waits_added,
+        waits_removed=finished.waits_removed + started.waits_removed,
+        claimed=job,
+    )
 
 
 # What a finished run still records: a worker's report that came too late, for the audit trail.

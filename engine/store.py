@@ -433,7 +433,7 @@ class RunStore:
         run_id: str,
         decide: Callable[[Run], Outcome | None],
         steps: Iterable[str] = (),
-        read_after: Callable[[Run], Iterable[str]] | None = None,
+        read_after: Callable[[Outcome], Iterable[str]] | None = None,
     ) -> tuple[Run, Outcome | None]:
         """Apply ``decide`` to the current run atomically, retrying on a concurrent change.
 
@@ -450,7 +450,7 @@ class RunStore:
         caller that wants a consistent picture of the whole run loads it (:meth:`load`).
 
         A run this process changed last is not read back: its next change starts from the
-        head and steps as committed (with the steps ``read_after`` names for the changed run,
+        head and steps as committed (with the steps ``read_after`` names for the change,
         read by the commit for the change expected next), and the commit's check of the head
         finds out if another process changed it since. So a worker's two reports on a step
         cost a round trip each.
@@ -477,7 +477,7 @@ class RunStore:
                 pipe.multi()  # only collects the commands (RQ's enqueue wants a MULTI): never executed
                 written = self.write(pipe, before, outcome)
                 commands = _command_words(pipe)
-            wanted = list(read_after(outcome.run)) if read_after is not None else []
+            wanted = list(read_after(outcome)) if read_after is not None else []
             read = self._commit_if_unchanged(run_id, head, commands, wanted)
             if read is not None:
                 known = {**outcome.run.steps.as_loaded(), **written.steps, **read}
@@ -589,6 +589,8 @@ class RunStore:
             pipe.expire(Job.key_for(job_id), CANCELLED_JOB_TTL_SECONDS)
         for job in outcome.enqueue:
             self._enqueue(pipe, run, job)
+        if outcome.claimed is not None:
+            self._claim(pipe, run, outcome.claimed)
         return Written(head, touched)
 
     def _write_indexes(self, pipe: Pipeline, before: Run | None, run: Run, touched: Iterable[str]) -> None:
@@ -649,12 +651,23 @@ class RunStore:
             self.step_job,
             args=(run.run_id, job.step_id, job.attempt, job.dispatch),
             job_id=job.job_id,
-            timeout=math.ceil(job.timeout or self.default_job_timeout),  # RQ takes whole seconds
+            timeout=self.job_timeout(job),
             result_ttl=600,
             failure_ttl=86400,
             description=f"{run.workflow_id} {run.short_id} {job.step_id} attempt {job.attempt}",
             pipeline=pipe,
         )
+
+    def _claim(self, pipe: Pipeline, run: Run, job: StepJob) -> None:
+        """Take a job just enqueued back off the queue for the worker its step started on (eager
+        dispatch, :class:`engine.core.StepFinishedThenNext`): RQ's job as any step's, marked as
+        that worker's at once, so a stop command finds it before its worker records the start."""
+        pipe.lrem(self.queue.key, -1, job.job_id)  # from the tail, where it was just pushed
+        pipe.hset(Job.key_for(job.job_id), "worker_name", run.steps[job.step_id].worker or "")
+
+    def job_timeout(self, job: StepJob) -> int:
+        """A step job's RQ timeout: the step's own, else the default, in whole seconds (as RQ takes it)."""
+        return math.ceil(job.timeout or self.default_job_timeout)
 
     # -- retention -----------------------------------------------------------------------
 

@@ -188,3 +188,38 @@ def test_a_worker_new_to_a_run_reads_it_once_for_a_step(own_redis: RedisServer) 
     sent = [words[0].upper() for words in commands if words[0].upper() != "HELLO"]
     # Read once with the step to start; its commit reads what the report needs (s1 may start).
     assert sent == ["EVAL", "EVALSHA", "EVALSHA"], sent
+
+
+def test_a_report_that_claims_the_next_step_starts_it_in_the_same_round_trip(own_redis: RedisServer) -> None:
+    """Eager dispatch: a worker's report starts the step it makes ready for that worker, in
+    its own commit; the step's job is RQ's as any step's, but left in no queue."""
+    client = own_redis.client()
+    engine = engine_for(client, "store", CHAIN)
+    run = start_step(engine, engine.start("chain", {}, ALICE), "s0", worker="worker-1")
+    claimed = engine.step_finished_then_next(run.run_id, "s0", 1, "worker-1", result={"n": 0})
+    assert claimed is not None
+    for n in (1, 2):
+        step = claimed.started.step
+        assert step.step_id == f"s{n}" and step.status is StepStatus.RUNNING and step.worker == "worker-1"
+        assert claimed.job_id == step.job_id and claimed.job_timeout > 0
+        assert claimed.job_id.encode() not in client.lrange(engine.queue.key, 0, -1)  # taken back off it
+        assert client.exists(f"rq:job:{claimed.job_id}")
+        assert client.hget(f"rq:job:{claimed.job_id}", "worker_name") == b"worker-1"  # for a stop command
+        with monitored(own_redis, sent_only=True) as commands:
+            claimed = engine.step_finished_then_next(run.run_id, f"s{n}", 1, "worker-1", result={"n": n})
+        sent = [words[0].upper() for words in commands if words[0].upper() != "HELLO"]
+        assert sent == ["EVALSHA"], sent  # the report and the next step's start: one commit
+        assert claimed is not None
+    stored = engine_for(client, "store", CHAIN).get_run(run.run_id)
+    assert [stored.steps.status(f"s{i}") for i in range(4)] == [StepStatus.SUCCEEDED] * 3 + [StepStatus.RUNNING]
+    assert stored.steps["s2"].result == {"n": 2}
+
+
+def test_a_report_on_a_paused_run_claims_nothing(redis_conn: redis.Redis, namespace: str) -> None:
+    engine = engine_for(redis_conn, namespace, CHAIN)
+    run = start_step(engine, engine.start("chain", {}, ALICE), "s0")
+    engine.pause(run.run_id, ALICE)
+    assert engine.step_finished_then_next(run.run_id, "s0", 1, "worker-1") is None
+    run = engine.get_run(run.run_id)
+    assert run.steps.status("s0") is StepStatus.SUCCEEDED
+    assert run.steps.status("s1") is not StepStatus.RUNNING  # it starts on resume, by any worker

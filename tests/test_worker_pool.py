@@ -25,6 +25,7 @@ from engine.api import STEP_JOB, Engine
 from engine.catalog import load_folder
 from engine.model import FailureCode, Run, RunStatus, StepStatus
 from tests.test_worker_e2e import OPERATOR, Harness, action, workflow
+from worker.process import CLAIMS_IN_A_ROW
 
 PROBE = """
 import os, signal, time
@@ -77,6 +78,22 @@ POOL_WORKFLOWS = [
     ),
     workflow("deaf", [action("stuck", "probe:deaf", args={"path": "{{ inputs.marker }}"}, timeout=1)]),
     workflow("leaks", [action(f"l{i}", "probe:leak", [f"l{i - 1}"] if i else []) for i in range(4)]),
+    # Longer than a horse runs by eager dispatch before it takes the queue's next job.
+    workflow(
+        "chain", [action(f"c{i}", "probe:pid", [f"c{i - 1}"] if i else []) for i in range(CLAIMS_IN_A_ROW + 4)]
+    ),
+    workflow("one", [action("only", "probe:pid")]),
+    workflow(
+        "claimable",
+        [
+            action("a0", "probe:pid"),
+            action("a1", "probe:pid", ["a0"], retry={"max_attempts": 2, "backoff": 0.1, "idempotent": True}),
+        ],
+    ),
+    workflow(
+        "then_long",
+        [action("first", "probe:pid"), action("slow", "probe:long", ["first"], args={"path": "{{ inputs.marker }}"})],
+    ),
 ]
 
 
@@ -303,3 +320,61 @@ def test_a_queued_id_whose_hash_is_not_a_job_is_passed_over(pool: Harness) -> No
     pool.start_worker()
     completed(pool, "pids")  # taken after the bogus id, by a worker still running
     assert pool.engine.redis.lrange(queue.key, 0, -1) == []
+
+
+def test_a_step_s_report_starts_the_next_step_on_the_same_horse_up_to_a_bound(pool: Harness) -> None:
+    """Eager dispatch: the run's next step runs at once on the horse that ended the one
+    before, ahead of a job queued earlier, but for no more than CLAIMS_IN_A_ROW steps in a row."""
+    long_run = pool.start("chain")  # its first step, then the other run's, wait on the queue
+    other = pool.start("one")
+    pool.start_worker()
+
+    long_run = pool.wait_until_finished(long_run.run_id)
+    other = pool.wait_until_finished(other.run_id)
+
+    assert long_run.status is RunStatus.COMPLETED and other.status is RunStatus.COMPLETED
+    assert len(set(pids(long_run) + pids(other))) == 1
+    cut = long_run.steps[f"c{CLAIMS_IN_A_ROW}"]  # the first step, then as many claimed
+    after_cut = long_run.steps[f"c{CLAIMS_IN_A_ROW + 1}"]
+    only = other.steps["only"]
+    assert cut.finished_at is not None and only.started_at is not None and after_cut.started_at is not None
+    assert cut.finished_at <= only.started_at <= after_cut.started_at, (cut, only, after_cut)
+
+
+def test_an_immediate_stop_kills_a_step_its_horse_claimed(pool: Harness) -> None:
+    """A step started by the report of the step before (never queued) is stopped as any."""
+    marker = pool.tmp / "then_long.pid"
+    pool.start_worker()
+    run = pool.start("then_long", marker=str(marker))
+    pool.wait_until_running(run.run_id, "slow")
+    victim = marked_pid(marker)
+    assert victim == pool.engine.get_run(run.run_id).steps["first"].result["pid"]  # claimed, same horse
+
+    stopped = pool.engine.stop(run.run_id, OPERATOR)
+
+    assert stopped.steps["slow"].status is StepStatus.CANCELLED
+    wait_gone(victim, within=1)  # the promise: killed within a second
+    after = pids(completed(pool, "pids"))
+    assert victim not in after
+
+
+def test_a_step_claimed_for_a_worker_that_never_heard_of_it_is_lost_and_retried(pool: Harness) -> None:
+    """A report's claim landed, but its worker never learnt of it (the horse died right
+    after, or the reply was lost): the step runs nowhere, its job sits unstarted in no
+    queue. The reaper finds it lost after the hand-off grace, and the retry runs it."""
+    pool.env["SWITCHBOARD_REAPER_INTERVAL"] = "0.3"
+    pool.env["SWITCHBOARD_HAND_OFF_GRACE"] = "0.5"
+    run = pool.start("claimable")
+    name = f"{pool.namespace}-w1"  # the worker the claim names, started after it
+    a0 = run.steps["a0"]
+    assert pool.engine.step_started(run.run_id, "a0", a0.attempt, a0.dispatch, name).proceed
+    claimed = pool.engine.step_finished_then_next(run.run_id, "a0", a0.attempt, name, result={"pid": 0})
+    assert claimed is not None and claimed.started.step.step_id == "a1"
+    pool.start_worker()
+
+    run = pool.wait_until_finished(run.run_id, timeout=15)
+
+    assert run.status is RunStatus.COMPLETED, run.failure
+    assert run.steps["a1"].attempt == 2
+    retried = [e for e in pool.engine.events(run.run_id) if e.type == "step_retry_scheduled"]
+    assert [e.data["error"]["code"] for e in retried] == ["WORKER_LOST"]

@@ -18,8 +18,10 @@ gave is kept:
 The worker and its horse talk over a socket pair: an :class:`Assignment` per job (the
 job as its worker read and prepared it, so the horse needs no Redis call to start) and a
 :class:`Report` once the job is over (a step's success carries what RQ records, for the
-worker to write along with its next call, so the horse needs none to end either). Death
-is seen on a pidfd (Linux), or by polling.
+worker to write along with its next call, so the horse needs none to end either). While
+its worker's :class:`TakeWindow` is open, a horse that ends a step takes the next waiting
+job itself and says so in its report (:class:`Taken`), so a busy queue's jobs need no
+hand-over at all. Death is seen on a pidfd (Linux), or by polling.
 This module keeps the process; :class:`worker.process.SwitchboardWorker` does the RQ side.
 """
 
@@ -28,8 +30,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import mmap
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -40,6 +44,7 @@ from multiprocessing.connection import Connection, Pipe, wait
 from resource import struct_rusage
 from typing import Any, NoReturn
 
+from engine.api import ClaimedStep
 from engine.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -62,6 +67,8 @@ class Assignment:
     # job (its success recorded by the worker); None: RQ's ``perform_job`` runs it.
     step: tuple[Any, ...] | None = None
     timeout: int = 0
+    # A step the horse's last report started for it (eager dispatch): run it as it is.
+    claimed: ClaimedStep | None = None
 
 
 @dataclass(frozen=True)
@@ -74,8 +81,19 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Taken:
+    """A job the horse took off the queue itself after its last one, as the worker's take reads it."""
+
+    job_id: str
+    job: dict[bytes, bytes]  # its hash, as Redis returned it; empty for a job its report claimed
+    execution_id: str
+    execution_created_at: datetime
+    running: bool  # the horse runs it now (a step job); False: it is the worker's to hand out
+
+
+@dataclass(frozen=True)
 class Report:
-    """The horse finished a job; its resident memory after it.
+    """The horse finished a job; its resident memory after it; the job it took next, if any.
 
     RQ recorded the job's end, or, for a job that ``finished`` says succeeded, its worker
     records it with its next Redis call.
@@ -83,6 +101,7 @@ class Report:
 
     rss: int
     finished: Finished | None = None
+    taken: Taken | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +225,33 @@ class Horse:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+
+
+class TakeWindow:
+    """Until when the horse may take its next job itself: a deadline its worker sets and it reads.
+
+    A value in memory shared by the worker and its horses (mapped before the fork), on
+    the system's monotonic clock, which both processes read alike. The worker keeps it a
+    moment ahead (up to its next check of RQ's suspension) while it lets its horse chain
+    jobs, and sets it to 0 when it must act between jobs (a warm shutdown): the horse
+    reads it before every take, so neither waits for the other.
+    """
+
+    def __init__(self) -> None:
+        self._memory = mmap.mmap(-1, _DEADLINE.size)  # anonymous, MAP_SHARED: forked horses see it
+
+    def open_until(self, deadline: float) -> None:
+        _DEADLINE.pack_into(self._memory, 0, deadline)
+
+    def close(self) -> None:
+        _DEADLINE.pack_into(self._memory, 0, 0.0)
+
+    def is_open(self) -> bool:
+        deadline: float = _DEADLINE.unpack_from(self._memory, 0)[0]
+        return time.monotonic() < deadline
+
+
+_DEADLINE = struct.Struct("d")
 
 
 def resident_bytes() -> int:

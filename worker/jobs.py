@@ -20,11 +20,11 @@ from typing import Any, ParamSpec, TypeVar
 import rq
 from rq.timeouts import JobTimeoutException
 
-from engine.api import Engine, StartedStep
+from engine.api import ClaimedStep, Engine, StartedStep
 from engine.errors import CommandRefused, NotFound
 from engine.factory import build_engine
 from engine.model import FailureCode, StepError, StepStatus
-from engine.outage import Outage
+from engine.outage import REDIS_DOWN, Outage
 from engine.settings import Settings, get_settings
 from engine.workflow import Step, StepType
 from worker.action_step import run_action
@@ -68,8 +68,32 @@ def execute_step(
     that ran must not lose its result because Redis restarted meanwhile. ``worker`` names
     the RQ worker running it (default: the one running RQ's current job).
     """
+    outcome, _ = execute_step_claiming(run_id, step_id, attempt, dispatch, worker=worker or worker_name())
+    return outcome
+
+
+def execute_step_claiming(
+    run_id: str,
+    step_id: str,
+    attempt: int,
+    dispatch: int,
+    *,
+    worker: str,
+    claim_next: Callable[[], bool] | None = None,
+) -> tuple[dict[str, Any], ClaimedStep | None]:
+    """:func:`execute_step`, and the step its report started for this worker to run next,
+    if ``claim_next`` said it may (:func:`run_started`)."""
+    started = start_step(run_id, step_id, attempt, dispatch, worker)
+    if not isinstance(started, StartedStep):
+        return started, None
+    return run_started(started, worker, claim_next)
+
+
+def start_step(
+    run_id: str, step_id: str, attempt: int, dispatch: int, worker: str
+) -> StartedStep | dict[str, Any]:
+    """Ask the engine to start the step: the step to run, or why it does not run (RQ's result)."""
     engine = current_engine()
-    worker = worker or worker_name()
     where = {"run_id": run_id, "step_id": step_id, "attempt": attempt, "dispatch": dispatch}
     try:
         started = patiently(
@@ -90,25 +114,83 @@ def execute_step(
     if not started.proceed:
         log.info("step held", extra={**where, "reason": started.message})
         return {"outcome": "held", "reason": started.message}
+    return started
+
+
+def run_started(
+    started: StartedStep, worker: str, claim_next: Callable[[], bool] | None = None
+) -> tuple[dict[str, Any], ClaimedStep | None]:
+    """Execute a started step and report it: RQ's result, and the step the report started
+    for this worker to run next (eager dispatch), if any, when ``claim_next``, asked once
+    the step is over, says it may."""
+    engine = current_engine()
+    run_id, state = started.run.run_id, started.step
+    where = {"run_id": run_id, "step_id": state.step_id, "attempt": state.attempt, "dispatch": state.dispatch}
     result, error = perform(started)
     # The attempt is over: the job's alarm must not cut the report short.
     signal.alarm(0)
+    claimed = None
     try:
-        patiently(
-            f"report of step {step_id} of run {run_id}",
-            engine.step_finished,
-            run_id,
-            step_id,
-            attempt,
-            result=result,
-            error=error,
-        )
+        if claim_next is not None and claim_next():
+            claimed = report_claiming(engine, started, worker, result, error)
+        else:
+            patiently(
+                f"report of step {state.step_id} of run {run_id}",
+                engine.step_finished,
+                run_id,
+                state.step_id,
+                state.attempt,
+                result=result,
+                error=error,
+            )
     except (CommandRefused, NotFound) as exc:
         log.info("step report refused", extra={**where, "reason": str(exc)})
-        return {"outcome": "report refused", "reason": str(exc)}
+        return {"outcome": "report refused", "reason": str(exc)}, None
     outcome = "failed" if error else "succeeded"
     log.info("step %s", outcome, extra={**where, "error": error.message if error else None})
-    return {"outcome": outcome}
+    return {"outcome": outcome}, claimed
+
+
+def report_claiming(
+    engine: Engine, started: StartedStep, worker: str, result: Any, error: StepError | None
+) -> ClaimedStep | None:
+    """The report that also starts the run's next step for this worker, if Redis answers it.
+
+    If Redis does not, the report is sent again without the claim, patiently; a claim of
+    the first try may have landed without this worker hearing of it, so any other step of
+    the run left running on this worker (whose one horse is here, reporting) is handed
+    back as lost: the engine retries it by its retry policy, as for a horse that died.
+    """
+    run_id, state = started.run.run_id, started.step
+    try:
+        return engine.step_finished_then_next(run_id, state.step_id, state.attempt, worker, result, error)
+    except REDIS_DOWN:
+        pass
+    patiently(
+        f"report of step {state.step_id} of run {run_id}",
+        engine.step_finished,
+        run_id,
+        state.step_id,
+        state.attempt,
+        result=result,
+        error=error,
+    )
+    run = patiently(f"read of run {run_id}", engine.get_run, run_id)
+    for other in run.steps.values():
+        if other.status is StepStatus.RUNNING and other.worker == worker and other.step_id != state.step_id:
+            log.warning(
+                "step claimed unheard: handed back as lost",
+                extra={"run_id": run_id, "step_id": other.step_id},
+            )
+            patiently(
+                f"loss of step {other.step_id} of run {run_id}",
+                engine.step_lost,
+                run_id,
+                other.step_id,
+                other.attempt,
+                worker,
+            )
+    return None
 
 
 def started_by(started: StartedStep, attempt: int, dispatch: int, worker: str) -> bool:

@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from resource import struct_rusage
@@ -42,7 +43,7 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now, utcformat
 from rq.worker import Worker
 
-from engine.api import STEP_JOB, Engine
+from engine.api import STEP_JOB, ClaimedStep, Engine
 from engine.background import LoopThread
 from engine.errors import CommandRefused, NotFound
 from engine.intake import Intake, Starter
@@ -50,13 +51,18 @@ from engine.outage import LONGEST_RETRY_SECONDS, REDIS_DOWN, Outage
 from engine.redis_idioms import text
 from engine.settings import Settings
 from worker import jobs, rq_records
-from worker.horse import Assignment, Ended, Finished, Horse, Report, resident_bytes
+from worker.horse import Assignment, Ended, Finished, Horse, Report, Taken, TakeWindow, resident_bytes
 from worker.housekeeping import housekeep
 from worker.keys import WorkerKeys
 from worker.reaper import reap, redis_uptime
 from worker.settings import WorkerSettings, get_worker_settings
 
 log = logging.getLogger(__name__)
+
+EARLY_STOPS_KEPT = 64
+# Steps a horse runs one after another by eager dispatch before it takes the queue's next
+# job: a run's steps do not keep jobs queued before them waiting for longer than that.
+CLAIMS_IN_A_ROW = 16  # stop commands remembered for jobs a horse may have taken unannounced
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -110,7 +116,8 @@ class SwitchboardWorker(Worker):
     """RQ's worker with a reused work horse, made to ride out Redis outages, and guarded on kills.
 
     **The horse.** Where RQ forks a horse per job, this worker keeps one
-    (:class:`worker.horse.Horse`) and hands it each job it dequeues; RQ's records are
+    (:class:`worker.horse.Horse`) and hands it each job it dequeues, or lets it take the
+    next waiting job itself when a step ends (:meth:`_take_next`); RQ's records are
     RQ's (the worker marks the job started with its execution and watches the horse,
     heartbeats included; the horse runs the job under its timeout and records its end, or
     for a step that succeeded leaves that to the worker, which writes it with the next
@@ -133,7 +140,8 @@ class SwitchboardWorker(Worker):
     step's end) would have RQ kill ``os.getpgid(0)``: this worker's own process group, and
     with it everything started in that group (``switchboard up``, the test runner). Stop
     commands are matched against the job the horse runs under a lock, so a late one kills
-    nothing, and never the horse's next job.
+    nothing, and never the horse's next job. One that comes early, for a job the horse took
+    itself and has not reported yet, is kept a while and kills the horse once it does.
     """
 
     # RQ's own backoff, for the one case its dequeue loop catches itself (a blocking
@@ -166,6 +174,10 @@ class SwitchboardWorker(Worker):
         self._running_execution_id: str | None = None
         self.timed_out_job_id: str | None = None  # the job whose horse was killed for its timeout
         self._prepared_job_id: str | None = None  # in the horse: the job its worker prepared
+        # Stop commands for jobs not running here, in case the horse took one and has not said so yet.
+        self._stops_early: OrderedDict[str, bool] = OrderedDict()
+        self.take_window = TakeWindow()  # until when the horse may take its next job itself
+        self._handed_back: tuple[Job, Queue] | None = None  # a job the horse took but does not run
         self._last_beat = 0.0
         self._next_suspension_check = 0.0
         self._take_waiting = self.connection.register_script(TAKE_WAITING_JOB)
@@ -173,6 +185,9 @@ class SwitchboardWorker(Worker):
         # A step job its horse reported successful, not recorded in RQ yet (in the worker).
         self._unrecorded: rq_records.Succeeded | None = None
         self._finished: Finished | None = None  # in the horse: the success of the job just run
+        self._claimed: ClaimedStep | None = None  # in the horse: the step its last report started for it
+        self._may_claim = False  # in the horse: whether the report of the job it runs may claim the next
+        self._jobs_done = 0  # in the horse: the jobs it ran
 
     def _through_outage(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` tried until Redis answers; in a work horse for ``report_patience`` at most."""
@@ -192,10 +207,10 @@ class SwitchboardWorker(Worker):
         assignment = Assignment(
             job.id, job_record(job), queue.name, execution.id, execution.created_at, step, timeout
         )
+        self._set_take_window()
         with self._horse_lock:
-            self._running_job_id, self._running_execution_id = job.id, execution.id
             horse = self._ready_horse()
-            self._horse_pid = horse.pid
+            self._now_running(horse, job.id, execution.id)
         if not horse.assign(assignment) and self._stopped_job_id != job.id:
             # It died idle (an OOM kill picks any process): the job never reached it.
             with self._horse_lock:
@@ -205,6 +220,25 @@ class SwitchboardWorker(Worker):
         self._through_outage(self._record_start, job, execution)
         self.monitor_work_horse(job, queue, execution)
         # Not idle yet: a next job already waiting is taken at once (``dequeue_job_and_maintain_ttl``).
+
+    def _set_take_window(self) -> None:
+        """Let the horse take its next jobs itself until the next suspension check, if it can.
+
+        Only where this worker takes a waiting job itself (one queue: :meth:`_takes_waiting`),
+        and not once it was asked to stop: the job the horse has then is its last.
+        """
+        if self._stop_requested or not self._takes_waiting():
+            self.take_window.close()
+        else:
+            self.take_window.open_until(self._next_suspension_check)
+
+    def _now_running(self, horse: Horse, job_id: str, execution_id: str) -> None:
+        """Under the horse lock: ``horse`` runs ``job_id`` now; a stop that came for it already kills it."""
+        self._running_job_id, self._running_execution_id = job_id, execution_id
+        self._horse_pid = horse.pid
+        if self._stops_early.pop(job_id, False):
+            self._stopped_job_id = job_id
+            self.kill_horse()
 
     def _ready_horse(self) -> Horse:
         """The live horse, forked now if there is none (first job, or the last one died)."""
@@ -217,9 +251,36 @@ class SwitchboardWorker(Worker):
         return self.horse
 
     def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
-        """Wait for the horse's report on ``job``, beating meanwhile; record the job if the horse dies."""
+        """Watch the horse through ``job`` and each job it takes after it; record a job it dies on."""
         horse = self.horse
         assert horse is not None
+        while True:
+            outcome = self._watch(horse, job, execution)
+            with self._horse_lock:
+                self._running_job_id = self._running_execution_id = None
+                self._horse_pid = 0
+            self.executions.pop(execution.id, None)
+            if isinstance(outcome, Ended):
+                break
+            if self._stopped_job_id == job.id:
+                self._stopped_job_id = None  # the stop came after the job had ended
+            if outcome.finished is not None:
+                self._unrecorded = rq_records.Succeeded(job, execution, outcome.finished)
+            self._after_job(horse, outcome)
+            if outcome.taken is None:
+                return
+            taken = self._take_over(horse, outcome.taken, queue)
+            if taken is None:
+                return
+            job, execution = taken
+        self.horse = None
+        log.warning(
+            "work horse ended mid-job (%s)", outcome.why, extra={"worker": self.name, "job_id": job.id}
+        )
+        self._through_outage(self._record_horse_end, job, queue, execution, outcome)
+
+    def _watch(self, horse: Horse, job: Job, execution: Execution) -> Report | Ended:
+        """Wait for the horse's report on ``job`` or its end, beating meanwhile and enforcing the timeout."""
         job.started_at = now()
         while (outcome := horse.wait(self.job_monitoring_interval)) is None:
             working = (now() - job.started_at).total_seconds()
@@ -229,33 +290,56 @@ class SwitchboardWorker(Worker):
                 self.kill_horse()
                 continue
             self.maintain_heartbeats(job, execution)
+        return outcome
+
+    def _take_over(self, horse: Horse, taken: Taken, queue: Queue) -> tuple[Job, Execution] | None:
+        """The job the horse took after its last one: running in the horse now, or handed back.
+
+        RQ's records of its start are written as for a job this worker took (with the last
+        job's success, :meth:`_record_start`). A job the horse does not run (not a step job)
+        is this worker's next job instead (:meth:`dequeue_job_and_maintain_ttl`).
+        """
+        fields = taken.job or self._through_outage(self._read_job, taken.job_id)
+        job = restored_job(self, taken.job_id, fields)
+        if job is None or not taken.running:
+            if job is not None:
+                self._handed_back = job, queue
+            return None
+        rq_records.mark_started(job, self.name)
+        execution = Execution(taken.execution_id, job.id, self.connection, worker_name=self.name)
+        execution.created_at = taken.execution_created_at
+        execution._job = job
+        self._set_take_window()
         with self._horse_lock:
-            self._running_job_id = self._running_execution_id = None
-            self._horse_pid = 0
-        self.executions.pop(execution.id, None)
-        if isinstance(outcome, Report):
-            if self._stopped_job_id == job.id:
-                self._stopped_job_id = None  # the stop came after the job had ended
-            if outcome.finished is not None:
-                self._unrecorded = rq_records.Succeeded(job, execution, outcome.finished)
-            self._after_job(horse, outcome)
-            return
-        self.horse = None
-        log.warning(
-            "work horse ended mid-job (%s)", outcome.why, extra={"worker": self.name, "job_id": job.id}
-        )
-        self._through_outage(self._record_horse_end, job, queue, execution, outcome)
+            self._now_running(horse, job.id, execution.id)
+        self._through_outage(self._record_start, job, execution)
+        return job, execution
+
+    def _read_job(self, job_id: str) -> dict[bytes, bytes]:
+        """A job's hash (a job the horse's report claimed: the horse never read it)."""
+        fields: dict[bytes, bytes] = self.connection.hgetall(Job.key_for(job_id))  # type: ignore[assignment]
+        return fields
 
     def _after_job(self, horse: Horse, report: Report) -> None:
         """Retire a horse that did its share of jobs or grew too large (a step that leaks)."""
         horse.jobs += 1
-        worn = self.horse_max_jobs and horse.jobs >= self.horse_max_jobs
-        bloated = self.horse_max_rss and report.rss > self.horse_max_rss
-        if worn or bloated:
-            why = f"{horse.jobs} jobs" if worn else f"{report.rss // 2**20} MiB resident"
+        why = self._worn_out(horse.jobs, report.rss)
+        if why is not None:
             log.info("retiring work horse %s after %s", horse.pid, why, extra={"worker": self.name})
             horse.retire()
             self.horse = None
+
+    def _worn_out(self, jobs: int, rss: int) -> str | None:
+        """Why a horse that ran ``jobs`` jobs and is ``rss`` bytes resident must go; None if it may stay.
+
+        The horse asks before it takes a job itself, its worker after each job it reports:
+        a horse that took one was not worn out.
+        """
+        if self.horse_max_jobs and jobs >= self.horse_max_jobs:
+            return f"{jobs} jobs"
+        if self.horse_max_rss and rss > self.horse_max_rss:
+            return f"{rss // 2**20} MiB resident"
+        return None
 
     def _record_horse_end(self, job: Job, queue: Queue, execution: Execution, ended: Ended) -> None:
         """What RQ's monitor does after a horse ended without finishing its job."""
@@ -286,7 +370,12 @@ class SwitchboardWorker(Worker):
                 job_id == self._running_job_id or execution_id == self._running_execution_id
             )
             if not running:
-                log.info("stop command for a job not running here: ignored", extra={"job_id": job_id})
+                # Maybe not yet: the horse may have taken the job and not said so yet.
+                if job_id is not None:
+                    self._stops_early[job_id] = True
+                    if len(self._stops_early) > EARLY_STOPS_KEPT:
+                        self._stops_early.popitem(last=False)
+                log.info("stop command for a job not running here (yet)", extra={"job_id": job_id})
                 return
             self._stopped_job_id = self._running_job_id
             self.kill_horse()
@@ -310,35 +399,102 @@ class SwitchboardWorker(Worker):
     # -- the reused horse: horse side ----------------------------------------------------
 
     def _serve(self, conn: Connection) -> NoReturn:
-        """The horse's life: run each assigned job as RQ's horse would, report, wait for the next."""
+        """The horse's life: run each job as RQ's horse would, report, and go on with the next.
+
+        The next job is the one the horse took itself, if its worker's window let it
+        (:meth:`_take_next`), else the next one its worker assigns.
+        """
         random.seed()
         self.setup_work_horse_signals()
         self._is_horse = True
         queues = {queue.name: queue for queue in self.queues}
+        assignment = _assigned(conn)
+        jobs_done = claims_in_a_row = 0
         while True:
-            try:
-                assignment: Assignment | None = conn.recv()
-            except (EOFError, OSError):
-                os._exit(0)  # the worker is gone
-            if assignment is None:
-                os._exit(0)  # retired
-            self._finished = None
+            self._finished, self._claimed = None, None
+            self._may_claim = claims_in_a_row < CLAIMS_IN_A_ROW
             try:
                 self._perform(assignment, queues)
             except BaseException:
                 # As a forked horse that failed outside its job: the worker records the job.
                 log.exception("work horse failed outside its job", extra={"job_id": assignment.job_id})
                 os._exit(1)
-            conn.send(Report(rss=resident_bytes(), finished=self._finished))
+            jobs_done += 1
+            self._jobs_done = jobs_done
+            rss = resident_bytes()
+            taken = None
+            if self._claimed is not None:
+                claims_in_a_row += 1
+                taken = self._claimed_job(self._claimed, assignment.queue_name)
+            elif assignment.step is not None and self._worn_out(jobs_done, rss) is None:
+                claims_in_a_row = 0
+                taken = self._take_next(queues[assignment.queue_name])
+            conn.send(Report(rss=rss, finished=self._finished, taken=taken[0] if taken else None))
+            next_assignment = taken[1] if taken else None
+            assignment = next_assignment if next_assignment is not None else _assigned(conn)
+
+    def _claims_next(self) -> bool:
+        """Asked by a step's report: whether it may start the run's next step for this horse.
+
+        Not after ``CLAIMS_IN_A_ROW`` claimed steps (the queue's next job comes first), nor
+        when the worker's window is closed, nor for a horse that is to be retired after
+        this step (the step must be the one it ends with).
+        """
+        if not self._may_claim or not self.take_window.is_open():
+            return False
+        return self._worn_out(self._jobs_done + 1, resident_bytes()) is None
+
+    def _claimed_job(self, claimed: ClaimedStep, queue_name: str) -> tuple[Taken, Assignment]:
+        """The step the last report started for this horse, as a job it took (:meth:`_take_next`)."""
+        execution_id, created_at = uuid4().hex, now()
+        handed = Taken(claimed.job_id, {}, execution_id, created_at, running=True)
+        assignment = Assignment(
+            claimed.job_id,
+            {},
+            queue_name,
+            execution_id,
+            created_at,
+            timeout=claimed.job_timeout,
+            claimed=claimed,
+        )
+        return handed, assignment
+
+    def _take_next(self, queue: Queue) -> tuple[Taken, Assignment | None] | None:
+        """The job waiting on ``queue``, taken by the horse itself while its worker's window is open.
+
+        Steps of a run follow each other, so when one ends the next job is usually waiting:
+        the horse takes it as its worker would (:meth:`_take_waiting_job`) and tells the
+        worker in its report, which records the job's start while the horse runs it
+        (the Assignment; None for a job that is not a step job, which the worker runs).
+        Handing each job over from the worker cost a step a round trip to Redis and two
+        hops between the processes. None if the window is closed, nothing waits, or Redis
+        does not answer (the worker takes the next job then).
+        """
+        if not self.take_window.is_open():
+            return None
+        try:
+            taken = self._take_waiting_job(queue, record_unrecorded=False)
+        except REDIS_DOWN:
+            return None  # a job moved off the queue by a lost reply is given back by the reaper
+        if taken is None:
+            return None
+        job, fields = taken
+        execution_id, created_at = uuid4().hex, now()
+        step = self._step_arguments(job)
+        handed = Taken(job.id, fields, execution_id, created_at, running=step is not None)
+        if step is None:
+            return handed, None
+        timeout = int(job.timeout or self.queue_class.DEFAULT_TIMEOUT)
+        return handed, Assignment(job.id, fields, queue.name, execution_id, created_at, step, timeout)
 
     def _perform(self, assignment: Assignment, queues: dict[str, Queue]) -> None:
-        if assignment.step is not None:
-            self._perform_step(assignment, assignment.step, queues)
+        if assignment.step is not None or assignment.claimed is not None:
+            self._perform_step(assignment, queues)
             return
         job, queue, execution = self._rebuild(assignment, queues)
         self.perform_job(job, queue, execution)
 
-    def _perform_step(self, assignment: Assignment, step: tuple[Any, ...], queues: dict[str, Queue]) -> None:
+    def _perform_step(self, assignment: Assignment, queues: dict[str, Queue]) -> None:
         """A step job, run as RQ's ``perform_job`` runs a job, without rebuilding RQ's objects.
 
         A step job has no callbacks, retries or repeats, and its worker records its success
@@ -352,18 +508,30 @@ class SwitchboardWorker(Worker):
         started_at = now()
         try:
             with self.death_penalty_class(assignment.timeout, JobTimeoutException, job_id=assignment.job_id):
-                result = jobs.execute_step(*step, worker=self.name)
+                if assignment.claimed is not None:  # started by the last report already
+                    started = assignment.claimed.started
+                    result, claimed = jobs.run_started(started, self.name, self._claims_next)
+                else:
+                    assert assignment.step is not None
+                    result, claimed = jobs.execute_step_claiming(
+                        *assignment.step, worker=self.name, claim_next=self._claims_next
+                    )
         except BaseException:  # as RQ's perform_job: whatever the job raised is the job's failure
             job, queue, execution = self._rebuild(assignment, queues)
             job.started_at = started_at
             self._finalize_failure(job, queue, execution, sys.exc_info())
             return
         self._finished = Finished(result, started_at, now())
+        self._claimed = claimed
 
     def _rebuild(self, assignment: Assignment, queues: dict[str, Queue]) -> tuple[Job, Queue, Execution]:
         """RQ's job, queue and execution in the horse, as its worker prepared them."""
         job = self.job_class(assignment.job_id, connection=self.connection, serializer=self.serializer)
-        job.restore(assignment.job)
+        if assignment.job:
+            job.restore(assignment.job)
+        else:  # a job its report claimed: the horse never read it
+            job.refresh()
+        rq_records.mark_started(job, self.name)  # as its worker marks a job it hands over
         self._prepared_job_id = job.id
         queue = queues.get(assignment.queue_name) or Queue(assignment.queue_name, connection=self.connection)
         execution = Execution(assignment.execution_id, job.id, self.connection, worker_name=self.name)
@@ -425,35 +593,45 @@ class SwitchboardWorker(Worker):
         last job's success is recorded with the next job's start (:meth:`_record_start`),
         or before the worker waits.
         """
-        if len(self.queues) == 1 and self.get_redis_server_version() >= (6, 2, 0):
+        if self._handed_back is not None:
+            handed_back, self._handed_back = self._handed_back, None
+            return handed_back
+        if self._takes_waiting():
             taken = self._through_outage(self._take_waiting_job, self.queues[0])
             if taken is not None:
-                return taken
+                return taken[0], self.queues[0]
         elif self._unrecorded is not None:
             self._through_outage(self._record_unrecorded)
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
-    def _take_waiting_job(self, queue: Queue) -> tuple[Job, Queue] | None:
-        """The waiting job and its hash, or None (the last step's success is recorded then)."""
+    def _takes_waiting(self) -> bool:
+        """Whether a waiting job is taken in one script call (one queue, and ``LMOVE``: Redis 6.2)."""
+        return len(self.queues) == 1 and self.get_redis_server_version() >= (6, 2, 0)
+
+    def _take_waiting_job(
+        self, queue: Queue, record_unrecorded: bool = True
+    ) -> tuple[Job, dict[bytes, bytes]] | None:
+        """The waiting job and its hash, or None (then the last step's success is recorded,
+        unless ``record_unrecorded`` is False: in a horse, whose worker records it)."""
         keys = [queue.key, queue.intermediate_queue_key]
-        args = [self.job_class.redis_job_namespace_prefix]
+        args = [self.job_class.redis_job_namespace_prefix, self.name]
         while True:
             reply = self._take_waiting(keys, args)
             if not reply:
-                self._record_unrecorded()
+                if record_unrecorded:
+                    self._record_unrecorded()
                 return None
-            job_id, fields = reply
-            if not fields:
-                continue  # its hash is gone: RQ's dequeue passes over such a job too
-            job = self.job_class(text(job_id), connection=self.connection, serializer=self.serializer)
-            try:
-                job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
-            except NoSuchJobError:  # a hash that is not a job's: passed over, as RQ's dequeue does
-                log.warning("a queued job's hash is not a job: passed over", extra={"job_id": job.id})
-                continue
-            job.redis_server_version = self.get_redis_server_version()
+            job_id, values = reply
+            fields = dict(zip(values[::2], values[1::2], strict=True))
+            job = restored_job(self, text(job_id), fields)
+            if job is None:
+                continue  # passed over, as RQ's dequeue passes over a job whose hash is gone
             self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
-            return job, queue
+            return job, fields
+
+    def handle_warm_shutdown_request(self) -> None:
+        self.take_window.close()  # the job the horse has now is its last
+        super().handle_warm_shutdown_request()
 
     def check_for_suspension(self, burst: bool) -> None:
         # ``rq suspend`` takes effect within a second, not one Redis call per job.
@@ -615,14 +793,45 @@ class SwitchboardWorker(Worker):
 
 # The job at the head of a queue (KEYS[1]) moved to RQ's intermediate list (KEYS[2]) as
 # RQ's non-blocking dequeue moves it, and its hash (ARGV[1]: the jobs' key prefix); false
-# if the queue is empty.
+# if the queue is empty. The job is marked as its taker's (ARGV[2]: the worker's name) at
+# once, so a stop command for it finds the worker before RQ's records of its start are written.
 TAKE_WAITING_JOB = """
 local job_id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
 if not job_id then
     return false
 end
-return {job_id, redis.call('HGETALL', ARGV[1] .. job_id)}
+local key = ARGV[1] .. job_id
+local fields = redis.call('HGETALL', key)
+if #fields > 0 then
+    redis.call('HSET', key, 'worker_name', ARGV[2])
+end
+return {job_id, fields}
 """
+
+
+def restored_job(worker: Worker, job_id: str, fields: dict[bytes, bytes]) -> Job | None:
+    """RQ's job from its hash as a take read it; None if the hash is gone or is not a job's."""
+    if not fields:
+        return None
+    job = worker.job_class(job_id, connection=worker.connection, serializer=worker.serializer)
+    try:
+        job.restore(fields)
+    except NoSuchJobError:
+        log.warning("a queued job's hash is not a job: passed over", extra={"job_id": job_id})
+        return None
+    job.redis_server_version = worker.get_redis_server_version()
+    return job
+
+
+def _assigned(conn: Connection) -> Assignment:
+    """The next job from the worker; the horse leaves if it is retired or its worker is gone."""
+    try:
+        assignment: Assignment | None = conn.recv()
+    except (EOFError, OSError):
+        os._exit(0)  # the worker is gone
+    if assignment is None:
+        os._exit(0)  # retired
+    return assignment
 
 
 def is_step_job(job: Job) -> bool:

@@ -18,7 +18,10 @@ of active runs, never a scan of all runs) and checks each against RQ's records:
   grace keeps the normal hand-off (``BLMOVE`` to the intermediate list, then start) from
   being mistaken for a loss;
 - a queued step whose job failed before the step started is reported as a failed
-  attempt, which the step's retry policy may repeat.
+  attempt, which the step's retry policy may repeat;
+- a running step whose job is still queued in no queue was started by a report's claim
+  (eager dispatch) whose worker never heard of it (its horse died, or the reply was lost):
+  seen so in two passes at least ``hand_off_grace`` seconds apart, it is lost too.
 
 Liveness is a key each worker's heartbeat thread keeps alive with a Redis expiry, so it
 is judged on the Redis server's clock alone: workers on machines whose clocks disagree
@@ -32,6 +35,7 @@ meantime) does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections.abc import Collection, Iterator
@@ -91,6 +95,8 @@ class _Pass:
     queued: set[str]  # job ids in the queue, when it is short enough to read
     queue_known: bool  # False: the queue was too long to read, so absence from it says nothing
     handed_off: dict[str, str] = field(default_factory=dict)  # job id in no queue -> "run_id step_id"
+    # job id of a running step whose job was never started -> the step, claimed unheard
+    unheard: dict[str, _InFlight] = field(default_factory=dict)
 
 
 def reap(
@@ -175,6 +181,9 @@ def _reap_batch(engine: Engine, batch: list[_InFlight], state: _Pass, done: Reap
             if item.step.status is StepStatus.QUEUED:
                 _check_queued(engine, item, status, dead, state, done)
                 continue
+            if dead is None and status == JobStatus.QUEUED and _in_no_queue(item.job_id, state):
+                state.unheard[item.job_id] = item  # judged once the grace is over (_requeue_stuck)
+                continue
             if dead is None and status in JOB_ENDED:
                 # Ended, yet the step still runs: lost, unless another execution of the same
                 # job (enqueued twice) is the one running it and will report.
@@ -233,7 +242,8 @@ def _in_no_queue(job_id: str, state: _Pass) -> bool:
 
 
 def _requeue_stuck(engine: Engine, state: _Pass, grace: float, done: Reaped) -> None:
-    """Enqueue again the queued steps whose job has sat in no queue for two passes ``grace`` apart.
+    """Enqueue again the queued steps whose job has sat in no queue for two passes ``grace``
+    apart; report lost the running steps whose job has sat so unstarted (claimed unheard).
 
     Each pass notes, on Redis's clock, when it first saw such a job; the note goes when
     the job moves on. While Redis settles after an outage nothing is judged and the
@@ -247,13 +257,24 @@ def _requeue_stuck(engine: Engine, state: _Pass, grace: float, done: Reaped) -> 
     first_seen = {text(job_id): float(at) for job_id, at in seen.items()}
     seconds, micros = engine.redis.time()
     now = seconds + micros / 1e6
-    gone = [job_id for job_id in first_seen if job_id not in state.handed_off]
+    stuck = [*state.handed_off, *state.unheard]
+    gone = [job_id for job_id in first_seen if job_id not in stuck]
     with engine.redis.pipeline(transaction=False) as pipe:
         if gone:
             pipe.hdel(key, *gone)
-        for job_id in state.handed_off:
+        for job_id in stuck:
             pipe.hsetnx(key, job_id, now)
         pipe.execute()
+    for job_id, item in state.unheard.items():
+        if job_id not in first_seen or now - first_seen[job_id] < grace:
+            continue
+        st = item.step
+        log.warning("step claimed but never run: lost", extra={"run_id": item.run.run_id, "job_id": job_id})
+        assert st.worker is not None
+        with contextlib.suppress(CommandRefused, NotFound):
+            engine.step_lost(item.run.run_id, st.step_id, st.attempt, st.worker)
+            done.lost.append(job_id)
+        engine.redis.hdel(key, job_id)
     intermediate = engine.queue.intermediate_queue
     for job_id, where in state.handed_off.items():
         if job_id not in first_seen or now - first_seen[job_id] < grace:
