@@ -13,7 +13,7 @@ may hold anything: they are left alone.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -22,6 +22,7 @@ from pydantic import (
     HttpUrl,
     StrictBool,
     StrictStr,
+    StringConstraints,
     ValidationError,
     model_validator,
 )
@@ -36,6 +37,11 @@ BY_CALLBACK_ID = frozenset(
 )
 OUR_MODALS = frozenset({ids.REJECT_MODAL, ids.EDIT_MODAL})
 
+# A team or enterprise id. Slack's are a dozen characters; bolt sends the request's in the
+# URL of every Web API call it makes for it (auth.test first), where a long one is refused
+# by the server (the URL is too long) and bolt logs an error instead of answering.
+TeamId = Annotated[StrictStr, StringConstraints(max_length=64)]
+
 
 class _Open(BaseModel):
     """A Slack object: the members listed are checked, any others kept as they are."""
@@ -46,17 +52,17 @@ class _Open(BaseModel):
 class Ref(_Open):
     """A team, user, channel or enterprise given as an object."""
 
-    id: StrictStr | None = None
-    team_id: StrictStr | None = None
-    enterprise_id: StrictStr | None = None
+    id: TeamId | None = None  # a team's, a user's or a channel's: all short
+    team_id: TeamId | None = None
+    enterprise_id: TeamId | None = None
     username: StrictStr | None = None
     name: StrictStr | None = None
 
 
 class Authorization(_Open):
-    team_id: StrictStr | None = None
+    team_id: TeamId | None = None
     user_id: StrictStr | None = None
-    enterprise_id: StrictStr | None = None
+    enterprise_id: TeamId | None = None
     is_enterprise_install: StrictBool | None = None
 
 
@@ -88,8 +94,8 @@ class View(_Open):
     type: StrictStr | None = None
     callback_id: StrictStr | None = None
     private_metadata: StrictStr | None = None
-    team_id: StrictStr | None = None
-    app_installed_team_id: StrictStr | None = None
+    team_id: TeamId | None = None
+    app_installed_team_id: TeamId | None = None
     state: State = Field(default_factory=State)
 
     @model_validator(mode="after")
@@ -129,7 +135,7 @@ class FunctionData(_Open):
 class Event(Place):
     type: StrictStr
     tab: StrictStr | None = None
-    team: StrictStr | Ref | None = None
+    team: TeamId | Ref | None = None
     bot_id: StrictStr | None = None
     subtype: StrictStr | None = None
     bot_access_token: StrictStr | None = None
@@ -148,9 +154,9 @@ class Envelope(Place):
 
     type: StrictStr | None = None
     token: StrictStr | None = None
-    team_id: StrictStr | None = None
+    team_id: TeamId | None = None
     user_id: StrictStr | None = None
-    enterprise_id: StrictStr | None = None
+    enterprise_id: TeamId | None = None
     api_app_id: StrictStr | None = None
     trigger_id: StrictStr | None = None
     command: StrictStr | None = None
@@ -160,8 +166,8 @@ class Envelope(Place):
     function_execution_id: StrictStr | None = None
     bot_access_token: StrictStr | None = None
     response_url: HttpUrl | None = None
-    team: StrictStr | Ref | None = None
-    enterprise: StrictStr | Ref | None = None
+    team: TeamId | Ref | None = None
+    enterprise: TeamId | Ref | None = None
     is_ext_shared_channel: StrictBool | None = None
     authorizations: list[Authorization] = Field(default_factory=list)
     response_urls: list[ResponseUrl] = Field(default_factory=list)

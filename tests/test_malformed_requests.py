@@ -134,6 +134,17 @@ async def test_slack_payloads_that_are_no_object_are_400_when_signed_401_when_no
     assert response.status == (400 if signed else 401), await response.text()
 
 
+@pytest.mark.parametrize("where", ["team_id", "enterprise_id"])
+async def test_slack_a_team_id_too_long_for_a_url_is_400(slack: Slack, where: str) -> None:
+    # bolt would send it in the URL of its first Web API call (auth.test), which the server
+    # refuses for its length, and log an error instead of answering.
+    fields = {"command": "/run", "text": "help", "user_id": ALICE.id, "team_id": "T0TEAM", where: "T" * 20_000}
+    body = urlencode(fields)
+    response = await slack.post(body, signed_headers(body))
+    assert response.status == 400, await response.text()
+    assert where in (await response.json())["error"]
+
+
 @pytest.mark.parametrize(
     "body", ["null", "[]", '"x"', DEEP, '{"type": "event_callback", "n": ' + HUGE_INT + "}"]
 )
