@@ -694,7 +694,7 @@ class SwitchboardWorker(Worker):
         """
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         plain = not job.repeats_left and not job.has_rate_limit
-        return is_step_job(job) and result_ttl > 0 and plain
+        return is_engine_step_job(job) and result_ttl > 0 and plain
 
     def _record_unrecorded(self) -> None:
         """The last step's success on its own (when no job is taken right after it), by RQ's methods."""
@@ -843,6 +843,15 @@ def is_step_job(job: Job) -> bool:
         return False
 
 
+def is_engine_step_job(job: Job) -> bool:
+    """Whether ``job`` is a step job as the engine makes them (run, step, attempt, dispatch).
+
+    Only such a job runs directly in a horse (:meth:`SwitchboardWorker._perform_step`) and
+    may be taken by one: any other is RQ's to run and fail, in the order RQ records them.
+    """
+    return is_step_job(job) and len(job.args) == 4
+
+
 def job_record(job: Job) -> dict[bytes, bytes]:
     """The job as its Redis hash holds it (what ``Job.restore`` reads), for the horse to rebuild."""
     record: dict[bytes, bytes] = {}
@@ -890,7 +899,7 @@ def report_killed_horse(engine: Engine, job: Job, worker_name: str, timed_out: b
     Killed by its worker for running past its timeout, the step timed out (as when its
     alarm ends it); otherwise (an OOM kill, a segfault) it was lost.
     """
-    if not is_step_job(job) or len(job.args) != 4:  # not a step job, or not one the engine made
+    if not is_engine_step_job(job):
         return
     run_id, step_id, attempt, _dispatch = job.args
     try:
