@@ -18,6 +18,7 @@ import pytest
 import redis
 import yaml
 from rq import Queue, Worker
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.results import Result
 
@@ -25,6 +26,7 @@ from engine.api import STEP_JOB, Engine
 from engine.catalog import load_folder
 from engine.model import FailureCode, Run, RunStatus, StepStatus
 from tests.test_worker_e2e import OPERATOR, Harness, action, workflow
+from worker import rq_records
 from worker.process import CLAIMS_IN_A_ROW
 
 PROBE = """
@@ -378,3 +380,20 @@ def test_a_step_claimed_for_a_worker_that_never_heard_of_it_is_lost_and_retried(
     assert run.steps["a1"].attempt == 2
     retried = [e for e in pool.engine.events(run.run_id) if e.type == "step_retry_scheduled"]
     assert [e.data["error"]["code"] for e in retried] == ["WORKER_LOST"]
+
+
+def test_the_start_of_a_job_that_has_ended_already_is_not_recorded(redis_conn: redis.Redis, namespace: str) -> None:
+    """A horse that took a job itself may fail it before its worker records the job's start:
+    the record must not bring the job back to started."""
+    queue = Queue(namespace, connection=redis_conn)
+    job = queue.enqueue(STEP_JOB, "run", "s0", 1, 1, job_id=f"{namespace}-ended")
+    job.set_status(JobStatus.FAILED)
+    worker = Worker([queue], connection=redis_conn, name=f"{namespace}-records")
+    execution = Execution("e1", job.id, redis_conn, worker_name=worker.name)
+    rq_records.mark_started(job, worker.name)
+
+    rq_records.record(redis_conn.register_script(rq_records.RECORD), worker, job, execution, 60, None)
+
+    assert Job.fetch(job.id, connection=redis_conn).get_status() is JobStatus.FAILED
+    assert queue.started_job_registry.get_job_ids() == []
+    redis_conn.delete(job.key)

@@ -55,8 +55,14 @@ if ARGV[11] == '1' then
   redis.call('ZREM', KEYS[14], ARGV[18])
   redis.call('SREM', worker_executions, ARGV[13])
 end
--- Execution.create, Worker.set_state and heartbeat, Job.heartbeat and prepare_for_execution
+-- Execution.create, Worker.set_state and heartbeat, Job.heartbeat and prepare_for_execution;
+-- not for a job that has ended already (RQ's JobStatus values): a horse that took the job
+-- itself may have run and failed it before its worker got to record its start.
 local job, execution, ttl = KEYS[3], KEYS[4], tonumber(ARGV[5])
+local status = redis.call('HGET', job, 'status')
+if status == 'failed' or status == 'finished' then
+  return
+end
 redis.call('HSET', execution, 'id', ARGV[2], 'job_id', ARGV[1], 'created_at', ARGV[4],
   'last_heartbeat', ARGV[4], 'worker_name', ARGV[6])
 redis.call('EXPIRE', execution, ttl)
