@@ -187,7 +187,7 @@ class SwitchboardWorker(Worker):
         self._finished: Finished | None = None  # in the horse: the success of the job just run
         self._claimed: ClaimedStep | None = None  # in the horse: the step its last report started for it
         self._may_claim = False  # in the horse: whether the report of the job it runs may claim the next
-        self._jobs_done = 0  # in the horse: the jobs it ran
+        self._jobs_done = 0  # in the horse: the jobs it ran (the worker counts them in Horse.jobs)
 
     def _through_outage(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` tried until Redis answers; in a work horse for ``report_patience`` at most."""
@@ -305,7 +305,7 @@ class SwitchboardWorker(Worker):
             if job is not None:
                 self._handed_back = job, queue
             return None
-        rq_records.mark_started(job, self.name)
+        rq_records.mark_started(job, self.name, at=taken.execution_created_at)  # the horse's moment
         execution = Execution(taken.execution_id, job.id, self.connection, worker_name=self.name)
         execution.created_at = taken.execution_created_at
         execution._job = job
@@ -409,7 +409,7 @@ class SwitchboardWorker(Worker):
         self._is_horse = True
         queues = {queue.name: queue for queue in self.queues}
         assignment = _assigned(conn)
-        jobs_done = claims_in_a_row = 0
+        claims_in_a_row = 0
         while True:
             self._finished, self._claimed = None, None
             self._may_claim = claims_in_a_row < CLAIMS_IN_A_ROW
@@ -419,14 +419,13 @@ class SwitchboardWorker(Worker):
                 # As a forked horse that failed outside its job: the worker records the job.
                 log.exception("work horse failed outside its job", extra={"job_id": assignment.job_id})
                 os._exit(1)
-            jobs_done += 1
-            self._jobs_done = jobs_done
+            self._jobs_done += 1
             rss = resident_bytes()
             taken = None
             if self._claimed is not None:
                 claims_in_a_row += 1
                 taken = self._claimed_job(self._claimed, assignment.queue_name)
-            elif assignment.step is not None and self._worn_out(jobs_done, rss) is None:
+            elif assignment.step is not None and self._worn_out(self._jobs_done, rss) is None:
                 claims_in_a_row = 0
                 taken = self._take_next(queues[assignment.queue_name])
             conn.send(Report(rss=rss, finished=self._finished, taken=taken[0] if taken else None))

@@ -16,6 +16,7 @@ meanwhile) is not written back whole, only its result and registries are.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from redis import Redis
@@ -89,10 +90,11 @@ class Succeeded:
     finished: Finished
 
 
-def mark_started(job: Job, worker_name: str) -> None:
-    """The job as ``Job.prepare_for_execution`` leaves it, without writing it (:func:`record` does)."""
+def mark_started(job: Job, worker_name: str, at: datetime | None = None) -> None:
+    """The job as ``Job.prepare_for_execution`` leaves it, without writing it (:func:`record` does);
+    ``at``: when it started, if not now (a job its horse took, heard of afterwards)."""
     job.worker_name = worker_name
-    job.last_heartbeat = job.started_at = now()
+    job.last_heartbeat = job.started_at = at or now()
     job._status = JobStatus.STARTED
 
 
