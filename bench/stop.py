@@ -3,8 +3,11 @@
     .venv/bin/python bench/stop.py [--stops 10] [--redis-url URL]
 
 Starts one worker process (``python -m worker``), then ``--stops`` times: starts a run
-whose only step writes its process id to a file and sleeps for a minute, waits until the
-step runs, and calls ``Engine.stop`` (immediate). From the call it times:
+whose step writes its process id to a file and sleeps for a minute, waits until the
+step runs, and calls ``Engine.stop`` (immediate). Every other run has a no-op step
+before it, whose report starts the sleeping step on the same horse (eager dispatch):
+so half the steps stopped were taken off the queue, half were never queued. From the
+call it times:
 
 - **recorded**: the run says ``stopped`` with the step ``cancelled`` (the command's own
   transaction; the stop returns with it);
@@ -92,13 +95,16 @@ def main() -> None:
             "steps": [{**step, "args": {"path": "{{ inputs.path }}"}}],
         }
         (folder / "long.yaml").write_text(yaml.safe_dump(definition))
+        first = {"id": "first", "type": "action", "action": "worker.actions:echo"}
+        after = {**step, "args": {"path": "{{ inputs.path }}"}, "needs": ["first"]}
+        (folder / "after.yaml").write_text(yaml.safe_dump({**definition, "id": "after", "steps": [first, after]}))
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(logs), os.environ.get("PYTHONPATH")]))
         sb = Switchboard(args.redis_url, folder, logs)
         sb.env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         with sb.worker(warm_up=False):
             for i in range(args.stops):
                 marker = logs / f"step{i}.pid"
-                run = sb.engine.start("long", {"path": str(marker)}, sb.actor)
+                run = sb.engine.start("after" if i % 2 else "long", {"path": str(marker)}, sb.actor)
                 sb.run_ids.add(run.run_id)  # its RQ job is removed with the bench's keys
                 until(partial(wrote_pid, marker), 30, "ran the step")
                 pid = int(marker.read_text())
