@@ -369,10 +369,14 @@ def _finish_then_start(workflow: Workflow, run: Run, command: StepFinishedThenNe
     if not finished.enqueue:
         return finished
     job = finished.enqueue[0]
+    if finished.run.status is RunStatus.PAUSED:
+        return finished  # it would be held: it stays queued, as it would have been
     start = StepStarted(job.step_id, job.attempt, job.dispatch, command.worker)
-    started = apply(workflow, finished.run, start, now)
-    if not started.proceed:
-        return finished  # held (a paused run): it stays queued, as it would have been
+    # The report's run is this command's own: the start changes it in place (no second copy).
+    try:
+        started = _Transition(workflow, finished.run, now, owned=True).handle(start)
+    except CommandRefused:  # refused before it changes anything: the step stays queued
+        return finished
     return Outcome(
         run=started.run,
         events=finished.events + started.events,
@@ -415,10 +419,12 @@ def keep_finished(before: Run, outcome: Outcome) -> None:
 
 
 class _Transition:
-    def __init__(self, workflow: Workflow, run: Run, now: datetime) -> None:
+    def __init__(self, workflow: Workflow, run: Run, now: datetime, owned: bool = False) -> None:
+        """``owned``: ``run`` is no one else's (another transition of the same command just made
+        it), so it is changed in place rather than cloned first."""
         self.workflow = workflow
         self.now = now
-        self.out = Outcome(run=run.clone())
+        self.out = Outcome(run=run if owned else run.clone())
         self.run = self.out.run
 
     # -- dispatch on command -------------------------------------------------------------

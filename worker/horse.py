@@ -254,11 +254,20 @@ class TakeWindow:
 _DEADLINE = struct.Struct("d")
 
 
+_statm: dict[int, int] = {}  # this process's /proc/self/statm, kept open (by pid: a fork has its own)
+
+
 def resident_bytes() -> int:
-    """This process's resident memory now (Linux), else its peak."""
+    """This process's resident memory now (Linux), else its peak. Read after every step, so
+    from a file kept open (opening it cost more than the read)."""
     try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        pid = os.getpid()
+        if pid not in _statm:
+            for inherited in _statm.values():  # the parent's, which a fork inherits
+                os.close(inherited)
+            _statm.clear()
+            _statm[pid] = os.open("/proc/self/statm", os.O_RDONLY)
+        return int(os.pread(_statm[pid], 128, 0).split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         import resource
 
