@@ -134,21 +134,27 @@ def run_started(
         if claim_next is not None and claim_next():
             claimed = report_claiming(engine, started, worker, result, error)
         else:
-            patiently(
-                f"report of step {state.step_id} of run {run_id}",
-                engine.step_finished,
-                run_id,
-                state.step_id,
-                state.attempt,
-                result=result,
-                error=error,
-            )
+            report(engine, started, result, error)
     except (CommandRefused, NotFound) as exc:
         log.info("step report refused", extra={**where, "reason": str(exc)})
         return {"outcome": "report refused", "reason": str(exc)}, None
     outcome = "failed" if error else "succeeded"
     log.info("step %s", outcome, extra={**where, "error": error.message if error else None})
     return {"outcome": outcome}, claimed
+
+
+def report(engine: Engine, started: StartedStep, result: Any, error: StepError | None) -> None:
+    """The step's report, waiting out a Redis outage (:func:`patiently`)."""
+    run_id, state = started.run.run_id, started.step
+    patiently(
+        f"report of step {state.step_id} of run {run_id}",
+        engine.step_finished,
+        run_id,
+        state.step_id,
+        state.attempt,
+        result=result,
+        error=error,
+    )
 
 
 def report_claiming(
@@ -166,15 +172,7 @@ def report_claiming(
         return engine.step_finished_then_next(run_id, state.step_id, state.attempt, worker, result, error)
     except REDIS_DOWN:
         pass
-    patiently(
-        f"report of step {state.step_id} of run {run_id}",
-        engine.step_finished,
-        run_id,
-        state.step_id,
-        state.attempt,
-        result=result,
-        error=error,
-    )
+    report(engine, started, result, error)
     run = patiently(f"read of run {run_id}", engine.get_run, run_id)
     for other in run.steps.values():
         if other.status is StepStatus.RUNNING and other.worker == worker and other.step_id != state.step_id:

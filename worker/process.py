@@ -27,6 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import datetime
 from multiprocessing.connection import Connection
 from resource import struct_rusage
 from typing import Any, NoReturn, ParamSpec, TypeVar
@@ -59,10 +60,10 @@ from worker.settings import WorkerSettings, get_worker_settings
 
 log = logging.getLogger(__name__)
 
-EARLY_STOPS_KEPT = 64
+EARLY_STOPS_KEPT = 64  # stop commands remembered for jobs a horse may have taken unannounced
 # Steps a horse runs one after another by eager dispatch before it takes the queue's next
 # job: a run's steps do not keep jobs queued before them waiting for longer than that.
-CLAIMS_IN_A_ROW = 16  # stop commands remembered for jobs a horse may have taken unannounced
+CLAIMS_IN_A_ROW = 16
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -202,11 +203,7 @@ class SwitchboardWorker(Worker):
         execution = Execution(uuid4().hex, job.id, self.connection, worker_name=self.name)
         execution._job = job
         rq_records.mark_started(job, self.name)  # the job as the horse gets it
-        step = self._step_arguments(job)
-        timeout = int(job.timeout or self.queue_class.DEFAULT_TIMEOUT)
-        assignment = Assignment(
-            job.id, job_record(job), queue.name, execution.id, execution.created_at, step, timeout
-        )
+        assignment = self._assignment(job, job_record(job), queue.name, execution.id, execution.created_at)
         self._set_take_window()
         with self._horse_lock:
             horse = self._ready_horse()
@@ -478,13 +475,18 @@ class SwitchboardWorker(Worker):
         if taken is None:
             return None
         job, fields = taken
-        execution_id, created_at = uuid4().hex, now()
-        step = self._step_arguments(job)
-        handed = Taken(job.id, fields, execution_id, created_at, running=step is not None)
-        if step is None:
-            return handed, None
+        assignment = self._assignment(job, fields, queue.name, uuid4().hex, now())
+        running = assignment.step is not None
+        handed = Taken(job.id, fields, assignment.execution_id, assignment.execution_created_at, running)
+        return handed, assignment if running else None
+
+    def _assignment(
+        self, job: Job, record: dict[bytes, bytes], queue_name: str, execution_id: str, created_at: datetime
+    ) -> Assignment:
+        """``job`` for a horse (``record``: its hash), with its step arguments if it runs directly."""
         timeout = int(job.timeout or self.queue_class.DEFAULT_TIMEOUT)
-        return handed, Assignment(job.id, fields, queue.name, execution_id, created_at, step, timeout)
+        step = self._step_arguments(job)
+        return Assignment(job.id, record, queue_name, execution_id, created_at, step, timeout)
 
     def _perform(self, assignment: Assignment, queues: dict[str, Queue]) -> None:
         if assignment.step is not None or assignment.claimed is not None:
