@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -130,8 +131,18 @@ class StartRequest:
 
     @cached_property
     def json(self) -> str:
-        """The request as the intake stores it (computed once: batches are sized by it)."""
-        return json.dumps(self.as_dict())
+        """The request as the intake stores it (computed once: batches are sized by it).
+
+        Written by orjson, several times faster than the json module (this is on the
+        webhook's path); what orjson cannot write (integers past 64 bits, lone
+        surrogates) the json module writes. Inputs come from JSON read at an edge, so
+        none is a float orjson would write as null (NaN, infinity).
+        """
+        data = self.as_dict()
+        try:
+            return orjson.dumps(data).decode()
+        except orjson.JSONEncodeError:
+            return json.dumps(data)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> StartRequest:

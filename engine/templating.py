@@ -13,7 +13,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateError, Undefined
+from jinja2 import StrictUndefined, Template, TemplateError, Undefined, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -38,11 +38,33 @@ def render(value: Any, context: dict[str, Any], where: str = "") -> Any:
 
 def truthy(condition: str, context: dict[str, Any], where: str = "if") -> bool:
     """Evaluate an ``if``: a template like ``{{ steps.a.result.ok }}`` or a bare expression."""
-    text = condition if "{{" in condition else "{{ " + condition + " }}"
-    value = _render_string(text, context, where)
+    value = _render_string(condition_template(condition), context, where)
     if isinstance(value, str):
         return value.strip().lower() not in _FALSY_TEXT
     return bool(value)
+
+
+def condition_template(condition: str) -> str:
+    """An ``if`` as the template it stands for: a bare expression is one inside ``{{ }}``."""
+    return condition if "{{" in condition else "{{ " + condition + " }}"
+
+
+def names_read(value: Any) -> set[str]:
+    """The context names the templates inside ``value`` read (``payload`` in ``{{ payload.id }}``).
+
+    So a caller builds only the part of a context its templates use. A template that does
+    not parse reads nothing here; rendering it reports the error.
+    """
+    if isinstance(value, dict):
+        return set().union(*(names_read(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(names_read(v) for v in value))
+    if not isinstance(value, str) or ("{{" not in value and "{%" not in value):
+        return set()
+    try:
+        return meta.find_undeclared_variables(_env.parse(value))
+    except TemplateError:
+        return set()
 
 
 def _render_string(text: str, context: dict[str, Any], where: str) -> Any:

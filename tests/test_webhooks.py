@@ -272,6 +272,28 @@ async def test_malformed_json_is_400_with_line_and_column(client: TestClient, cl
     assert "line 3, column 17" in document["detail"]
 
 
+async def test_integers_past_64_bits_reach_the_run_exactly(
+    client: TestClient, web_engine: Engine, clock: Clock
+) -> None:
+    # orjson, which reads most payloads, would read this one as a float; it must not.
+    body = b'{"service": "api", "replicas": 1180591620717411303424}'
+    response = await client.post(
+        "/webhooks/releases", data=body, headers=standard_headers(body, at=clock.now)
+    )
+    assert response.status == 202, await response.text()
+    (run,) = await wait_for_runs(web_engine, 1)
+    assert run.inputs["replicas"] == 2**70
+
+
+async def test_a_number_too_large_for_a_float_is_400(client: TestClient, clock: Clock) -> None:
+    body = b'{"service": "api", "replicas": 1.5e400}'
+    response = await client.post(
+        "/webhooks/releases", data=body, headers=standard_headers(body, at=clock.now)
+    )
+    document = await problem(response, 400)
+    assert "1.5e400" in document["detail"] and "too large" in document["detail"]
+
+
 async def test_payload_not_matching_the_inputs_is_422_naming_the_field(
     client: TestClient, web_engine: Engine, clock: Clock
 ) -> None:

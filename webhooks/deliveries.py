@@ -17,12 +17,12 @@ import asyncio
 import logging
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from engine.api import EventDelivery
 from engine.errors import DeliveryInProgress
 from engine.intake import StartRequest
-from engine.model import Actor, ActorKind
 from engine.templating import RenderError, render, truthy
 from engine.workflow import InputError, validate_inputs
 from webhooks.context import WebContext, context_of
@@ -79,12 +79,9 @@ async def _handle(ctx: WebContext, source: Source, request: web.Request) -> tupl
     payload = parse_json(body)
     if delivery_id is None and source.spec.scheme is Scheme.STRIPE and isinstance(payload, dict):
         delivery_id = str(payload.get("id") or "") or None
-    context: dict[str, Any] = {
-        "payload": payload,
-        "headers": {k.lower(): v for k, v in request.headers.items()},
-        "source": source.name,
-        "delivery_id": delivery_id,
-    }
+    context: dict[str, Any] = {"payload": payload, "source": source.name, "delivery_id": delivery_id}
+    if "headers" in source.names_read:  # a copy of every header costs more than the rest of the context
+        context["headers"] = {k.lower(): v for k, v in request.headers.items()}
     if source.spec.filter is not None:
         reason = _filtered_out(source.spec.filter, context)
         if reason:
@@ -111,7 +108,7 @@ async def _start(
     request = StartRequest(
         workflow.id,
         inputs,
-        _actor(source),
+        source.actor,
         trigger={"kind": "webhook", "source": source.name, "delivery_id": delivery_id},
         delivery=f"{source.name}:{delivery_id}" if delivery_id else None,
         accepted_at=ctx.engine.clock(),
@@ -129,7 +126,7 @@ async def _start(
         extra={"source": source.name, "run_id": accepted.run_id, "duplicate": accepted.duplicate},
     )
     outcome = "duplicate" if accepted.duplicate else "accepted"
-    return web.json_response(body, status=202, headers={"Location": status_url}), outcome
+    return _json(body, 202, {"Location": status_url}), outcome
 
 
 async def _deliver(
@@ -139,7 +136,7 @@ async def _deliver(
     assert action is not None
     rendered = _render_fields({"event": action.event, "key": action.key}, context, "deliver")
     event, key = str(rendered["event"]), str(rendered["key"])
-    actor, payload = _actor(source), context["payload"]
+    actor, payload = source.actor, context["payload"]
     if delivery_id is None:
         done = EventDelivery(await asyncio.to_thread(ctx.engine.deliver_event, event, key, payload, actor))
     else:
@@ -160,7 +157,7 @@ async def _deliver(
         "status_urls": [ctx.url(f"/v1/runs/{r}") for r in done.run_ids],
         "duplicate": done.duplicate,
     }
-    return web.json_response(body, status=202), "duplicate" if done.duplicate else "delivered"
+    return _json(body, 202), "duplicate" if done.duplicate else "delivered"
 
 
 def _filtered_out(condition: str, context: dict[str, Any]) -> str | None:
@@ -183,8 +180,11 @@ def _render_fields(fields: dict[str, Any], context: dict[str, Any], where: str) 
     return values
 
 
-def _actor(source: Source) -> Actor:
-    return Actor(kind=ActorKind.WEBHOOK, id=source.name)
+def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer written by orjson: several times faster than the json module, on the busiest route."""
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
 
 
 def _unauthorized(detail: str, slug: str) -> Problem:

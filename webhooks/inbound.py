@@ -15,7 +15,8 @@ inside a parser turning into a 500. What each function guards against:
   says otherwise, is refused rather than guessed at;
 - JSON: Python's parser recurses once per nesting level (10,000 ``[`` exhaust the
   stack) and refuses integers of more than 4,300 digits with a plain ``ValueError``;
-  both, and ``NaN``/``Infinity`` (not JSON), are refused with a sentence;
+  both, ``NaN``/``Infinity`` (not JSON) and numbers too large for a float (which it
+  would read as infinity) are refused with a sentence;
 - aiohttp itself: its ``Expect`` handler (run before any middleware) fails on a value
   that is not UTF-8, and it logs every message its HTTP parser refuses with a
   traceback: :func:`expect_handler` and :func:`quiet_malformed_http` replace both.
@@ -28,12 +29,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
 from collections.abc import Mapping
 from itertools import accumulate
 from typing import Any
 
+import orjson
 from aiohttp import HttpVersion11, web
 from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError
@@ -48,6 +51,8 @@ CONTENT_CODINGS = frozenset(
 )
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
+# A number orjson would read inexactly: integers past 64 bits become floats (18 digits always fit).
+_LONG_NUMBER = re.compile(r"[0-9]{19}")
 
 
 class Malformed(ValueError):
@@ -159,7 +164,7 @@ def parse_json(raw: bytes | str) -> Any:
     if json_depth(text) > MAX_JSON_DEPTH:
         raise Malformed(400, f"The JSON is nested deeper than {MAX_JSON_DEPTH} levels.", "malformed-json")
     try:
-        return _DECODER.decode(text)
+        return _decode(text)
     except json.JSONDecodeError as exc:
         raise Malformed(
             400,
@@ -178,6 +183,21 @@ def parse_json(raw: bytes | str) -> Any:
         ) from None
 
 
+def _decode(text: str) -> Any:
+    """orjson where it reads what the json module reads (several times faster), else the json module.
+
+    orjson reads integers past 64 bits as floats, and refuses some text the json module
+    reads (a lone surrogate escape, a number too large for a float): such text, and any
+    error, go to the json module, so what is read and what a client is told are its.
+    """
+    if not _LONG_NUMBER.search(text):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return _DECODER.decode(text)
+
+
 def json_depth(text: str) -> int:
     """How deeply ``text`` nests arrays and objects, without parsing it (nor recursing).
 
@@ -194,8 +214,15 @@ def _no_constant(name: str) -> Any:
     raise Malformed(400, f"The JSON has {name}, which JSON does not allow.", "malformed-json")
 
 
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise Malformed(400, f"The JSON has the number {text[:40]}, too large for a float.", "malformed-json")
+    return number
+
+
 # One decoder for every request: json.loads with an option builds a new one each call.
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
 
 
 class QuietMalformedHttp(logging.Filter):

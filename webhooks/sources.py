@@ -14,12 +14,15 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from engine.model import Actor, ActorKind
+from engine.templating import condition_template, names_read
 from engine.workflow import Identifier
 from webhooks.signatures import Scheme, secret_key
 
@@ -62,12 +65,29 @@ class SourcesFile(_Strict):
 
 @dataclass(frozen=True)
 class Source:
-    """A source ready to verify deliveries: its spec with the secrets resolved to keys."""
+    """A source ready to verify deliveries: its spec with the secrets resolved to keys.
+
+    And what every delivery of it shares, worked out once: the actor its runs and events
+    are recorded as, and the names its filter and mappings read (``payload``,
+    ``headers``, ...), so a delivery's context holds only those.
+    """
 
     name: str
     spec: SourceSpec
     keys: list[bytes]
     body_limit: int
+
+    @cached_property
+    def actor(self) -> Actor:
+        return Actor(kind=ActorKind.WEBHOOK, id=self.name)
+
+    @cached_property
+    def names_read(self) -> frozenset[str]:
+        action = self.spec.start.inputs if self.spec.start else self.spec.deliver
+        templates = [action.model_dump() if isinstance(action, DeliverAction) else action]
+        if self.spec.filter is not None:
+            templates.append(condition_template(self.spec.filter))
+        return frozenset(names_read(templates))
 
 
 class SourcesError(ValueError):
