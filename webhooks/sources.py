@@ -83,8 +83,8 @@ class Source:
 
     @cached_property
     def names_read(self) -> frozenset[str]:
-        action = self.spec.start.inputs if self.spec.start else self.spec.deliver
-        templates = [action.model_dump() if isinstance(action, DeliverAction) else action]
+        action = self.spec.start or self.spec.deliver
+        templates: list[Any] = [action.inputs if isinstance(action, StartAction) else dict(action or {})]
         if self.spec.filter is not None:
             templates.append(condition_template(self.spec.filter))
         return frozenset(names_read(templates))
