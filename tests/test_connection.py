@@ -108,3 +108,25 @@ async def test_the_asyncio_client_talks_to_the_same_server_with_the_same_options
             sync.close()
     finally:
         server.kill()
+
+
+async def test_the_asyncio_client_sends_what_the_sync_client_sends(
+    redis_conn: redis.Redis, namespace: str
+) -> None:
+    # Its commands are packed by hiredis, as the sync client's are: the same bytes reach Redis,
+    # many arguments in one command (a batch of accepted webhooks) included.
+    twin = async_client(redis_conn)
+    try:
+        values: list[Any] = ["plain", "é ∑ 🚀", b"\x00\xffbytes", 42, -7, 1.5, "x" * 70_000]
+        keys = [f"{namespace}packed:{i}" for i in range(len(values))]
+        script = twin.register_script(
+            "for i, k in ipairs(KEYS) do redis.call('SET', k, ARGV[i]) end return #KEYS"
+        )
+        assert await script(keys=keys, args=values) == len(values)
+        for key, value in zip(keys, values, strict=True):
+            assert redis_conn.get(key) == (value if isinstance(value, bytes) else str(value).encode())
+            assert await twin.get(key) == redis_conn.get(key)
+        with pytest.raises(redis.DataError):
+            await twin.set(keys[0], None)  # type: ignore[arg-type]
+    finally:
+        await twin.aclose()

@@ -88,11 +88,11 @@ def _verify_standard(
     msg_id = _required(headers, "webhook-id")
     timestamp = _timestamp(_required(headers, "webhook-timestamp"), now, tolerance)
     given = [
-        part.removeprefix("v1,").encode()
-        for part in _required(headers, "webhook-signature").split(" ")
-        if part.startswith("v1,")
+        part[3:].encode() for part in _required(headers, "webhook-signature").split(" ") if part[:3] == "v1,"
     ]
-    expected = [sign_standard(key, msg_id, timestamp, body).removeprefix("v1,").encode() for key in keys]
+    # As sign_standard, without the prefix to strip again: this runs for every delivery.
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    expected = [base64.b64encode(hmac.digest(key, signed, "sha256")) for key in keys]
     _match_any(expected, given, "webhook-signature")
     return msg_id
 
