@@ -25,13 +25,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from weakref import WeakKeyDictionary
 
+import hiredis
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.connection
 import redis.asyncio.sentinel
 import redis.connection
 import redis.sentinel
-import redis.utils
 from redis.driver_info import DriverInfo
 from redis.utils import SENTINEL
 
@@ -197,13 +197,19 @@ class _HiredisPacking:
     _packer = redis.connection.HiredisRespSerializer()
 
     def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str) and " " not in args[0]:
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass
+        # A command name of several words, bytearray or memoryview arguments, or redis-py's DataError.
         return self._packer.pack(*args)
 
 
 def _packing_in_c(client: aioredis.Redis) -> aioredis.Redis:
-    """``client``, its connections packing commands with hiredis when it is installed."""
+    """``client``, its connections packing commands with hiredis (a dependency: ``redis[hiredis]``)."""
     pool = client.connection_pool
-    if redis.utils.HIREDIS_AVAILABLE and not issubclass(pool.connection_class, _HiredisPacking):
+    if not issubclass(pool.connection_class, _HiredisPacking):
         base = pool.connection_class
         pool.connection_class = type(f"HiredisPacking{base.__name__}", (_HiredisPacking, base), {})
     return client

@@ -119,6 +119,10 @@ class StartRequest:
         return f"delivery:{self.delivery}" if self.delivery else f"intake:{self.run_id}"
 
     def as_dict(self) -> dict[str, Any]:
+        return {**self._fields(), "accepted_at": self.accepted_at.isoformat()}
+
+    def _fields(self) -> dict[str, Any]:
+        # accepted_at left a datetime: orjson writes it as isoformat() does, in a fraction of the time.
         return {
             "run_id": self.run_id,
             "workflow_id": self.workflow_id,
@@ -126,7 +130,7 @@ class StartRequest:
             "actor": self.actor.model_dump(mode="json"),
             "trigger": self.trigger,
             "delivery": self.delivery,
-            "accepted_at": self.accepted_at.isoformat(),
+            "accepted_at": self.accepted_at,
         }
 
     @cached_property
@@ -138,11 +142,10 @@ class StartRequest:
         surrogates) the json module writes. Inputs come from JSON read at an edge, so
         none is a float orjson would write as null (NaN, infinity).
         """
-        data = self.as_dict()
         try:
-            return orjson.dumps(data).decode()
+            return orjson.dumps(self._fields()).decode()
         except orjson.JSONEncodeError:
-            return json.dumps(data)
+            return json.dumps(self.as_dict())
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> StartRequest:

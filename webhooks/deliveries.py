@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -63,13 +64,14 @@ async def receive_delivery(request: web.Request) -> web.StreamResponse:
 
 async def _handle(ctx: WebContext, source: Source, request: web.Request) -> tuple[web.Response, str]:
     body = await read_body(request, source.body_limit)
+    received_at = ctx.engine.clock()
     try:
         delivery_id = verify(
             source.spec.scheme,
             source.keys,
             request.headers,
             body,
-            ctx.engine.clock().timestamp(),
+            received_at.timestamp(),
             ctx.settings.timestamp_tolerance,
         )
     except StaleTimestamp as exc:
@@ -87,12 +89,12 @@ async def _handle(ctx: WebContext, source: Source, request: web.Request) -> tupl
         if reason:
             return web.json_response({"status": "ignored", "reason": reason}, status=200), "ignored"
     if source.spec.start is not None:
-        return await _start(ctx, source, context, delivery_id)
+        return await _start(ctx, source, context, delivery_id, received_at)
     return await _deliver(ctx, source, context, delivery_id)
 
 
 async def _start(
-    ctx: WebContext, source: Source, context: dict[str, Any], delivery_id: str | None
+    ctx: WebContext, source: Source, context: dict[str, Any], delivery_id: str | None, received_at: datetime
 ) -> tuple[web.Response, str]:
     action = source.spec.start
     assert action is not None
@@ -111,7 +113,7 @@ async def _start(
         source.actor,
         trigger={"kind": "webhook", "source": source.name, "delivery_id": delivery_id},
         delivery=f"{source.name}:{delivery_id}" if delivery_id else None,
-        accepted_at=ctx.engine.clock(),
+        accepted_at=received_at,
     )
     accepted = await ctx.acceptor.accept(request)
     status_url = ctx.url(f"/v1/runs/{accepted.run_id}")

@@ -204,8 +204,9 @@ def json_depth(text: str) -> int:
     Strings are taken out first, so brackets inside them do not count; on text that is
     not JSON the answer is an upper bound of how deep a parser would get.
     """
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
-        return text.count("[") + text.count("{")
+    openings = text.count("[") + text.count("{")
+    if openings <= MAX_JSON_DEPTH:
+        return openings
     brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
     return max(accumulate(1 if b in "[{" else -1 for b in brackets), default=0)
 
