@@ -76,14 +76,14 @@ class RedisTarget:
         connection_class = SentinelSSLConnection if options.get("ssl") else SentinelConnection
         return sentinel.master_for(self.master, connection_class=connection_class)
 
-    def async_client(self) -> aioredis.Redis:
+    def async_client(self, **overrides: Any) -> aioredis.Redis:
         if not self.sentinels:
-            return aioredis.Redis.from_url(self.url, **CLIENT_DEFAULTS)
+            return aioredis.Redis.from_url(self.url, **{**CLIENT_DEFAULTS, **overrides})
         options = self._master_options(redis.asyncio.connection.parse_url)
         sentinel = redis.asyncio.sentinel.Sentinel(
             self.sentinels, sentinel_kwargs=self._sentinel_options(options), **options
         )
-        return sentinel.master_for(self.master)
+        return sentinel.master_for(self.master, **overrides)
 
     def describe(self) -> str:
         """For logs and banners: the address, never a password."""
@@ -168,8 +168,8 @@ def connect(settings: Settings) -> redis.Redis:
     return client
 
 
-def async_client(client: redis.Redis) -> aioredis.Redis:
-    """An asyncio client for the Redis that ``client`` talks to, with the same options.
+def async_client(client: redis.Redis, **overrides: Any) -> aioredis.Redis:
+    """An asyncio client for the Redis that ``client`` talks to, with the same options (but ``overrides``).
 
     The engine is synchronous; the web server and the Slack bot also read Redis from
     their event loops (streams, the outbox) and must reach exactly the same server. A
@@ -179,11 +179,11 @@ def async_client(client: redis.Redis) -> aioredis.Redis:
     """
     target = _targets.get(client)
     if target is not None:
-        return _packing_in_c(target.async_client())
+        return _packing_in_c(target.async_client(**overrides))
     pool = client.connection_pool
     if isinstance(pool, redis.sentinel.SentinelConnectionPool):
         raise TypeError("a Sentinel client's asyncio twin needs its settings: build it with connect()")
-    return _packing_in_c(aioredis.Redis(**_public_options(pool)))
+    return _packing_in_c(aioredis.Redis(**{**_public_options(pool), **overrides}))
 
 
 class _HiredisPacking:

@@ -57,6 +57,7 @@ REQUEST_TTL_SECONDS = 86400  # how long an accepted request stays readable by it
 CONSUMER_IDLE_MS = 3_600_000  # a starter silent this long, holding nothing, is forgotten
 MAX_BATCH = 256  # requests per accepting Lua call of the web process at most
 MAX_BATCH_BYTES = 1024 * 1024  # one Lua call blocks Redis while it runs: keep each one small
+ACCEPT_TIMEOUT_SECONDS = 5.0  # a batch not accepted by then is answered as Redis being away
 
 # Forget the consumers of a group that hold no entries and have not read for ARGV[2] ms
 # (starters of workers long gone: every worker name ever seen would stay otherwise). Atomic,
@@ -438,10 +439,16 @@ class Acceptor:
     next call (group commit). Alone, a delivery costs one round trip as before; under
     load, the per-call cost of the Redis client is shared by a whole batch, which is most
     of what a delivery costs the web process.
+
+    Give it a client of its own without a socket timeout (``socket_timeout=None``): it
+    bounds each call itself, once, where redis-py's asyncio client wraps every send in
+    ``asyncio.wait_for`` (a task of its own per command, a third of a call's CPU).
     """
 
-    def __init__(self, aredis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, aredis: aioredis.Redis, keys: Keys, timeout: float = ACCEPT_TIMEOUT_SECONDS) -> None:
+        self.redis = aredis
         self.keys = keys
+        self.timeout = timeout
         self._script = aredis.register_script(ACCEPT_SCRIPT)
         self._waiting: list[Waiting] = []
         self._sender: asyncio.Task[None] | None = None
@@ -462,7 +469,7 @@ class Acceptor:
                 requests = [request for request, _ in batch]
                 try:
                     script_keys, args = accept_arguments(self.keys, requests)
-                    answers = read_answers(requests, await self._script(keys=script_keys, args=args))
+                    answers = read_answers(requests, await self._call(script_keys, args))
                 except Exception as exc:  # each waiting handler reports it as its own
                     for _, answer in batch:
                         if not answer.done():
@@ -475,6 +482,14 @@ class Acceptor:
             self._sender = None
             for _, answer in batch + self._waiting:  # only when cancelled (shutting down)
                 answer.cancel()
+
+
+    async def _call(self, script_keys: list[str], args: list[str | int]) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._script(keys=script_keys, args=args)
+        except TimeoutError:
+            raise redis.TimeoutError(f"Redis did not accept the batch within {self.timeout:g} s") from None
 
 
 def _next_batch(waiting: list[Waiting]) -> tuple[list[Waiting], list[Waiting]]:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,11 +27,14 @@ from rq.job import Job
 
 from engine.api import Engine
 from engine.catalog import load_folder
+from engine.intake import ACCEPT_TIMEOUT_SECONDS
 from engine.model import Run, RunStatus
+from tests.engine_helpers import Clock, engine_for
 from tests.redis_servers import RedisServer, needs_redis_server, redis_server
 from tests.test_worker_e2e import OPERATOR, WORKER_TUNING, action, marker_lines, workflow
-from tests.web_helpers import bearer, problem, web_settings
+from tests.web_helpers import APPROVAL_WORKFLOW, bearer, problem, standard_headers, web_settings
 from webhooks.server import create_app
+from webhooks.settings import WebSettings
 
 pytestmark = needs_redis_server
 
@@ -348,3 +353,36 @@ def test_a_worker_told_to_stop_while_redis_is_down_stops_cleanly(
 
     assert workers.processes[0].wait(timeout=15) == 0, workers.logs()
     assert "Traceback" not in workers.logs(tail=10**7), workers.logs()
+
+
+async def test_a_delivery_meeting_a_frozen_redis_is_answered_503_and_the_next_one_accepted(
+    own_redis: RedisServer, tmp_path: Path, aiohttp_client: Any, settings: WebSettings
+) -> None:
+    # A Redis that stops answering (SIGSTOP: no reset, no error) must not hold a delivery
+    # forever: the acceptor's own deadline answers it as Redis being away.
+    engine = engine_for(own_redis.client(), "frozen", APPROVAL_WORKFLOW, clock=Clock(datetime.now(UTC)))
+    client = await aiohttp_client(create_app(engine, settings.model_copy(update={"starts_after": 3600})))
+    body = b'{"service": "api"}'
+    accepted = await client.post("/webhooks/releases", data=body, headers=standard_headers(body, msg_id="m1"))
+    assert accepted.status == 202, await accepted.text()
+
+    assert own_redis.process is not None
+    own_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        frozen = await client.post(
+            "/webhooks/releases", data=body, headers=standard_headers(body, msg_id="m2")
+        )
+        document = await problem(frozen, 503)
+        assert int(frozen.headers["Retry-After"]) >= 1
+        assert "Redis" in document["detail"]
+        assert time.monotonic() - began < ACCEPT_TIMEOUT_SECONDS + 3
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+    # The sender's retry is accepted; the frozen call may have reached Redis (then it ran on
+    # SIGCONT and the retry is its duplicate): either way one delivery, one run id.
+    retried = await client.post("/webhooks/releases", data=body, headers=standard_headers(body, msg_id="m2"))
+    assert retried.status == 202, await retried.text()
+    again = await client.post("/webhooks/releases", data=body, headers=standard_headers(body, msg_id="m2"))
+    assert (await again.json()) | {"duplicate": None} == (await retried.json()) | {"duplicate": None}
+    assert (await again.json())["duplicate"] is True

@@ -132,7 +132,7 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
         aredis,
         engine.live_queries(aredis),
         Intake(engine),
-        Acceptor(aredis, engine.keys),
+        Acceptor(async_client(engine.redis, socket_timeout=None), engine.keys),
         DeliveryCounts(aredis, WebKeys(engine.keys.prefix)),
     )
     app[CONTEXT] = ctx
@@ -179,6 +179,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
     await asyncio.wait(tasks, timeout=5)
     await ctx.aredis.aclose()
+    await ctx.acceptor.redis.aclose()
     executor.shutdown(wait=False)
 
 
