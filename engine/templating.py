@@ -71,18 +71,17 @@ def _render_string(text: str, context: dict[str, Any], where: str) -> Any:
     if "{{" not in text and "{%" not in text:
         return text
     try:
-        match = _SINGLE_EXPRESSION.match(text)
-        if match:
-            path = _dotted_path(match.group("expr"))
-            if path is not None:
-                found, value = _lookup(path, context)
-                if found:
-                    return value
-            value = _expression(match.group("expr"))(**context)
-            if isinstance(value, Undefined):
-                raise RenderError(f"{where or 'template'}: {value._undefined_message}")
-            return value
-        return _template(text).render(**context)
+        expr, path = _single_expression(text)
+        if expr is None:
+            return _template(text).render(**context)
+        if path is not None:
+            found, value = _lookup(path, context)
+            if found:
+                return value
+        value = _expression(expr)(**context)
+        if isinstance(value, Undefined):
+            raise RenderError(f"{where or 'template'}: {value._undefined_message}")
+        return value
     except TemplateError as exc:
         raise RenderError(f"{where or 'template'}: {exc.message or exc}") from exc
     except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
@@ -90,11 +89,18 @@ def _render_string(text: str, context: dict[str, Any], where: str) -> Any:
 
 
 _PATH = re.compile(r"^\s*[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\s*$")
+# Every name hasattr(dict, name) is true of (and a few more): such names are left to Jinja.
+_DICT_ATTRIBUTES = frozenset(dir(dict)) | frozenset(dir(type))
 
 
 @lru_cache(maxsize=2048)
-def _dotted_path(expr: str) -> tuple[str, ...] | None:
-    return tuple(expr.strip().split(".")) if _PATH.match(expr) else None
+def _single_expression(text: str) -> tuple[str | None, tuple[str, ...] | None]:
+    """The expression of a text that is one ``{{ }}`` (else None), and its dotted path if it is one."""
+    match = _SINGLE_EXPRESSION.match(text)
+    if match is None:
+        return None, None
+    expr = match.group("expr")
+    return expr, tuple(expr.strip().split(".")) if _PATH.match(expr) else None
 
 
 def _lookup(path: tuple[str, ...], context: dict[str, Any]) -> tuple[bool, Any]:
@@ -106,7 +112,8 @@ def _lookup(path: tuple[str, ...], context: dict[str, Any]) -> tuple[bool, Any]:
     """
     value: Any = context
     for name in path:
-        if type(value) is not dict or name not in value or (value is not context and hasattr(dict, name)):
+        shadowed = value is not context and name in _DICT_ATTRIBUTES
+        if type(value) is not dict or name not in value or shadowed:
             return False, None
         value = value[name]
     return True, value
