@@ -118,7 +118,7 @@ async def test_the_asyncio_client_sends_what_the_sync_client_sends(
     twin = async_client(redis_conn)
     try:
         values: list[Any] = ["plain", "é ∑ 🚀", b"\x00\xffbytes", 42, -7, 1.5, "x" * 70_000]
-        keys = [f"{namespace}packed:{i}" for i in range(len(values))]
+        keys = [f"{namespace}:packed:{i}" for i in range(len(values))]
         script = twin.register_script(
             "for i, k in ipairs(KEYS) do redis.call('SET', k, ARGV[i]) end return #KEYS"
         )
