@@ -483,8 +483,8 @@ class Acceptor:
             for _, answer in batch + self._waiting:  # only when cancelled (shutting down)
                 answer.cancel()
 
-
     async def _call(self, script_keys: list[str], args: list[str | int]) -> Any:
+        """One accepting call, bounded: a Redis that stops answering is an outage, not a wait."""
         try:
             async with asyncio.timeout(self.timeout):
                 return await self._script(keys=script_keys, args=args)
