@@ -91,6 +91,7 @@ async def test_standard_vector_over_http_starts_a_run(
     }
     response = await client.post("/webhooks/vector", data=VECTOR_BODY, headers=headers)
     assert response.status == 202, await response.text()
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
     answer = await response.json()
     assert answer["status_url"] == f"/v1/runs/{answer['run_id']}"
     assert answer["status"] == "accepted"

@@ -183,9 +183,13 @@ def _render_fields(fields: dict[str, Any], context: dict[str, Any], where: str) 
 
 
 def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON answer written by orjson: several times faster than the json module, on the busiest route."""
+    """A JSON answer as web.json_response makes it, but written by orjson: several times faster."""
     return web.Response(
-        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+        body=orjson.dumps(body),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+        charset="utf-8",
     )
 
 

@@ -52,6 +52,7 @@ CONTENT_CODINGS = frozenset(
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
 # A number orjson would read inexactly: integers past 64 bits become floats (18 digits always fit).
+# Nineteen digits inside a string send the text to the json module too, which reads it the same.
 _LONG_NUMBER = re.compile(r"[0-9]{19}")
 
 

@@ -70,8 +70,7 @@ def verify(
 
 
 def sign_standard(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> str:
-    mac = _hmac_sha256(key, f"{msg_id}.{timestamp}.".encode() + body).digest()
-    return "v1," + base64.b64encode(mac).decode()
+    return "v1," + _standard_mac(key, _standard_message(msg_id, timestamp, body)).decode()
 
 
 def sign_github(key: bytes, body: bytes) -> str:
@@ -81,6 +80,15 @@ def sign_github(key: bytes, body: bytes) -> str:
 def sign_stripe(key: bytes, timestamp: int | str, body: bytes) -> str:
     mac = _hmac_sha256(key, f"{timestamp}.".encode() + body).hexdigest()
     return f"t={timestamp},v1={mac}"
+
+
+def _standard_message(msg_id: str, timestamp: int | str, body: bytes) -> bytes:
+    return f"{msg_id}.{timestamp}.".encode() + body
+
+
+def _standard_mac(key: bytes, message: bytes) -> bytes:
+    """The base64 HMAC that follows ``v1,`` in a Standard Webhooks signature."""
+    return base64.b64encode(_hmac_sha256(key, message).digest())
 
 
 def _hmac_sha256(key: bytes, message: bytes) -> hmac.HMAC:
@@ -102,9 +110,8 @@ def _verify_standard(
     given = [
         part[3:].encode() for part in _required(headers, "webhook-signature").split(" ") if part[:3] == "v1,"
     ]
-    # As sign_standard, without the prefix to strip again: this runs for every delivery.
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    expected = [base64.b64encode(_hmac_sha256(key, signed).digest()) for key in keys]
+    message = _standard_message(msg_id, timestamp, body)  # once, whatever the number of keys
+    expected = [_standard_mac(key, message) for key in keys]
     _match_any(expected, given, "webhook-signature")
     return msg_id
 
