@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 from datetime import timedelta
 from typing import Any
@@ -35,6 +38,7 @@ from webhooks.signatures import (
     secret_key,
     sign_github,
     sign_standard,
+    sign_stripe,
     verify,
 )
 
@@ -76,6 +80,22 @@ def test_github_published_vector() -> None:
     assert verify(Scheme.GITHUB, [key], headers, GITHUB_VECTOR_BODY, now=0, tolerance=300) is None
     with pytest.raises(SignatureError):
         verify(Scheme.GITHUB, [key], headers, b"Hello, World?", now=0, tolerance=300)
+
+
+@pytest.mark.parametrize("length", [1, 32, 64, 65, 200])
+def test_signatures_are_the_hmac_modules_for_keys_of_every_length(length: int) -> None:
+    # Keys longer than SHA-256's 64-byte block are hashed first (RFC 2104); GitHub and
+    # Stripe secrets are whatever their users typed, so every length must sign alike.
+    key = bytes(range(length))
+    body = b'{"event": "ping"}'
+
+    def reference(message: bytes) -> bytes:
+        return hmac.new(key, message, hashlib.sha256).digest()
+
+    assert sign_github(key, body) == "sha256=" + reference(body).hex()
+    assert sign_stripe(key, 1700000000, body) == f"t=1700000000,v1={reference(b'1700000000.' + body).hex()}"
+    expected = base64.b64encode(reference(b"msg_1.1700000000." + body)).decode()
+    assert sign_standard(key, "msg_1", 1700000000, body) == f"v1,{expected}"
 
 
 async def test_standard_vector_over_http_starts_a_run(

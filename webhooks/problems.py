@@ -1,4 +1,4 @@
-"""Errors as ``application/problem+json`` (RFC 9457), and the middleware that maps them.
+"""Errors as ``application/problem+json`` (RFC 9457), and what maps each refusal to one.
 
 Every refusal a client can get, from a forged signature to a command that does not fit
 the run's state, leaves as a problem document with ``type``, ``title``, ``status`` and
@@ -101,27 +101,25 @@ def from_engine_error(exc: SwitchboardError) -> Problem:
     return Problem(400, detail, "bad-request")
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every refusal as a problem document; anything unforeseen is a 500, logged once.
+def refusal(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The problem document that answers ``exc``; anything unforeseen is a 500, logged once.
 
     A request :mod:`webhooks.inbound` could not read (its encoding, size, text or JSON) is
     the client's doing: a 4xx and one warning line. Only what no input should reach (a
-    bug) gets the 500 and the traceback.
+    bug) gets the 500 and the traceback. aiohttp's redirects (an ``HTTPException`` below
+    400) are not refusals: they are raised again, for aiohttp to answer.
     """
-    try:
-        return await handler(request)
-    except Problem as problem:
-        return problem.response()
-    except Malformed as exc:
+    if isinstance(exc, Problem):
+        return exc.response()
+    if isinstance(exc, Malformed):
         where = {"path": request.path, "method": request.method}
         log.warning("malformed request refused", extra={**where, "status": exc.status, "detail": exc.detail})
         return Problem(exc.status, exc.detail, exc.slug, **exc.extra).response()
-    except SwitchboardError as exc:
+    if isinstance(exc, SwitchboardError):
         return from_engine_error(exc).response()
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         detail = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else exc.reason
         if exc.status == 404:
             detail = f"There is nothing at {request.path}; see /v1/openapi.json for the routes."
@@ -132,12 +130,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             if name in exc.headers:
                 mapped.headers[name] = exc.headers[name]
         return mapped.response()
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         # Nothing was accepted or changed: the client should retry (webhook senders do on 5xx).
         log.warning("redis unreachable", extra={"path": request.path, "error": str(exc)})
         unavailable = Problem(503, "The store (Redis) is unreachable; nothing was done. Try again shortly.")
         unavailable.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return unavailable.response()
-    except Exception:
-        log.exception("unhandled error", extra={"path": request.path, "method": request.method})
-        return Problem(500, "Something went wrong on our side; it has been logged.").response()
+    log.error("unhandled error", extra={"path": request.path, "method": request.method}, exc_info=exc)
+    return Problem(500, "Something went wrong on our side; it has been logged.").response()

@@ -28,7 +28,7 @@ from webhooks.inbound import check_headers, expect_handler, quiet_malformed_http
 from webhooks.keys import WebKeys
 from webhooks.metrics import DeliveryCounts, exposition, snapshot
 from webhooks.openapi import build_openapi
-from webhooks.problems import RETRY_AFTER_SECONDS, Handler, Problem, problem_middleware
+from webhooks.problems import RETRY_AFTER_SECONDS, Handler, Problem, refusal
 from webhooks.routing import endpoint, endpoint_of
 from webhooks.settings import WebSettings, get_web_settings
 from webhooks.sources import Source, load_sources
@@ -40,22 +40,25 @@ HEALTH_TIMEOUT = 2.0
 
 
 @web.middleware
-async def header_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse headers that are not UTF-8 text before any handler hashes, signs or stores one."""
-    check_headers(request.headers)
-    return await handler(request)
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What every request passes through, as one layer (each layer costs every request).
 
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Check the bearer token and role a route declares; routes without a role are public."""
-    spec = endpoint_of(request)
-    if spec is not None and spec.role is not None:
-        principal = context_of(request).tokens.authenticate(request.headers.get("Authorization"))
-        if not principal.may(spec.role):
-            raise forbidden(principal, spec.role)
-        request[rest.PRINCIPAL] = principal
-    return await handler(request)
+    Headers that are not UTF-8 text are refused before any handler hashes, signs or
+    stores one; then the bearer token and role the route declares are checked (routes
+    without a role are public); every refusal, from here or the handler, is answered
+    as a problem document (:func:`webhooks.problems.refusal`).
+    """
+    try:
+        check_headers(request.headers)
+        spec = endpoint_of(request)
+        if spec is not None and spec.role is not None:
+            principal = context_of(request).tokens.authenticate(request.headers.get("Authorization"))
+            if not principal.may(spec.role):
+                raise forbidden(principal, spec.role)
+            request[rest.PRINCIPAL] = principal
+        return await handler(request)
+    except Exception as exc:
+        return refusal(request, exc)
 
 
 async def no_route(request: web.Request) -> web.StreamResponse:
@@ -120,7 +123,7 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
         log.warning("no API tokens configured: every /v1 request will be refused (SWITCHBOARD_API_TOKENS)")
     largest_body = max([settings.body_limit, *(s.body_limit for s in sources.values())])
     app = web.Application(
-        middlewares=[problem_middleware, header_middleware, auth_middleware], client_max_size=largest_body
+        middlewares=[edge_middleware], client_max_size=largest_body
     )
     quiet_malformed_http()
     aredis = async_client(engine.redis)
