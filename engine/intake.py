@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import orjson
 import redis
@@ -166,9 +166,8 @@ class StartRequest:
         )
 
 
-@dataclass(frozen=True)
-class Acceptance:
-    """The answer to accepting a request: the run id to give out."""
+class Acceptance(NamedTuple):
+    """The answer to accepting a request: the run id to give out (a tuple: cheaper to make per delivery)."""
 
     run_id: str
     duplicate: bool  # a delivery seen before: this is the run it started then

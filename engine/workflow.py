@@ -365,8 +365,7 @@ def _coerce(kind: str, value: Any) -> Any:
 def validate_inputs(workflow: Workflow, given: dict[str, Any]) -> dict[str, Any]:
     """Inputs with defaults applied; raises :class:`InputError` naming every bad field."""
     problems: dict[str, str] = {}
-    unknown = sorted(set(given) - set(workflow.inputs))
-    for name in unknown:
+    for name in sorted(given.keys() - workflow.inputs.keys()):
         known = ", ".join(sorted(workflow.inputs)) or "none"
         problems[name] = f"unknown input (this workflow takes: {known})"
     values: dict[str, Any] = {}
