@@ -122,9 +122,7 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
     if not len(tokens):
         log.warning("no API tokens configured: every /v1 request will be refused (SWITCHBOARD_API_TOKENS)")
     largest_body = max([settings.body_limit, *(s.body_limit for s in sources.values())])
-    app = web.Application(
-        middlewares=[edge_middleware], client_max_size=largest_body
-    )
+    app = web.Application(middlewares=[edge_middleware], client_max_size=largest_body)
     quiet_malformed_http()
     aredis = async_client(engine.redis)
     ctx = WebContext(
