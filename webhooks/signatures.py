@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from _hashlib import HASH
 
 STANDARD_SECRET_PREFIX = "whsec_"
+_SHA256_BLOCK = hashlib.sha256().block_size  # HMAC pads (or first hashes) its key to one block
+_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))  # translate() tables, as the hmac module's
+_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
 
 
 class Scheme(StrEnum):
@@ -117,11 +120,6 @@ def _keyed(key: bytes) -> tuple[HASH, HASH]:
         key = hashlib.sha256(key).digest()
     block = key.ljust(_SHA256_BLOCK, b"\0")
     return hashlib.sha256(block.translate(_INNER_PAD)), hashlib.sha256(block.translate(_OUTER_PAD))
-
-
-_SHA256_BLOCK = 64
-_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))  # translate() tables, as the hmac module's
-_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
 
 
 def _verify_standard(
