@@ -28,7 +28,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import orjson
@@ -102,9 +101,13 @@ return answers
 """
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StartRequest:
-    """A run to start, with the id promised to whoever asked."""
+    """A run to start, with the id promised to whoever asked.
+
+    Made once per webhook delivery, so plain slots (a frozen dataclass costs a microsecond
+    more to make): not changed once made.
+    """
 
     workflow_id: str
     inputs: dict[str, Any]
@@ -128,15 +131,14 @@ class StartRequest:
             "run_id": self.run_id,
             "workflow_id": self.workflow_id,
             "inputs": self.inputs,
-            "actor": self.actor.model_dump(mode="json"),
+            "actor": self.actor.record,
             "trigger": self.trigger,
             "delivery": self.delivery,
             "accepted_at": self.accepted_at,
         }
 
-    @cached_property
-    def json(self) -> str:
-        """The request as the intake stores it (computed once: batches are sized by it).
+    def to_json(self) -> str:
+        """The request as the intake stores it.
 
         Written by orjson, several times faster than the json module (this is on the
         webhook's path); what orjson cannot write (integers past 64 bits, lone
@@ -230,16 +232,21 @@ def read_accepted(client: redis.Redis, keys: Keys, run_id: str) -> AcceptedRun |
     return AcceptedRun(StartRequest.from_dict(data), data.get("error"))
 
 
-def accept_arguments(keys: Keys, requests: Sequence[StartRequest]) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of :data:`ACCEPT_SCRIPT` for ``requests`` (shared by sync and async callers)."""
+def accept_arguments(
+    keys: Keys, requests: Sequence[StartRequest], documents: Sequence[str]
+) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of :data:`ACCEPT_SCRIPT` for ``requests``, whose JSON is ``documents``.
+
+    Shared by sync and async callers.
+    """
     script_keys = [keys.intake]
     args: list[str | int] = [DELIVERY_TTL_SECONDS, REQUEST_TTL_SECONDS]
-    for request in requests:
+    for request, document in zip(requests, documents, strict=True):
         script_keys += [
             keys.intake_delivery(request.delivery) if request.delivery else "",
             keys.intake_request(request.run_id),
         ]
-        args += [request.run_id, request.json]
+        args += [request.run_id, document]
     return script_keys, args
 
 
@@ -265,7 +272,7 @@ class Intake:
         """Queue the starts of ``requests``; a delivery seen before gets its earlier run id instead."""
         if not requests:
             return []
-        script_keys, args = accept_arguments(self.keys, requests)
+        script_keys, args = accept_arguments(self.keys, requests, [r.to_json() for r in requests])
         return read_answers(requests, self._accept(keys=script_keys, args=args))
 
     def request(self, run_id: str) -> AcceptedRun | None:
@@ -427,7 +434,8 @@ class Starter(LoopThread):
                 self.stopping.wait(1.0)
 
 
-Waiting = tuple[StartRequest, "asyncio.Future[Acceptance]"]  # a request and its handler's answer
+# A request, its JSON (made once: batches are sized by it) and its handler's answer.
+Waiting = tuple[StartRequest, str, "asyncio.Future[Acceptance]"]
 
 
 class Acceptor:
@@ -456,7 +464,7 @@ class Acceptor:
     async def accept(self, request: StartRequest) -> Acceptance:
         """Accept ``request`` (durably, when this returns); a delivery seen before gets its earlier run."""
         answer: asyncio.Future[Acceptance] = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, answer))
+        self._waiting.append((request, request.to_json(), answer))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_all(), name="intake-accept")
         return await answer
@@ -469,21 +477,22 @@ class Acceptor:
                 # join the batch (under load batches are about twice as large, for one turn).
                 await asyncio.sleep(0)
                 batch, self._waiting = _next_batch(self._waiting)
-                requests = [request for request, _ in batch]
+                requests = [request for request, _, _ in batch]
+                documents = [document for _, document, _ in batch]
                 try:
-                    script_keys, args = accept_arguments(self.keys, requests)
+                    script_keys, args = accept_arguments(self.keys, requests, documents)
                     answers = read_answers(requests, await self._call(script_keys, args))
                 except Exception as exc:  # each waiting handler reports it as its own
-                    for _, answer in batch:
+                    for _, _, answer in batch:
                         if not answer.done():
                             answer.set_exception(exc)
                     continue
-                for (_, answer), accepted in zip(batch, answers, strict=True):
+                for (_, _, answer), accepted in zip(batch, answers, strict=True):
                     if not answer.done():  # its handler may have been cancelled meanwhile
                         answer.set_result(accepted)
         finally:
             self._sender = None
-            for _, answer in batch + self._waiting:  # only when cancelled (shutting down)
+            for _, _, answer in batch + self._waiting:  # only when cancelled (shutting down)
                 answer.cancel()
 
     async def _call(self, script_keys: list[str], args: list[str | int]) -> Any:
@@ -498,8 +507,8 @@ class Acceptor:
 def _next_batch(waiting: list[Waiting]) -> tuple[list[Waiting], list[Waiting]]:
     """The first requests up to MAX_BATCH of them and MAX_BATCH_BYTES of JSON (always one), and the rest."""
     size, count = 0, 0
-    for request, _ in waiting[:MAX_BATCH]:
-        size += len(request.json)
+    for _, document, _ in waiting[:MAX_BATCH]:
+        size += len(document)
         if count and size > MAX_BATCH_BYTES:
             break
         count += 1

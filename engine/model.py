@@ -7,10 +7,12 @@ import json
 from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping, ValuesView
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
@@ -133,7 +135,12 @@ def group_refs(refs: list[str]) -> list[str]:
 
 
 class Actor(BaseModel):
-    """Who asked for a change: recorded on every event, checked against workflow roles."""
+    """Who asked for a change: recorded on every event, checked against workflow roles.
+
+    Frozen, so what it records can be worked out once (:attr:`record`).
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     kind: ActorKind
     id: str
@@ -141,6 +148,14 @@ class Actor(BaseModel):
     # The Slack user groups (``S123``) the edge found this person in, among those a role list
     # names: the engine never asks Slack. Not stored: membership is checked when they act.
     groups: list[str] = Field(default_factory=list, exclude=True)
+
+    @cached_property
+    def record(self) -> dict[str, Any]:
+        """What is stored of it (``model_dump(mode="json")``), made once; not to be changed.
+
+        A webhook source's one actor is written into every start it accepts.
+        """
+        return self.model_dump(mode="json")
 
     @property
     def ref(self) -> str:
@@ -510,6 +525,7 @@ class Steps(MutableMapping[str, StepState]):
         return dict(self.items()) == dict(other.items())
 
     __hash__ = None  # type: ignore[assignment]
+
 
 StopMode = Literal["immediate", "graceful"]  # immediate: in-flight steps are killed; graceful: they finish
 

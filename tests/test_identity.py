@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from bot import ids
 from engine.api import Engine
@@ -49,6 +49,16 @@ def test_identity_is_one_canonical_form() -> None:
     assert not alice.same_as(Actor(kind=ActorKind.API, id="alice"))  # another medium, another identity
     assert alice.matches(["cli:ALICE"]) and alice.matches(["CLI:*"]) and not alice.matches(["cli:bob"])
     assert alice.ref == "cli:Alice" and alice.display == "Alice"  # shown as typed
+
+
+def test_an_actor_cannot_change_under_its_record() -> None:
+    # Its record is made once (a webhook source's actor goes into every start it accepts).
+    hook = Actor(kind=ActorKind.WEBHOOK, id="github", groups=["S1"])
+    assert hook.record == {"kind": "webhook", "id": "github", "name": None}  # groups are never stored
+    with pytest.raises(ValidationError):
+        hook.name = "GitHub"  # type: ignore[misc]
+    named = hook.model_copy(update={"groups": ["S2"]})  # how the Slack edge adds groups
+    assert named.groups == ["S2"] and named.record == hook.record
 
 
 # -- REST ------------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_starting_a_request_twice_makes_one_run(web_engine: Engine) -> None:
     intake.accept([request])
     # As if a starter started it, then died before acknowledging, and another one started it again.
     intake.ensure_group()
-    web_engine.redis.xadd(web_engine.keys.intake, {"start": request.json})
+    web_engine.redis.xadd(web_engine.keys.intake, {"start": request.to_json()})
     assert intake.start_next("one", block_ms=0) == 2
     assert [r.run_id for r in web_engine.list_runs().runs] == [request.run_id]
 
