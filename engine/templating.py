@@ -100,20 +100,23 @@ def _single_expression(text: str) -> tuple[str | None, tuple[str, ...] | None]:
     if match is None:
         return None, None
     expr = match.group("expr")
-    return expr, tuple(expr.strip().split(".")) if _PATH.match(expr) else None
+    path = tuple(expr.strip().split(".")) if _PATH.match(expr) else None
+    if path is not None and not _DICT_ATTRIBUTES.isdisjoint(path[1:]):
+        path = None  # Jinja reads ``payload.items`` as the dict's method: left to Jinja
+    return expr, path
 
 
 def _lookup(path: tuple[str, ...], context: dict[str, Any]) -> tuple[bool, Any]:
     """``inputs.service`` without Jinja, when plain dict lookups give what Jinja would.
 
     Most templates are such paths, and Jinja's per-call setup costs more than the lookup.
-    Anything else (a missing key, a name that is also a dict method, which Jinja would
-    resolve as the attribute) is left to Jinja, for the same value or the same error.
+    Anything else (a missing key, a value that is not a dict) is left to Jinja, for the
+    same value or the same error; paths through a name that is also a dict method, which
+    Jinja would resolve as the attribute, never come here (:func:`_single_expression`).
     """
     value: Any = context
     for name in path:
-        shadowed = value is not context and name in _DICT_ATTRIBUTES
-        if type(value) is not dict or name not in value or shadowed:
+        if type(value) is not dict or name not in value:
             return False, None
         value = value[name]
     return True, value

@@ -95,7 +95,7 @@ def _standard_message(msg_id: str, timestamp: int | str, body: bytes) -> bytes:
 
 def _standard_mac(key: bytes, message: bytes) -> bytes:
     """The base64 HMAC that follows ``v1,`` in a Standard Webhooks signature."""
-    return base64.b64encode(_hmac_sha256(key, message))
+    return binascii.b2a_base64(_hmac_sha256(key, message), newline=False)  # base64.b64encode, one call less
 
 
 def _hmac_sha256(key: bytes, message: bytes) -> bytes:
@@ -127,11 +127,10 @@ def _verify_standard(
 ) -> str:
     msg_id = _required(headers, "webhook-id")
     timestamp = _timestamp(_required(headers, "webhook-timestamp"), now, tolerance)
-    given = [
-        part[3:].encode() for part in _required(headers, "webhook-signature").split(" ") if part[:3] == "v1,"
-    ]
     message = _standard_message(msg_id, timestamp, body)  # once, whatever the number of keys
-    expected = [_standard_mac(key, message) for key in keys]
+    expected = [b"v1," + _standard_mac(key, message) for key in keys]
+    # Space-separated "<version>,<base64>"; other versions than v1 simply match nothing.
+    given = _required(headers, "webhook-signature").encode().split(b" ")
     _match_any(expected, given, "webhook-signature")
     return msg_id
 
