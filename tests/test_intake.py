@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from engine import intake
 from engine.api import Engine
 from engine.intake import GROUP, Intake, StartRequest
 from engine.model import Actor, ActorKind
@@ -75,6 +76,35 @@ async def test_an_accepted_run_that_cannot_start_says_why(client: TestClient) ->
         await asyncio.sleep(0.02)
     assert response.status == 202
     assert document["status"] == "failed_to_start" and "service" in document["error"]
+
+
+async def test_batches_are_cut_by_count_and_by_bytes_and_never_empty(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acceptor = client.app[CONTEXT].acceptor
+    sent: list[int] = []  # requests per Redis call
+    call = acceptor._call
+
+    async def counted(script_keys: list[str], args: list[str | int]) -> Any:
+        sent.append((len(script_keys) - 1) // 2)
+        return await call(script_keys, args)
+
+    def request(service: str) -> StartRequest:
+        return StartRequest("release", {"service": service}, HOOK)
+
+    monkeypatch.setattr(acceptor, "_call", counted)
+    monkeypatch.setattr(intake, "MAX_BATCH", 4)
+    await asyncio.gather(*(acceptor.accept(request("a")) for _ in range(10)))
+    assert sent == [4, 4, 2]
+    # Two small requests fit the byte limit, a third (large) does not: it goes next, alone,
+    # and so does a second large one, past the limit by itself.
+    sent.clear()
+    small, large = request("a"), request("b" * 600)
+    monkeypatch.setattr(intake, "MAX_BATCH_BYTES", len(small.to_json()) * 2 + 10)
+    requests = [small, request("a"), large, request("c" * 600)]
+    answers = await asyncio.gather(*(acceptor.accept(r) for r in requests))
+    assert sent == [2, 1, 1]
+    assert [a.run_id for a in answers] == [r.run_id for r in requests]
 
 
 def test_requests_left_by_a_dead_starter_are_claimed_and_started(web_engine: Engine) -> None:
