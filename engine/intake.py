@@ -140,8 +140,8 @@ class StartRequest:
             "accepted_at": self.accepted_at,
         }
 
-    def to_json(self) -> str:
-        """The request as the intake stores it.
+    def to_json(self) -> bytes:
+        """The request as the intake stores it (UTF-8 JSON, as Redis takes it).
 
         Written by orjson, several times faster than the json module (this is on the
         webhook's path); what orjson cannot write (integers past 64 bits, lone
@@ -149,9 +149,9 @@ class StartRequest:
         none is a float orjson would write as null (NaN, infinity).
         """
         try:
-            return orjson.dumps(self._fields()).decode()
+            return orjson.dumps(self._fields())
         except orjson.JSONEncodeError:
-            return json.dumps(self.as_dict())
+            return json.dumps(self.as_dict()).encode()
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> StartRequest:
@@ -236,14 +236,14 @@ def read_accepted(client: redis.Redis, keys: Keys, run_id: str) -> AcceptedRun |
 
 
 def accept_arguments(
-    keys: Keys, requests: Sequence[StartRequest], documents: Sequence[str]
-) -> tuple[list[str], list[str | int]]:
+    keys: Keys, requests: Sequence[StartRequest], documents: Sequence[bytes]
+) -> tuple[list[str], list[str | bytes | int]]:
     """KEYS and ARGV of :data:`ACCEPT_SCRIPT` for ``requests``, whose JSON is ``documents``.
 
     Shared by sync and async callers.
     """
     script_keys = [keys.intake]
-    args: list[str | int] = [DELIVERY_TTL_SECONDS, REQUEST_TTL_SECONDS]
+    args: list[str | bytes | int] = [DELIVERY_TTL_SECONDS, REQUEST_TTL_SECONDS]
     for request, document in zip(requests, documents, strict=True):
         script_keys += [
             keys.intake_delivery(request.delivery) if request.delivery else "",
@@ -438,7 +438,7 @@ class Starter(LoopThread):
 
 
 # A request, its JSON (made once: batches are sized by it) and its handler's answer.
-Waiting = tuple[StartRequest, str, "asyncio.Future[Acceptance]"]
+Waiting = tuple[StartRequest, bytes, "asyncio.Future[Acceptance]"]
 
 
 class Acceptor:
@@ -497,7 +497,7 @@ class Acceptor:
             for _, _, answer in batch + self._waiting:  # only when cancelled (shutting down)
                 answer.cancel()
 
-    async def _call(self, script_keys: list[str], args: list[str | int]) -> Any:
+    async def _call(self, script_keys: list[str], args: list[str | bytes | int]) -> Any:
         """One accepting call, bounded: a Redis that stops answering is an outage, not a wait."""
         try:
             async with asyncio.timeout(self.timeout):

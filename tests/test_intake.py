@@ -85,7 +85,7 @@ async def test_batches_are_cut_by_count_and_by_bytes_and_never_empty(
     sent: list[int] = []  # requests per Redis call
     call = acceptor._call
 
-    async def counted(script_keys: list[str], args: list[str | int]) -> Any:
+    async def counted(script_keys: list[str], args: list[str | bytes | int]) -> Any:
         sent.append((len(script_keys) - 1) // 2)
         return await call(script_keys, args)
 
