@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from bot.feed import BLOCK_MS, FeedFollower, HomeRefresher
 from bot.runtime import Bot
 from engine.background import start_task
+
+log = logging.getLogger(__name__)
 
 STOP_SECONDS = BLOCK_MS / 1000 + 2
 
@@ -32,5 +35,9 @@ async def running(bot: Bot) -> AsyncIterator[None]:
         await asyncio.wait([feed, outbox], timeout=STOP_SECONDS)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Bounded too: a cancel that lands inside a Redis call can come back as a connection
+        # error, which a task's retry loop takes for an outage and goes on.
+        _, stuck = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+        if stuck:
+            log.warning("slack background tasks did not stop", extra={"tasks": [t.get_name() for t in stuck]})
         await bot.close()
