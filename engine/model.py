@@ -8,7 +8,7 @@ from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Mu
 from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -156,6 +156,12 @@ class Actor(BaseModel):
         A webhook source's one actor is written into every start it accepts.
         """
         return self.model_dump(mode="json")
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy, without the cached :attr:`record`: ``update`` may change what is stored."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("record", None)
+        return copied
 
     @property
     def ref(self) -> str:

@@ -59,6 +59,8 @@ def test_an_actor_cannot_change_under_its_record() -> None:
         hook.name = "GitHub"  # type: ignore[misc]
     named = hook.model_copy(update={"groups": ["S2"]})  # how the Slack edge adds groups
     assert named.groups == ["S2"] and named.record == hook.record
+    renamed = hook.model_copy(update={"name": "GitHub"})  # a copy that changes what is stored
+    assert renamed.record == {"kind": "webhook", "id": "github", "name": "GitHub"}
 
 
 # -- REST ------------------------------------------------------------------------------------
