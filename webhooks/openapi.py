@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import JsonSchemaMode
 
-from webhooks.routing import ENDPOINTS, Endpoint
+from webhooks.routing import ENDPOINTS, Endpoint, endpoint_of
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
@@ -27,7 +27,7 @@ def documented_routes(app: web.Application) -> list[tuple[str, str, Endpoint]]:
     """(method, path, endpoint) of every declared route, HEAD aside."""
     found = []
     for route in app.router.routes():
-        spec = ENDPOINTS.get(route.handler)
+        spec = endpoint_of(route.handler)
         if spec is None or route.method in ("HEAD", "*") or route.resource is None:
             continue
         found.append((route.method, route.resource.canonical, spec))

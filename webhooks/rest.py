@@ -47,10 +47,10 @@ from webhooks.answers import (
     workflow_json,
     workflow_summary,
 )
-from webhooks.auth import Principal, Role
+from webhooks.auth import Role
 from webhooks.context import WebContext, context_of
 from webhooks.problems import Problem
-from webhooks.routing import endpoint, read_body, read_query
+from webhooks.routing import PRINCIPAL, endpoint, read_body, read_query
 
 routes = web.RouteTableDef()
 # Files the edges add to a run's evidence pack (engine.evidence), by name: the Slack app adds its
@@ -58,7 +58,6 @@ routes = web.RouteTableDef()
 EvidenceSource = Callable[[Run], Awaitable[Any]]
 EVIDENCE_SOURCES: web.AppKey[dict[str, EvidenceSource]] = web.AppKey("switchboard_evidence_sources")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-PRINCIPAL = web.RequestKey("switchboard_principal", Principal)
 # Engine calls run on the loop's default executor: the web's own threads (webhooks.server).
 ENGINE = EngineBridge()
 

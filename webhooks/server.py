@@ -22,14 +22,14 @@ from engine.background import start_task
 from engine.connection import async_client
 from engine.intake import Acceptor, Intake, Starter
 from webhooks import console, deliveries, reference, rest
-from webhooks.auth import Tokens, forbidden
+from webhooks.auth import Tokens
 from webhooks.context import CONTEXT, WebContext, context_of
-from webhooks.inbound import check_headers, expect_handler, quiet_malformed_http
+from webhooks.inbound import quiet_malformed_http
 from webhooks.keys import WebKeys
 from webhooks.metrics import DeliveryCounts, exposition, snapshot
 from webhooks.openapi import build_openapi
-from webhooks.problems import RETRY_AFTER_SECONDS, Handler, Problem, refusal
-from webhooks.routing import endpoint, endpoint_of
+from webhooks.problems import RETRY_AFTER_SECONDS, Problem
+from webhooks.routing import add_routes, endpoint
 from webhooks.settings import WebSettings, get_web_settings
 from webhooks.sources import Source, load_sources
 from webhooks.stream import stream_run
@@ -39,34 +39,13 @@ log = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 2.0
 
 
-@web.middleware
-async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """What every request passes through, as one layer (each layer costs every request).
-
-    Headers that are not UTF-8 text are refused before any handler hashes, signs or
-    stores one; then the bearer token and role the route declares are checked (routes
-    without a role are public); every refusal, from here or the handler, is answered
-    as a problem document (:func:`webhooks.problems.refusal`).
-    """
-    try:
-        check_headers(request.headers)
-        spec = endpoint_of(request)
-        if spec is not None and spec.role is not None:
-            principal = context_of(request).tokens.authenticate(request.headers.get("Authorization"))
-            if not principal.may(spec.role):
-                raise forbidden(principal, spec.role)
-            request[rest.PRINCIPAL] = principal
-        return await handler(request)
-    except Exception as exc:
-        return refusal(request, exc)
-
-
 async def no_route(request: web.Request) -> web.StreamResponse:
     """A path or method nothing serves: 404, or 405 with ``Allow``, as a problem document.
 
     What aiohttp answers itself, but through a route of ours, so the request has our
-    ``Expect`` handler and middlewares: aiohttp answers an unrouted request after running
-    its own ``Expect`` handler, which fails with a 500 on a value that is not UTF-8.
+    ``Expect`` handler and edge (:func:`webhooks.routing.edge`): aiohttp answers an
+    unrouted request after running its own ``Expect`` handler, which fails with a 500 on
+    a value that is not UTF-8.
     """
     allowed: set[str] = set()
     for resource in request.app.router.resources():
@@ -122,7 +101,7 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
     if not len(tokens):
         log.warning("no API tokens configured: every /v1 request will be refused (SWITCHBOARD_API_TOKENS)")
     largest_body = max([settings.body_limit, *(s.body_limit for s in sources.values())])
-    app = web.Application(middlewares=[edge_middleware], client_max_size=largest_body)
+    app = web.Application(client_max_size=largest_body)
     quiet_malformed_http()
     aredis = async_client(engine.redis)
     ctx = WebContext(
@@ -150,10 +129,7 @@ def create_app(engine: Engine, settings: WebSettings | None = None) -> web.Appli
         # aiohttp would answer the request itself (see no_route).
         web.route("*", r"/{path:[\s\S]*}", no_route),
     ]
-    for route in routes:  # each with an Expect handler that cannot fail (see webhooks.inbound)
-        assert isinstance(route, web.RouteDef)
-        kwargs = {**route.kwargs, "expect_handler": expect_handler}
-        web.RouteDef(route.method, route.path, route.handler, kwargs).register(app.router)
+    add_routes(app, routes)
     app.cleanup_ctx.append(_background)
     log.info("web app ready", extra={"sources": sorted(sources), "tokens": len(tokens)})
     return app
