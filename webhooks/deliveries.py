@@ -31,7 +31,7 @@ from webhooks.inbound import Malformed, parse_json, read_body
 from webhooks.metrics import UNKNOWN_SOURCE
 from webhooks.problems import RETRY_AFTER_SECONDS, Problem, invalid_fields
 from webhooks.routing import endpoint
-from webhooks.signatures import Scheme, SignatureError, StaleTimestamp, verify
+from webhooks.signatures import Scheme, SignatureError, StaleTimestamp
 from webhooks.sources import Source
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,8 @@ async def _handle(ctx: WebContext, source: Source, request: web.Request) -> tupl
     body = await read_body(request, source.body_limit)
     received_at = ctx.engine.clock()
     try:
-        delivery_id = verify(
-            source.spec.scheme,
-            source.keys,
-            request.headers,
-            body,
-            received_at.timestamp(),
-            ctx.settings.timestamp_tolerance,
+        delivery_id = source.verifier.verify(
+            request.headers, body, received_at.timestamp(), ctx.settings.timestamp_tolerance
         )
     except StaleTimestamp as exc:
         raise _unauthorized(str(exc), "stale-timestamp") from None

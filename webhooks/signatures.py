@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from _hashlib import HASH
 
+    KeyStates = tuple[HASH, HASH]  # SHA-256 after a key's inner and outer padded blocks
+
 STANDARD_SECRET_PREFIX = "whsec_"
 _SHA256_BLOCK = hashlib.sha256().block_size  # HMAC pads (or first hashes) its key to one block
 _INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))  # translate() tables, as the hmac module's
@@ -59,33 +61,50 @@ def secret_key(scheme: Scheme, secret: str) -> bytes:
     return key
 
 
-def verify(
-    scheme: Scheme,
-    keys: list[bytes],
-    headers: Mapping[str, str],
-    body: bytes,
-    now: float,
-    tolerance: float,
-) -> str | None:
-    """Check the delivery's signature; returns its delivery id when the scheme sends one."""
-    if scheme is Scheme.STANDARD:
-        return _verify_standard(keys, headers, body, now, tolerance)
-    if scheme is Scheme.GITHUB:
-        return _verify_github(keys, headers, body)
-    _verify_stripe(keys, headers, body, now, tolerance)
-    return None  # Stripe names the event inside the body ("id"); the caller reads it there
+class Verifier:
+    """Checks one source's deliveries: its scheme, with its keys' HMAC states worked out once.
+
+    Made once per source (:attr:`webhooks.sources.Source.verifier`); :meth:`verify` is
+    what each delivery costs, so it does no more than the scheme asks.
+    """
+
+    def __init__(self, scheme: Scheme, keys: list[bytes]) -> None:
+        self.scheme = scheme
+        self.keys = keys
+        self._states = [_keyed(key) for key in keys]
+
+    def verify(self, headers: Mapping[str, str], body: bytes, now: float, tolerance: float) -> str | None:
+        """Check the delivery's signature; returns its delivery id when the scheme sends one."""
+        if self.scheme is Scheme.STANDARD:
+            return self._verify_standard(headers, body, now, tolerance)
+        if self.scheme is Scheme.GITHUB:
+            return _verify_github(self.keys, headers, body)
+        _verify_stripe(self.keys, headers, body, now, tolerance)
+        return None  # Stripe names the event inside the body ("id"); the caller reads it there
+
+    def _verify_standard(self, headers: Mapping[str, str], body: bytes, now: float, tolerance: float) -> str:
+        msg_id = headers.get("webhook-id")
+        stamp = headers.get("webhook-timestamp")
+        signature = headers.get("webhook-signature")
+        if not (msg_id and stamp and signature):
+            raise _missing(headers, "webhook-id", "webhook-timestamp", "webhook-signature")
+        message = _standard_message(msg_id, _timestamp(stamp, now, tolerance), body)
+        # Space-separated "<version>,<base64>", compared as sent: other versions than v1 match nothing.
+        expected = [b"v1," + _standard_mac(states, message) for states in self._states]
+        _match_any(expected, signature.encode().split(b" "), "webhook-signature")
+        return msg_id
 
 
 def sign_standard(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> str:
-    return "v1," + _standard_mac(key, _standard_message(msg_id, timestamp, body)).decode()
+    return "v1," + _standard_mac(_keyed(key), _standard_message(msg_id, timestamp, body)).decode()
 
 
 def sign_github(key: bytes, body: bytes) -> str:
-    return "sha256=" + _hmac_sha256(key, body).hex()
+    return "sha256=" + _hmac_sha256(_keyed(key), body).hex()
 
 
 def sign_stripe(key: bytes, timestamp: int | str, body: bytes) -> str:
-    mac = _hmac_sha256(key, f"{timestamp}.".encode() + body).hex()
+    mac = _hmac_sha256(_keyed(key), f"{timestamp}.".encode() + body).hex()
     return f"t={timestamp},v1={mac}"
 
 
@@ -93,19 +112,19 @@ def _standard_message(msg_id: str, timestamp: int | str, body: bytes) -> bytes:
     return f"{msg_id}.{timestamp}.".encode() + body
 
 
-def _standard_mac(key: bytes, message: bytes) -> bytes:
+def _standard_mac(states: KeyStates, message: bytes) -> bytes:
     """The base64 HMAC that follows ``v1,`` in a Standard Webhooks signature."""
-    return binascii.b2a_base64(_hmac_sha256(key, message), newline=False)  # base64.b64encode, one call less
+    return binascii.b2a_base64(_hmac_sha256(states, message), newline=False)  # b64encode, one call less
 
 
-def _hmac_sha256(key: bytes, message: bytes) -> bytes:
-    """HMAC-SHA256 of ``message`` (RFC 2104), from the key's hash states computed once.
+def _hmac_sha256(states: KeyStates, message: bytes) -> bytes:
+    """HMAC-SHA256 of ``message`` (RFC 2104), from its key's hash states computed once (:func:`_keyed`).
 
     What ``hmac.new(key, message, "sha256").digest()`` returns; copying two hash states
     costs a third of copying an ``hmac.HMAC`` (a Python object around them), and the
     key's own blocks are not hashed again for every delivery.
     """
-    inner, outer = _keyed(key)
+    inner, outer = states
     inner = inner.copy()
     inner.update(message)
     outer = outer.copy()
@@ -114,25 +133,12 @@ def _hmac_sha256(key: bytes, message: bytes) -> bytes:
 
 
 @lru_cache(maxsize=64)
-def _keyed(key: bytes) -> tuple[HASH, HASH]:
+def _keyed(key: bytes) -> KeyStates:
     """SHA-256 after the key's inner and outer padded blocks: the part of HMAC that is the key's."""
     if len(key) > _SHA256_BLOCK:
         key = hashlib.sha256(key).digest()
     block = key.ljust(_SHA256_BLOCK, b"\0")
     return hashlib.sha256(block.translate(_INNER_PAD)), hashlib.sha256(block.translate(_OUTER_PAD))
-
-
-def _verify_standard(
-    keys: list[bytes], headers: Mapping[str, str], body: bytes, now: float, tolerance: float
-) -> str:
-    msg_id = _required(headers, "webhook-id")
-    timestamp = _timestamp(_required(headers, "webhook-timestamp"), now, tolerance)
-    message = _standard_message(msg_id, timestamp, body)  # once, whatever the number of keys
-    expected = [b"v1," + _standard_mac(key, message) for key in keys]
-    # Space-separated "<version>,<base64>"; other versions than v1 simply match nothing.
-    given = _required(headers, "webhook-signature").encode().split(b" ")
-    _match_any(expected, given, "webhook-signature")
-    return msg_id
 
 
 def _verify_github(keys: list[bytes], headers: Mapping[str, str], body: bytes) -> str | None:
@@ -161,8 +167,14 @@ def _verify_stripe(
 def _required(headers: Mapping[str, str], name: str) -> str:
     value = headers.get(name)
     if not value:
-        raise SignatureError(f"The {name} header is missing.")
+        raise _missing(headers, name)
     return value
+
+
+def _missing(headers: Mapping[str, str], *names: str) -> SignatureError:
+    """The refusal of a delivery that lacks one of the ``names`` headers (or sends it empty)."""
+    name = next(name for name in names if not headers.get(name))
+    return SignatureError(f"The {name} header is missing.")
 
 
 def _timestamp(value: str, now: float, tolerance: float) -> int:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from engine.model import Actor, ActorKind
 from engine.templating import condition_template, names_read
 from engine.workflow import Identifier
-from webhooks.signatures import Scheme, secret_key
+from webhooks.signatures import Scheme, Verifier, secret_key
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +67,19 @@ class SourcesFile(_Strict):
 class Source:
     """A source ready to verify deliveries: its spec with the secrets resolved to keys.
 
-    And what every delivery of it shares, worked out once: the actor its runs and events
-    are recorded as, and the names its filter and mappings read (``payload``,
-    ``headers``, ...), so a delivery's context holds only those.
+    And what every delivery of it shares, worked out once: its verifier (the keys' HMAC
+    states), the actor its runs and events are recorded as, and the names its filter and
+    mappings read (``payload``, ``headers``, ...), so a delivery's context holds only those.
     """
 
     name: str
     spec: SourceSpec
     keys: list[bytes]
     body_limit: int
+
+    @cached_property
+    def verifier(self) -> Verifier:
+        return Verifier(self.spec.scheme, self.keys)
 
     @cached_property
     def actor(self) -> Actor:
