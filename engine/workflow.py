@@ -364,24 +364,26 @@ def _coerce(kind: str, value: Any) -> Any:
 
 def validate_inputs(workflow: Workflow, given: dict[str, Any]) -> dict[str, Any]:
     """Inputs with defaults applied; raises :class:`InputError` naming every bad field."""
+    inputs = workflow.inputs
     problems: dict[str, str] = {}
-    for name in sorted(given.keys() - workflow.inputs.keys()):
-        known = ", ".join(sorted(workflow.inputs)) or "none"
+    for name in sorted(given.keys() - inputs.keys()):
+        known = ", ".join(sorted(inputs)) or "none"
         problems[name] = f"unknown input (this workflow takes: {known})"
     values: dict[str, Any] = {}
-    for name, spec in workflow.inputs.items():
+    for name, spec in inputs.items():
         if name not in given:
             if spec.required:
                 problems[name] = "required"
             elif spec.default is not None:
                 values[name] = spec.default
             continue
-        value = _coerce(spec.type, given[name])
-        ok = isinstance(value, _PYTHON_TYPES[spec.type]) and not (
-            spec.type in ("integer", "number") and isinstance(value, bool)
+        kind = spec.type
+        value = _coerce(kind, given[name])
+        ok = isinstance(value, _PYTHON_TYPES[kind]) and not (
+            kind in ("integer", "number") and isinstance(value, bool)
         )
         if not ok:
-            problems[name] = f"expected {spec.type}, got {type(value).__name__} {value!r}"
+            problems[name] = f"expected {kind}, got {type(value).__name__} {value!r}"
         elif spec.choices is not None and value not in spec.choices:
             problems[name] = f"must be one of {spec.choices}, got {value!r}"
         else:

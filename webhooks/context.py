@@ -28,8 +28,13 @@ class WebContext:
     acceptor: Acceptor
     deliveries: DeliveryCounts
 
-    def url(self, path: str) -> str:
-        return f"{self.settings.public_url.rstrip('/')}{path}"
+    def __post_init__(self) -> None:
+        # Made once: every start answers with one.
+        self._runs_url = f"{self.settings.public_url.rstrip('/')}/v1/runs/"
+
+    def run_url(self, run_id: str) -> str:
+        """Where a run is read (``status_url``, ``Location``): absolute under SWITCHBOARD_PUBLIC_URL."""
+        return self._runs_url + run_id
 
 
 CONTEXT = web.AppKey("switchboard_web", WebContext)

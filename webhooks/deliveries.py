@@ -111,7 +111,7 @@ async def _start(
         accepted_at=received_at,
     )
     accepted = await ctx.acceptor.accept(request)
-    status_url = ctx.url(f"/v1/runs/{accepted.run_id}")
+    status_url = ctx.run_url(accepted.run_id)
     body = {
         "run_id": accepted.run_id,
         "status": "accepted",
@@ -151,7 +151,7 @@ async def _deliver(
         "event": event,
         "key": key,
         "run_ids": done.run_ids,
-        "status_urls": [ctx.url(f"/v1/runs/{r}") for r in done.run_ids],
+        "status_urls": [ctx.run_url(r) for r in done.run_ids],
         "duplicate": done.duplicate,
     }
     return _json(body, 202), "duplicate" if done.duplicate else "delivered"

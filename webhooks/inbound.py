@@ -54,6 +54,10 @@ _NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
 # A number orjson would read inexactly: integers past 64 bits become floats (18 digits always fit).
 # Nineteen digits inside a string send the text to the json module too, which reads it the same.
 _LONG_NUMBER = re.compile(r"[0-9]{19}")
+# The same test on bytes: every digit made "0", then 19 zeros looked for, in C. The regex
+# scans slowly: 73 us on a 6 KB body where this takes 6 us.
+_DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_ZEROS = b"0" * 19
 
 
 class Malformed(ValueError):
@@ -108,21 +112,23 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
     Refused with 413 as soon as it is known to be larger, 415 for a content coding this
     server cannot decode, and 400 when the body is not what its Content-Encoding says.
     """
-    coding = request.headers.get("Content-Encoding", "").strip().lower()
-    if coding and coding not in CONTENT_CODINGS:
-        accepted = ", ".join(sorted(CONTENT_CODINGS))
-        raise Malformed(
-            415,
-            f"Content-Encoding {_printable(coding)!r} is not supported; send one of {accepted}, or none.",
-            "unsupported-encoding",
-        )
+    coding = request.headers.get("Content-Encoding")  # mostly none: nothing to tidy then
+    if coding is not None:
+        coding = coding.strip().lower()
+        if coding and coding not in CONTENT_CODINGS:
+            accepted = ", ".join(sorted(CONTENT_CODINGS))
+            raise Malformed(
+                415,
+                f"Content-Encoding {_printable(coding)!r} is not supported; send one of {accepted}, or none.",
+                "unsupported-encoding",
+            )
     declared = request.content_length
     if declared is not None and declared > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     try:
-        if declared is not None and coding in ("", "identity"):
+        if declared is not None and coding in (None, "", "identity"):
             # Not decoded, so aiohttp delivers exactly the declared length: one read, no loop.
             return await request.content.read()
         async for chunk in request.content.iter_any():
@@ -134,7 +140,7 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
         # aiohttp raises what its parser met reading the body as a RequestPayloadError.
         cause = exc.__cause__ if isinstance(exc, web.RequestPayloadError) else exc
         if isinstance(cause, ContentEncodingError):
-            detail = f"The body is not valid {_printable(coding)} data, as its Content-Encoding says."
+            detail = f"The body is not valid {_printable(coding or '')} data, as its Content-Encoding says."
             raise Malformed(400, detail, "bad-encoding") from None
         raise Malformed(400, f"The body could not be read: {_one_line(exc)}.", "bad-body") from None
     return b"".join(chunks)
@@ -163,6 +169,18 @@ def utf8_text(raw: bytes) -> str:
 
 def parse_json(raw: bytes | str) -> Any:
     """JSON from UTF-8 bytes or text, or a 400 saying where and what is wrong."""
+    # Most bodies: orjson reads the bytes as they came (it checks the UTF-8 itself), no text made
+    # first, when they are shallow and have no long number (see _LONG_NUMBER). Whatever it
+    # refuses goes the long way below, which says what is wrong.
+    if (
+        isinstance(raw, bytes)
+        and raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH
+        and _ZEROS not in raw.translate(_DIGITS_AS_ZEROS)
+    ):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     text = utf8_text(raw) if isinstance(raw, bytes) else raw
     if json_depth(text) > MAX_JSON_DEPTH:
         raise Malformed(400, f"The JSON is nested deeper than {MAX_JSON_DEPTH} levels.", "malformed-json")

@@ -59,18 +59,18 @@ class DeliveryCounts:
 
     aredis: aioredis.Redis
     keys: WebKeys
-    pending: Counter[str] = field(default_factory=Counter)
+    pending: Counter[tuple[str, str]] = field(default_factory=Counter)  # by (source, outcome)
 
     def count(self, source: str, outcome: str) -> None:
-        self.pending[f"{source}|{outcome}"] += 1
+        self.pending[source, outcome] += 1
 
     async def flush(self) -> None:
         batch, self.pending = self.pending, Counter()
         if not batch:
             return
         pipe = self.aredis.pipeline(transaction=False)
-        for field_name, n in batch.items():
-            pipe.hincrby(self.keys.deliveries, field_name, n)
+        for (source, outcome), n in batch.items():
+            pipe.hincrby(self.keys.deliveries, f"{source}|{outcome}", n)
         try:
             await pipe.execute()
         except aioredis.RedisError:

@@ -551,7 +551,7 @@ async def analytics_timeseries(request: web.Request) -> web.StreamResponse:
 
 
 def _created(ctx: WebContext, run: Run) -> web.Response:
-    location = ctx.url(f"/v1/runs/{run.run_id}")
+    location = ctx.run_url(run.run_id)
     return web.json_response(run_json(run), status=201, headers={"Location": location})
 
 
