@@ -36,6 +36,46 @@ def render(value: Any, context: dict[str, Any], where: str = "") -> Any:
     return value
 
 
+class FieldsError(RenderError):
+    """Fields that could not be rendered: ``problems`` maps each (``inputs.service``) to why."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{where}: {why}" for where, why in problems.items()))
+        self.problems = problems
+
+
+class Fields:
+    """Named templates read once and rendered many times (a webhook source's input mapping).
+
+    A field that is a plain path (``{{ payload.service }}``) is looked up at once, as
+    :func:`render` would look it up, without going through it; any other renders as
+    :func:`render` renders it. ``where`` prefixes each field's name in what errors say.
+    """
+
+    def __init__(self, templates: dict[str, Any], where: str) -> None:
+        self._fields = [
+            (name, f"{where}.{name}", template, _path_of(template)) for name, template in templates.items()
+        ]
+
+    def render(self, context: dict[str, Any]) -> dict[str, Any]:
+        """Every field's value; :class:`FieldsError` naming every field that could not be rendered."""
+        values: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for name, where, template, path in self._fields:
+            if path is not None:
+                found, value = _lookup(path, context)
+                if found:
+                    values[name] = value
+                    continue
+            try:
+                values[name] = render(template, context, where)
+            except RenderError as exc:
+                problems[where] = str(exc)
+        if problems:
+            raise FieldsError(problems)
+        return values
+
+
 def truthy(condition: str, context: dict[str, Any], where: str = "if") -> bool:
     """Evaluate an ``if``: a template like ``{{ steps.a.result.ok }}`` or a bare expression."""
     value = _render_string(condition_template(condition), context, where)
@@ -104,6 +144,13 @@ def _single_expression(text: str) -> tuple[str | None, tuple[str, ...] | None]:
     if path is not None and not _DICT_ATTRIBUTES.isdisjoint(path[1:]):
         path = None  # Jinja reads ``payload.items`` as the dict's method: left to Jinja
     return expr, path
+
+
+def _path_of(template: Any) -> tuple[str, ...] | None:
+    """The dotted path ``template`` is, if it is a text that is nothing else (see :func:`_lookup`)."""
+    if not isinstance(template, str) or "{{" not in template:
+        return None
+    return _single_expression(template)[1]
 
 
 def _lookup(path: tuple[str, ...], context: dict[str, Any]) -> tuple[bool, Any]:

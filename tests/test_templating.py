@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.templating import RenderError, _expression, render, truthy
+from engine.templating import Fields, FieldsError, RenderError, _expression, render, truthy
 
 NAMES = st.sampled_from(["service", "items", "keys", "get", "a", "b", "upper", "0x", "payload", "range"])
 LEAVES = st.one_of(
@@ -39,6 +39,14 @@ def ours(expression: str, context: dict[str, Any]) -> tuple[str, Any]:
         return "error", None
 
 
+def mapped(expression: str, context: dict[str, Any]) -> tuple[str, Any]:
+    """The same expression as a field of a mapping read once (a webhook source's inputs)."""
+    try:
+        return "value", Fields({"x": "{{ " + expression + " }}"}, "inputs").render(context)["x"]
+    except FieldsError:
+        return "error", None
+
+
 @given(CONTEXTS, st.data())
 def test_a_path_renders_exactly_as_jinja_does(context: dict[str, Any], data: st.DataObject) -> None:
     # Walk into the context (so most paths exist), then maybe one name further.
@@ -50,12 +58,13 @@ def test_a_path_renders_exactly_as_jinja_does(context: dict[str, Any], data: st.
         value = value[name]
     path += data.draw(st.lists(NAMES, min_size=0 if path else 1, max_size=1))
     expression = ".".join(path)
-    expected, got = jinja(expression, context), ours(expression, context)
-    if expected[0] == "value" and callable(expected[1]):
-        # A dict method or a global such as `range`: the same object, not an equal one.
-        assert got[0] == "value" and got[1] == expected[1]
-    else:
-        assert got == expected
+    expected = jinja(expression, context)
+    for got in (ours(expression, context), mapped(expression, context)):
+        if expected[0] == "value" and callable(expected[1]):
+            # A dict method or a global such as `range`: the same object, not an equal one.
+            assert got[0] == "value" and got[1] == expected[1]
+        else:
+            assert got == expected
 
 
 @pytest.mark.parametrize(
@@ -93,3 +102,28 @@ def test_conditions() -> None:
     assert truthy("payload.ref == 'refs/heads/main'", context)
     assert not truthy("{{ payload.draft }}", context)
     assert not truthy("{{ 'no' }}", context)
+
+
+def test_a_mapping_renders_every_field_and_names_every_one_it_cannot() -> None:
+    fields = Fields(
+        {
+            "service": "{{ payload.service }}",
+            "title": "Deploy {{ payload.service }}",
+            "replicas": "{{ payload.replicas + 1 }}",
+            "fixed": 7,
+            "items": "{{ payload.items }}",  # a dict method's name: Jinja's answer, not the key
+        },
+        "inputs",
+    )
+    values = fields.render({"payload": {"service": "api", "replicas": 2, "items": [1]}})
+    assert {k: v for k, v in values.items() if k != "items"} == {
+        "service": "api",
+        "title": "Deploy api",
+        "replicas": 3,
+        "fixed": 7,
+    }
+    assert callable(values["items"])
+    with pytest.raises(FieldsError) as refused:
+        fields.render({"payload": {"replicas": 2}})
+    assert sorted(refused.value.problems) == ["inputs.service", "inputs.title"]
+    assert "inputs.service: " in refused.value.problems["inputs.service"]

@@ -24,7 +24,7 @@ from aiohttp import web
 from engine.api import EventDelivery
 from engine.errors import DeliveryInProgress
 from engine.intake import StartRequest
-from engine.templating import RenderError, render, truthy
+from engine.templating import Fields, FieldsError, RenderError, truthy
 from engine.workflow import InputError, validate_inputs
 from webhooks.context import WebContext, context_of
 from webhooks.inbound import Malformed, parse_json, read_body
@@ -93,7 +93,7 @@ async def _start(
 ) -> tuple[web.Response, str]:
     action = source.spec.start
     assert action is not None
-    inputs = _render_fields(action.inputs, context, "inputs")
+    inputs = _mapped(source.inputs, context)
     workflow = ctx.engine.workflow(action.workflow)
     try:
         validate_inputs(workflow, inputs)  # now, so a bad payload is a 422 to its sender
@@ -129,9 +129,7 @@ async def _start(
 async def _deliver(
     ctx: WebContext, source: Source, context: dict[str, Any], delivery_id: str | None
 ) -> tuple[web.Response, str]:
-    action = source.spec.deliver
-    assert action is not None
-    rendered = _render_fields({"event": action.event, "key": action.key}, context, "deliver")
+    rendered = _mapped(source.deliver_fields, context)
     event, key = str(rendered["event"]), str(rendered["key"])
     actor, payload = source.actor, context["payload"]
     if delivery_id is None:
@@ -164,17 +162,11 @@ def _filtered_out(condition: str, context: dict[str, Any]) -> str | None:
         return f"the source's filter could not be evaluated: {exc}"
 
 
-def _render_fields(fields: dict[str, Any], context: dict[str, Any], where: str) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    problems: dict[str, str] = {}
-    for name, template in fields.items():
-        try:
-            values[name] = render(template, context, f"{where}.{name}")
-        except RenderError as exc:
-            problems[f"{where}.{name}"] = str(exc)
-    if problems:
-        raise invalid_fields("The payload lacks what the source maps from it.", problems)
-    return values
+def _mapped(fields: Fields, context: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return fields.render(context)
+    except FieldsError as exc:
+        raise invalid_fields("The payload lacks what the source maps from it.", exc.problems) from None
 
 
 def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:

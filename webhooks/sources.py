@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.model import Actor, ActorKind
-from engine.templating import condition_template, names_read
+from engine.templating import Fields, condition_template, names_read
 from engine.workflow import Identifier
 from webhooks.signatures import Scheme, Verifier, secret_key
 
@@ -68,8 +68,9 @@ class Source:
     """A source ready to verify deliveries: its spec with the secrets resolved to keys.
 
     And what every delivery of it shares, worked out once: its verifier (the keys' HMAC
-    states), the actor its runs and events are recorded as, and the names its filter and
-    mappings read (``payload``, ``headers``, ...), so a delivery's context holds only those.
+    states), its mappings (:class:`~engine.templating.Fields`), the actor its runs and
+    events are recorded as, and the names its filter and mappings read (``payload``,
+    ``headers``, ...), so a delivery's context holds only those.
     """
 
     name: str
@@ -80,6 +81,17 @@ class Source:
     @cached_property
     def verifier(self) -> Verifier:
         return Verifier(self.spec.scheme, self.keys)
+
+    @cached_property
+    def inputs(self) -> Fields:
+        """The start's input mapping (none for a source that delivers events)."""
+        return Fields(self.spec.start.inputs if self.spec.start else {}, "inputs")
+
+    @cached_property
+    def deliver_fields(self) -> Fields:
+        """The event and key of a source that delivers events (none for one that starts runs)."""
+        action = self.spec.deliver
+        return Fields({"event": action.event, "key": action.key} if action else {}, "deliver")
 
     @cached_property
     def actor(self) -> Actor:
