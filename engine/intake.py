@@ -464,13 +464,14 @@ class Acceptor:
         self._waiting: list[Waiting] = []
         self._sender: asyncio.Task[None] | None = None
 
-    async def accept(self, request: StartRequest) -> Acceptance:
-        """Accept ``request`` (durably, when this returns); a delivery seen before gets its earlier run."""
+    def accept(self, request: StartRequest) -> asyncio.Future[Acceptance]:
+        """Accept ``request``: await the answer (durable once it comes); a delivery seen before
+        gets its earlier run. A future, not a coroutine: one frame less on every delivery's way."""
         answer: asyncio.Future[Acceptance] = asyncio.get_running_loop().create_future()
         self._waiting.append((request, request.to_json(), answer))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_all(), name="intake-accept")
-        return await answer
+        return answer
 
     async def _send_all(self) -> None:
         batch: list[Waiting] = []

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from engine.api import EventDelivery
 from engine.errors import DeliveryInProgress
-from engine.intake import StartRequest
+from engine.intake import Acceptance, StartRequest
 from engine.templating import Fields, FieldsError, RenderError, truthy
 from engine.workflow import InputError, validate_inputs
 from webhooks.context import WebContext, context_of
@@ -84,13 +84,17 @@ async def _handle(ctx: WebContext, source: Source, request: web.Request) -> tupl
         if reason:
             return web.json_response({"status": "ignored", "reason": reason}, status=200), "ignored"
     if source.spec.start is not None:
-        return await _start(ctx, source, context, delivery_id, received_at)
+        # Awaited here, not in a coroutine of its own: each coroutine a delivery passes through
+        # is stepped again when the answer comes.
+        accepted = await ctx.acceptor.accept(_start_request(ctx, source, context, delivery_id, received_at))
+        return _accepted(ctx, source, accepted)
     return await _deliver(ctx, source, context, delivery_id)
 
 
-async def _start(
+def _start_request(
     ctx: WebContext, source: Source, context: dict[str, Any], delivery_id: str | None, received_at: datetime
-) -> tuple[web.Response, str]:
+) -> StartRequest:
+    """The start a delivery asks for, its inputs mapped and checked (a 422 to its sender if bad)."""
     action = source.spec.start
     assert action is not None
     inputs = _mapped(source.inputs, context)
@@ -102,7 +106,7 @@ async def _start(
             f"The payload does not give workflow {workflow.id!r} valid inputs: {exc}",
             {f"inputs.{k}": v for k, v in exc.problems.items()},
         ) from None
-    request = StartRequest(
+    return StartRequest(
         workflow.id,
         inputs,
         source.actor,
@@ -110,7 +114,10 @@ async def _start(
         delivery=f"{source.name}:{delivery_id}" if delivery_id else None,
         accepted_at=received_at,
     )
-    accepted = await ctx.acceptor.accept(request)
+
+
+def _accepted(ctx: WebContext, source: Source, accepted: Acceptance) -> tuple[web.Response, str]:
+    """202 with the run's id and where to read it (the earlier run's, for a delivery seen before)."""
     status_url = ctx.run_url(accepted.run_id)
     body = {
         "run_id": accepted.run_id,
