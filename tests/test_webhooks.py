@@ -259,6 +259,28 @@ async def test_a_delivery_seen_before_answers_the_original_run(
 # -- bad input ----------------------------------------------------------------------------------
 
 
+async def test_a_source_starting_an_unknown_workflow_is_left_out_loudly(
+    aiohttp_client: Any, web_engine: Engine, settings: WebSettings, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.sources_file.write_text(
+        settings.sources_file.read_text()
+        + "  retired:\n    scheme: standard\n    secrets: [TEST_STANDARD_SECRET]\n"
+        + "    start: {workflow: no-such-workflow}\n"
+    )
+    client = await aiohttp_client(create_app(web_engine, settings))
+    assert any(
+        r.getMessage() == "webhook source disabled: unknown workflow" and r.__dict__["source"] == "retired"
+        for r in caplog.records
+    )
+    body = body_of({"service": "api"})
+    refused = await client.post("/webhooks/retired", data=body, headers=standard_headers(body, at=clock.now))
+    assert (await problem(refused, 404))["type"].endswith("unknown-source")
+    served = await client.post("/webhooks/releases", data=body, headers=standard_headers(body, at=clock.now))
+    assert served.status == 202, await served.text()
+    (run,) = await wait_for_runs(web_engine, 1)
+    assert run.workflow_id == "release"
+
+
 async def test_unknown_source_is_404(client: TestClient) -> None:
     document = await problem(await client.post("/webhooks/nobody", data=b"{}"), 404)
     assert "nobody" in document["detail"]

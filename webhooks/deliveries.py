@@ -86,19 +86,18 @@ async def _handle(ctx: WebContext, source: Source, request: web.Request) -> tupl
     if source.spec.start is not None:
         # Awaited here, not in a coroutine of its own: each coroutine a delivery passes through
         # is stepped again when the answer comes.
-        accepted = await ctx.acceptor.accept(_start_request(ctx, source, context, delivery_id, received_at))
+        accepted = await ctx.acceptor.accept(_start_request(source, context, delivery_id, received_at))
         return _accepted(ctx, source, accepted)
     return await _deliver(ctx, source, context, delivery_id)
 
 
 def _start_request(
-    ctx: WebContext, source: Source, context: dict[str, Any], delivery_id: str | None, received_at: datetime
+    source: Source, context: dict[str, Any], delivery_id: str | None, received_at: datetime
 ) -> StartRequest:
     """The start a delivery asks for, its inputs mapped and checked (a 422 to its sender if bad)."""
-    action = source.spec.start
-    assert action is not None
+    workflow = source.workflow
+    assert workflow is not None  # resolved when the app was made (webhooks.server)
     inputs = _mapped(source.inputs, context)
-    workflow = ctx.engine.workflow(action.workflow)
     try:
         validate_inputs(workflow, inputs)  # now, so a bad payload is a 422 to its sender
     except InputError as exc:

@@ -161,16 +161,18 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 
 def _startable(sources: dict[str, Source], engine: Engine) -> dict[str, Source]:
-    """Sources whose workflow exists; the others are left out, loudly."""
+    """Sources with the workflow they start resolved; those starting one that does not exist are
+    left out, loudly."""
     usable = {}
     for name, source in sources.items():
-        workflow = source.spec.start.workflow if source.spec.start else None
-        if workflow is not None and workflow not in engine.catalog.workflows:
+        resolved = source.with_workflow(engine.catalog)
+        if resolved is None:
+            workflow = source.spec.start.workflow if source.spec.start else None
             log.error(
                 "webhook source disabled: unknown workflow", extra={"source": name, "workflow": workflow}
             )
             continue
-        usable[name] = source
+        usable[name] = resolved
     return usable
 
 

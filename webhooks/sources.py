@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from engine.catalog import Catalog
 from engine.model import Actor, ActorKind
 from engine.templating import Fields, condition_template, names_read
-from engine.workflow import Identifier
+from engine.workflow import Identifier, Workflow
 from webhooks.signatures import Scheme, Verifier, secret_key
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,14 @@ class Source:
     spec: SourceSpec
     keys: list[bytes]
     body_limit: int
+    workflow: Workflow | None = None  # what it starts, once resolved in the engine's catalog (with_workflow)
+
+    def with_workflow(self, catalog: Catalog) -> Source | None:
+        """This source with the workflow it starts resolved, or None if the catalog has no such workflow."""
+        if self.spec.start is None:
+            return self
+        workflow = catalog.workflows.get(self.spec.start.workflow)
+        return None if workflow is None else replace(self, workflow=workflow)
 
     @cached_property
     def verifier(self) -> Verifier:
