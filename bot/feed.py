@@ -21,6 +21,7 @@ link) and then goes; later writes keep that expiry (KEEPTTL).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -281,10 +282,21 @@ class HomeRefresher:
 
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Return from :meth:`run` at once if it waits, else after the current refresh.
+
+        A cancel alone is not enough: one that lands inside a Redis call can come back as
+        a connection error, which the loop below takes for an outage and goes on.
+        """
+        self._stopping.set()
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(HOME_REFRESH_SECONDS)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), HOME_REFRESH_SECONDS)
+                return
             try:
                 await self.refresh_if_dirty()
             except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:

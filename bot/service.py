@@ -22,21 +22,25 @@ async def running(bot: Bot) -> AsyncIterator[None]:
     await bot.open()
     follower = FeedFollower(bot)
     await follower.ensure_group()  # before serving: events from now on are all seen
-    feed = start_task(follower.run(), "slack feed")
-    outbox = start_task(bot.outbox.run(), "slack outbox")
-    tasks = [feed, outbox, start_task(HomeRefresher(bot).run(), "slack home refresh")]
+    refresher = HomeRefresher(bot)
+    tasks = [
+        start_task(follower.run(), "slack feed"),
+        start_task(bot.outbox.run(), "slack outbox"),
+        start_task(refresher.run(), "slack home refresh"),
+    ]
     try:
         yield
     finally:
         # Stop by asking, not by cancelling: a blocking XREADGROUP does not always give way
-        # to cancellation, and a send cancelled halfway keeps its key leased for a minute.
+        # to cancellation, a send cancelled halfway keeps its key leased for a minute, and a
+        # cancel that lands inside a Redis call can come back as a connection error, which a
+        # retry loop takes for an outage and goes on.
         follower.stop()
         bot.outbox.stop()
-        await asyncio.wait([feed, outbox], timeout=STOP_SECONDS)
+        refresher.stop()
+        await asyncio.wait(tasks, timeout=STOP_SECONDS)
         for task in tasks:
-            task.cancel()
-        # Bounded too: a cancel that lands inside a Redis call can come back as a connection
-        # error, which a task's retry loop takes for an outage and goes on.
+            task.cancel()  # what did not stop when asked
         _, stuck = await asyncio.wait(tasks, timeout=STOP_SECONDS)
         if stuck:
             log.warning("slack background tasks did not stop", extra={"tasks": [t.get_name() for t in stuck]})

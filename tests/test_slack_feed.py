@@ -7,8 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 
-from bot.feed import FeedFollower
+from bot import feed as bot_feed
+from bot.feed import FeedFollower, HomeRefresher
 from bot.runtime import Bot, build_bot
 from engine.api import Engine
 from engine.model import Actor, ActorKind, EventType
@@ -108,3 +110,34 @@ async def test_a_run_under_way_before_the_bot_started_does_not_replay_its_past(
     posted = [c.args["text"] for c in fake_slack.ok_calls("chat.postMessage") if "thread_ts" not in c.args]
     assert [text.split(":")[0] for text in posted] == ["Deploy billing?", "Deployed billing.", "✅ Completed"]
     assert "*Approved* by" in posted[0]  # the decision, posted as the card it could not update
+
+
+async def test_the_home_refresher_stops_when_asked_even_if_a_cancel_comes_back_as_an_outage(
+    two_bots: list[Bot], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refresher = HomeRefresher(two_bots[0])
+    waiting = asyncio.create_task(refresher.run())
+    await asyncio.sleep(0.05)
+    refresher.stop()  # between refreshes: it returns at once, without a cancel
+    await asyncio.wait_for(waiting, 1)
+    assert not waiting.cancelled()
+
+    refreshing = asyncio.Event()
+
+    async def cancelled_as_an_outage() -> int:
+        # What redis-py may do with a cancel that lands mid-command: raise a connection error.
+        refreshing.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise aioredis.ConnectionError("Connection closed by server.") from None
+        return 0
+
+    monkeypatch.setattr(bot_feed, "HOME_REFRESH_SECONDS", 0.01)
+    refresher = HomeRefresher(two_bots[0])
+    monkeypatch.setattr(refresher, "refresh_if_dirty", cancelled_as_an_outage)
+    busy = asyncio.create_task(refresher.run())
+    await asyncio.wait_for(refreshing.wait(), 1)
+    refresher.stop()
+    busy.cancel()  # taken for an outage by the loop, which still ends: it was asked to
+    await asyncio.wait_for(busy, 1)
