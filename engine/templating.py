@@ -40,7 +40,7 @@ class FieldsError(RenderError):
     """Fields that could not be rendered: ``problems`` maps each (``inputs.service``) to why."""
 
     def __init__(self, problems: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{where}: {why}" for where, why in problems.items()))
+        super().__init__("; ".join(problems.values()))  # each says where already: "inputs.service: ..."
         self.problems = problems
 
 
@@ -119,13 +119,15 @@ def _render_string(text: str, context: dict[str, Any], where: str) -> Any:
             if found:
                 return value
         value = _expression(expr)(**context)
-        if isinstance(value, Undefined):
-            raise RenderError(f"{where or 'template'}: {value._undefined_message}")
-        return value
     except TemplateError as exc:
         raise RenderError(f"{where or 'template'}: {exc.message or exc}") from exc
     except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
         raise RenderError(f"{where or 'template'}: {exc}") from exc
+    # Outside the try: a RenderError is a ValueError, which the clause above would wrap,
+    # saying where twice.
+    if isinstance(value, Undefined):
+        raise RenderError(f"{where or 'template'}: {value._undefined_message}")
+    return value
 
 
 _PATH = re.compile(r"^\s*[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\s*$")

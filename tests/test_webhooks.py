@@ -357,6 +357,7 @@ async def test_payload_not_matching_the_inputs_is_422_naming_the_field(
     )
     document = await problem(response, 422)
     assert document["errors"][0]["field"] == "inputs.service"
+    assert document["errors"][0]["message"] == "inputs.service: 'dict object' has no attribute 'service'"
     assert web_engine.list_runs().runs == []
 
 
