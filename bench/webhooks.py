@@ -240,14 +240,6 @@ def run_wrk(port: int, args: argparse.Namespace, folder: Path, tag: str) -> dict
     return summary
 
 
-async def warm_up(port: int, count: int, tag: str) -> None:
-    url = f"http://127.0.0.1:{port}/webhooks/bench"
-    async with ClientSession(connector=TCPConnector(limit=8)) as session:
-        for body, headers in signed_deliveries(count, tag):
-            async with session.post(url, data=body, headers=headers) as response:
-                await response.read()
-
-
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of process ``pid`` so far (Linux's /proc; None elsewhere)."""
     try:
@@ -294,7 +286,7 @@ async def measure(args: argparse.Namespace, prefix: str, folder: Path) -> tuple[
         if args.workers_during:
             workers = start_workers(args.workers, prefix, args.redis_url, folder)
         for kind in KINDS:
-            await warm_up(ports[kind], WARM_UP, f"warm{kind}")
+            await send_all(ports[kind], signed_deliveries(WARM_UP, f"warm{kind}"), args.connections)
         for number in range(args.rounds):
             for kind in KINDS if number % 2 == 0 else KINDS[::-1]:
                 before = cpu_seconds(children[kind].pid)
