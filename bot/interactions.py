@@ -8,18 +8,22 @@ channel of a card, or as a notice at the top of App Home.
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.response import BoltResponse
 
 from bot import cards, ids
 from bot.blocks import escape
 from bot.feed import publish_home
 from bot.groups import operator_actor, task_actor
 from bot.runtime import Bot, slack_actor
+from engine.api import Engine
 from engine.errors import SwitchboardError
 from engine.fields import from_text
 from engine.model import Actor, Run, RunStatus
@@ -30,34 +34,75 @@ log = logging.getLogger(__name__)
 
 Body = dict[str, Any]
 
+# Slack retries an Events API delivery it thinks was missed three times, the last about
+# five minutes after the first; an hour covers them all.
+EVENT_SEEN_TTL_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Click:
+    """What a click on a button does once acked; ``urgent`` work does not queue (it opens a
+    modal, and the click's trigger_id expires 3 s after it)."""
+
+    work: Callable[[Bot, Body], Coroutine[Any, Any, None]]
+    urgent: bool = False
+
+
+def clicks(engine: Engine) -> dict[str, Click]:
+    """Every button's action id and what a click on it does."""
+
+    def run_button(do: Callable[[str, Actor], Run], said: Callable[[Run], str]) -> Click:
+        return Click(partial(operate, do=do, said=said))
+
+    return {
+        ids.TASK_APPROVE: Click(approve_task),
+        ids.TASK_REJECT: Click(partial(open_task_modal, build=cards.reject_modal), urgent=True),
+        ids.TASK_EDIT: Click(partial(open_task_modal, build=cards.edit_modal), urgent=True),
+        ids.TASK_CHANGES: Click(partial(open_task_modal, build=cards.changes_modal), urgent=True),
+        ids.QUESTION_ANSWER: Click(open_answer_modal, urgent=True),
+        ids.RUN_DETAILS: Click(open_details, urgent=True),
+        ids.RUN_PAUSE: run_button(engine.pause, lambda r: f"Paused run `{r.short_id}`."),
+        ids.RUN_RESUME: run_button(engine.resume, lambda r: f"Resumed run `{r.short_id}`."),
+        ids.RUN_STOP_GRACEFUL: run_button(partial(engine.stop, mode="graceful"), _said_of_graceful_stop),
+        ids.RUN_STOP_NOW: run_button(
+            partial(engine.stop, mode="immediate"), lambda r: f"Stopped run `{r.short_id}`."
+        ),
+        ids.RUN_REPLAY: run_button(
+            engine.replay, lambda r: f"Replaying as run `{r.short_id}` (`{r.run_id}`)."
+        ),
+        ids.RUN_RECOVER: run_button(
+            engine.recover,  # the failed step and what it blocked run again; a refusal says why not
+            lambda r: f"Recovered run `{r.short_id}`: it is {r.status.value} again, from its failed step.",
+        ),
+    }
+
+
+def _said_of_graceful_stop(run: Run) -> str:
+    state = "stopping gracefully" if run.status is RunStatus.DRAINING else run.status
+    return f"Run `{run.short_id}` is {state}."
+
 
 def register(app: AsyncApp, bot: Bot) -> None:
+    """The listeners of buttons, modals and events.
+
+    The buttons share one listener and a table (:func:`clicks`): bolt tries its listeners
+    one after another, each try building every argument a listener could ask for, so a
+    listener per button made a click on the last of twelve pay for eleven tries.
+    """
     engine = bot.engine
+    by_action = clicks(engine)
+    any_button = "|".join(re.escape(action_id) for action_id in by_action)
 
-    @app.action(ids.TASK_APPROVE)
-    async def approve(ack: AsyncAck, body: Body) -> None:
+    @app.action(re.compile(f"^(?:{any_button})\\Z"))
+    async def clicked(ack: AsyncAck, body: Body, action: Body) -> None:
         await ack()
-        bot.after_ack(approve_task(bot, body))
-
-    @app.action(ids.TASK_REJECT)
-    async def reject(ack: AsyncAck, body: Body) -> None:
-        await ack()
-        bot.after_ack(open_task_modal(bot, body, cards.reject_modal), urgent=True)
-
-    @app.action(ids.TASK_EDIT)
-    async def edit(ack: AsyncAck, body: Body) -> None:
-        await ack()
-        bot.after_ack(open_task_modal(bot, body, cards.edit_modal), urgent=True)
+        click = by_action[action["action_id"]]
+        bot.after_ack(click.work(bot, body), urgent=click.urgent)
 
     @app.view(ids.REJECT_MODAL)
     async def rejected(ack: AsyncAck, body: Body, view: Body) -> None:
         await ack()
         bot.after_ack(reject_task(bot, body, view))
-
-    @app.action(ids.TASK_CHANGES)
-    async def changes(ack: AsyncAck, body: Body) -> None:
-        await ack()
-        bot.after_ack(open_task_modal(bot, body, cards.changes_modal), urgent=True)
 
     @app.view(ids.CHANGES_MODAL)
     async def changes_requested(ack: AsyncAck, body: Body, view: Body) -> None:
@@ -81,43 +126,6 @@ def register(app: AsyncApp, bot: Bot) -> None:
         await ack()
         bot.after_ack(approve_edits(bot, body, origin, edits))
 
-    def run_action(action_id: str, do: Callable[[str, Actor], Run], said: Callable[[Run], str]) -> None:
-        @app.action(action_id)
-        async def handle(ack: AsyncAck, body: Body) -> None:
-            await ack()
-            bot.after_ack(operate(bot, body, do, said))
-
-    run_action(ids.RUN_PAUSE, engine.pause, lambda r: f"Paused run `{r.short_id}`.")
-    run_action(ids.RUN_RESUME, engine.resume, lambda r: f"Resumed run `{r.short_id}`.")
-    run_action(
-        ids.RUN_STOP_GRACEFUL,
-        lambda ref, actor: engine.stop(ref, actor, "graceful"),
-        lambda r: (
-            f"Run `{r.short_id}` is {'stopping gracefully' if r.status is RunStatus.DRAINING else r.status}."
-        ),
-    )
-    run_action(
-        ids.RUN_STOP_NOW,
-        lambda ref, actor: engine.stop(ref, actor, "immediate"),
-        lambda r: f"Stopped run `{r.short_id}`.",
-    )
-    run_action(ids.RUN_REPLAY, engine.replay, lambda r: f"Replaying as run `{r.short_id}` (`{r.run_id}`).")
-    run_action(
-        ids.RUN_RECOVER,
-        engine.recover,  # the failed step and what it blocked run again; a refusal says why not
-        lambda r: f"Recovered run `{r.short_id}`: it is {r.status.value} again, from its failed step.",
-    )
-
-    @app.action(ids.RUN_DETAILS)
-    async def details(ack: AsyncAck, body: Body) -> None:
-        await ack()
-        bot.after_ack(open_details(bot, body), urgent=True)
-
-    @app.action(ids.QUESTION_ANSWER)
-    async def answer(ack: AsyncAck, body: Body) -> None:
-        await ack()
-        bot.after_ack(open_answer_modal(bot, body), urgent=True)
-
     @app.view(ids.ANSWER_MODAL)
     async def answered(ack: AsyncAck, body: Body, view: Body) -> None:
         await ack()
@@ -130,14 +138,46 @@ def register(app: AsyncApp, bot: Bot) -> None:
 
         bot.after_ack(attempt(bot, body, do, origin.get("channel")))
 
-    @app.event("message")
+    once = [once_per_event(bot)]
+
+    @app.event("message", middleware=once)
     async def message(event: Body) -> None:
         bot.after_ack(thread_reply(bot, event))
 
-    @app.event("app_home_opened")
+    @app.event("app_home_opened", middleware=once)
     async def home_opened(event: Body) -> None:
         if event.get("tab", "home") == "home":
             bot.after_ack(home_opened_by(bot, event["user"]))
+
+
+def once_per_event(bot: Bot) -> Callable[..., Awaitable[BoltResponse | None]]:
+    """A listener middleware: each Events API event acts once, however often Slack delivers it.
+
+    Slack retries an event it thinks was missed (``X-Slack-Retry-Num``: no 200 within
+    three seconds, or an error) with the same ``event_id``. The first delivery marks the
+    id in Redis; a retry finds the mark and gets its 200 without acting, so Slack stops
+    retrying. A delivery that fails lets the mark go (``bot.app``'s error handler), so the
+    retry does what it could not. On the event listeners only: every other request
+    would pay for bolt building its arguments to learn it is not an event.
+    """
+
+    async def skip_seen(body: Body, next_: Callable[[], Awaitable[None]]) -> BoltResponse | None:
+        event_id = event_id_of(body)
+        if event_id and not await bot.redis.set(
+            bot.keys.event_seen(event_id), 1, nx=True, ex=EVENT_SEEN_TTL_SECONDS
+        ):
+            log.info("slack event seen before", extra={"event_id": event_id})
+            return BoltResponse(status=200, body="")
+        await next_()
+        return None
+
+    return skip_seen
+
+
+def event_id_of(body: Body) -> str | None:
+    if body.get("type") != "event_callback":
+        return None
+    return str(body.get("event_id") or "") or None
 
 
 async def operate(bot: Bot, body: Body, do: Callable[[str, Actor], Run], said: Callable[[Run], str]) -> None:

@@ -16,12 +16,16 @@ import json
 import logging
 import time
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
+from bot.web import form_fields
 from tests.engine_helpers import Clock
 from tests.fake_slack import ALICE, SIGNING_SECRET, Slack, signed_headers
 from tests.web_helpers import (
@@ -152,6 +156,20 @@ async def test_slack_json_bodies_that_are_no_object_are_400(slack: Slack, body: 
     headers = {**signed_headers(body), "Content-Type": "application/json"}
     response = await slack.post(body, headers)
     assert response.status == 400, await response.text()
+
+
+FORM_PIECE = st.text(alphabet="ab%+#?;=é \x00\n2CEFz", max_size=8)
+FORM_TEXT = st.lists(st.tuples(FORM_PIECE, st.sampled_from(["=", ""]), FORM_PIECE), max_size=6).map(
+    lambda fields: "&".join(name + equals + value for name, equals, value in fields)
+)
+
+
+@hypothesis_settings(max_examples=500, deadline=None)
+@given(FORM_TEXT | st.text(max_size=40))
+def test_slack_forms_are_read_as_urllib_reads_them(form: str) -> None:
+    """``form_fields`` (yarl's unquoting, in C) gives what ``parse_qsl`` gives, on any text:
+    bad and partial escapes, bytes that are no UTF-8, blank and repeated names."""
+    assert form_fields(form) == dict(parse_qsl(form, keep_blank_values=True))
 
 
 def signed_bytes(raw: bytes, stamp: str) -> dict[str, str]:
