@@ -70,6 +70,11 @@ class Assignment:
     # A step the horse's last report started for it (eager dispatch): run it as it is.
     claimed: ClaimedStep | None = None
 
+    @property
+    def is_step(self) -> bool:
+        """A step job, which the horse runs itself (not through RQ's ``perform_job``)."""
+        return self.step is not None or self.claimed is not None
+
 
 @dataclass(frozen=True)
 class Finished:

@@ -422,7 +422,7 @@ class SwitchboardWorker(Worker):
             if self._claimed is not None:
                 claims_in_a_row += 1
                 taken = self._claimed_job(self._claimed, assignment.queue_name)
-            elif assignment.step is not None and self._worn_out(self._jobs_done, rss) is None:
+            elif assignment.is_step and self._worn_out(self._jobs_done, rss) is None:
                 claims_in_a_row = 0
                 taken = self._take_next(queues[assignment.queue_name])
             conn.send(Report(rss=rss, finished=self._finished, taken=taken[0] if taken else None))
@@ -489,7 +489,7 @@ class SwitchboardWorker(Worker):
         return Assignment(job.id, record, queue_name, execution_id, created_at, step, timeout)
 
     def _perform(self, assignment: Assignment, queues: dict[str, Queue]) -> None:
-        if assignment.step is not None or assignment.claimed is not None:
+        if assignment.is_step:
             self._perform_step(assignment, queues)
             return
         job, queue, execution = self._rebuild(assignment, queues)
