@@ -222,12 +222,14 @@ class Switchboard(Timed):
     def worker(self, warm_up: bool = True) -> Iterator[None]:
         name = f"{self.namespace}-w"
         argv = [sys.executable, "-m", "worker", "--name", name]
-        with process(argv, self.env, self.log, worker_registered(self.redis, name)):
-            if warm_up:  # a first run, unmeasured: the horse is forked, modules imported
-                self.run_alone(STEPS_PER_RUN)
-            yield
-        cleanup(self.redis, f"{self.namespace}:*", f"rq:*{self.namespace}*")
-        self.cleanup_jobs()
+        try:  # the keys go also when a run fails or the bench is interrupted
+            with process(argv, self.env, self.log, worker_registered(self.redis, name)):
+                if warm_up:  # a first run, unmeasured: the horse is forked, modules imported
+                    self.run_alone(STEPS_PER_RUN)
+                yield
+        finally:
+            cleanup(self.redis, f"{self.namespace}:*", f"rq:*{self.namespace}*")
+            self.cleanup_jobs()
 
     def cleanup_jobs(self) -> None:
         """RQ's keys of this bench's step jobs, whose ids (``sb-<run id>-…``) do not name the queue.
@@ -305,10 +307,12 @@ class ListSignalled(Timed):
 
     @contextmanager
     def worker(self) -> Iterator[None]:
-        with process(self.argv(), self.env, self.log, self.ready):
-            self.run_alone(STEPS_PER_RUN)  # unmeasured: the worker's first task imports and connects
-            yield
-        cleanup(self.redis, f"{self.namespace}*")
+        try:
+            with process(self.argv(), self.env, self.log, self.ready):
+                self.run_alone(STEPS_PER_RUN)  # unmeasured: the worker's first task imports and connects
+                yield
+        finally:
+            cleanup(self.redis, f"{self.namespace}*")
 
     def start(self, size: int) -> str:
         run_id = f"{self.namespace}:run-{uuid.uuid4().hex}"
@@ -387,14 +391,16 @@ def raw_rq(redis_url: str, folder: Path, jobs: int, switchboard_worker: bool) ->
         argv = [sys.executable, "-m", "worker", "--burst", "--name", f"{namespace}-w"]
     else:
         argv = [sys.executable, "-m", "rq.cli", "worker", "--burst", "--quiet", "--url", redis_url, namespace]
-    subprocess.run(argv, env=switchboard_env(namespace, redis_url, folder), cwd=ROOT, check=True)
-    failed = queue.count + queue.failed_job_registry.count
-    # From the first job's start to the last one's end, by RQ's own records: the process's
-    # start (a second or more of imports) is not the jobs' cost.
-    done = [job for job in Job.fetch_many(job_ids, connection=connection) if job is not None]
+    try:
+        subprocess.run(argv, env=switchboard_env(namespace, redis_url, folder), cwd=ROOT, check=True)
+        failed = queue.count + queue.failed_job_registry.count
+        # From the first job's start to the last one's end, by RQ's own records: the process's
+        # start (a second or more of imports) is not the jobs' cost.
+        done = [job for job in Job.fetch_many(job_ids, connection=connection) if job is not None]
+    finally:
+        cleanup(connection, f"{namespace}:*", f"rq:*{namespace}*")
     began = min(job.started_at for job in done if job.started_at)
     ended = max(job.ended_at for job in done if job.ended_at)
-    cleanup(connection, f"{namespace}:*", f"rq:*{namespace}*")
     if failed or len(done) < jobs:
         sys.exit(f"{failed} raw jobs did not run or failed")
     return (jobs - 1) / (ended - began).total_seconds()
