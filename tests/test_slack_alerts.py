@@ -125,6 +125,30 @@ async def test_home_row_actions_pause_and_stop(slack: Slack) -> None:
     await slack.fake.wait_for(lambda: slack.engine.get_run(run.run_id).status is RunStatus.STOPPED)
 
 
+async def test_run_buttons_on_a_message_do_and_say_what_their_labels_say(slack: Slack) -> None:
+    """Pause, Resume and Stop gracefully, clicked on a message: the engine acts as the clicking
+    user and the answer names the run (every button goes through one listener's table)."""
+    await slack.command("start approve-deploy", user=ALICE)
+    run = slack.engine.list_runs().runs[0]
+    on_message = ("C0OPS", "1700000000.000100")
+
+    async def click(action_id: str) -> str:
+        url = await slack.click(action_id, run.run_id, user=BOB, message=on_message)
+        return str((await slack.fake.wait_for(lambda: slack.responses_to(url)))[0]["text"])
+
+    assert await click(ids.RUN_PAUSE) == f"Paused run `{run.short_id}`."
+    assert slack.engine.get_run(run.run_id).status is RunStatus.PAUSED
+    assert await click(ids.RUN_RESUME) == f"Resumed run `{run.short_id}`."
+    assert slack.engine.get_run(run.run_id).status is RunStatus.RUNNING
+    said = await click(ids.RUN_STOP_GRACEFUL)
+    stopped = slack.engine.get_run(run.run_id)
+    assert stopped.status in (RunStatus.DRAINING, RunStatus.STOPPED)
+    assert said.startswith(f"Run `{run.short_id}` is ")
+    assert ("stopping gracefully" in said) is (stopped.status is RunStatus.DRAINING)
+    events = [e for e in slack.engine.events(run.run_id) if e.type in ("run_paused", "run_resumed")]
+    assert [e.actor.id for e in events] == [BOB.id, BOB.id]
+
+
 async def test_home_view_stays_within_block_kit_limits_on_large_inputs(slack: Slack) -> None:
     long = "x" * 5000
     for index in range(30):
