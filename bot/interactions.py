@@ -78,7 +78,7 @@ def clicks(engine: Engine) -> dict[str, Click]:
 
 
 def _said_of_graceful_stop(run: Run) -> str:
-    state = "stopping gracefully" if run.status is RunStatus.DRAINING else run.status
+    state = "stopping gracefully" if run.status is RunStatus.DRAINING else run.status.value
     return f"Run `{run.short_id}` is {state}."
 
 

@@ -143,8 +143,8 @@ async def test_run_buttons_on_a_message_do_and_say_what_their_labels_say(slack: 
     said = await click(ids.RUN_STOP_GRACEFUL)
     stopped = slack.engine.get_run(run.run_id)
     assert stopped.status in (RunStatus.DRAINING, RunStatus.STOPPED)
-    assert said.startswith(f"Run `{run.short_id}` is ")
-    assert ("stopping gracefully" in said) is (stopped.status is RunStatus.DRAINING)
+    state = "stopping gracefully" if stopped.status is RunStatus.DRAINING else "stopped"
+    assert said == f"Run `{run.short_id}` is {state}."
     events = [e for e in slack.engine.events(run.run_id) if e.type in ("run_paused", "run_resumed")]
     assert [e.actor.id for e in events] == [BOB.id, BOB.id]
 
