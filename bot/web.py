@@ -118,9 +118,7 @@ def parse_body(text: str, content_type: str) -> dict[str, Any]:
         body = parse_json(text)
     else:
         fields = form_fields(text)
-        # As bytes, the payload takes parse_json's fast path (its text came out of the form
-        # decoded with errors replaced, so it encodes back to UTF-8 whatever it holds).
-        body = parse_json(fields["payload"].encode()) if "payload" in fields else fields
+        body = parse_json(fields["payload"]) if "payload" in fields else fields
     if not isinstance(body, dict):
         raise Malformed(400, f"the body is a JSON {type(body).__name__}, not an object", "malformed-body")
     try:
@@ -141,7 +139,7 @@ def form_fields(text: str) -> dict[str, str]:
 
 
 def to_bolt_request(text: str, body: dict[str, Any], request: web.Request) -> AsyncBoltRequest:
-    """A bolt request with the body parsed here (bolt still verifies the raw text's signature).
+    """A bolt request with the body parsed here (its signature verified before, by :func:`events_handler`).
 
     Built empty and then given the text and the body: given the text, bolt would parse
     it all over again (a second form and JSON parse on the ack's path) only to have it replaced.

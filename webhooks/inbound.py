@@ -170,15 +170,14 @@ def utf8_text(raw: bytes) -> str:
 def parse_json(raw: bytes | str) -> Any:
     """JSON from UTF-8 bytes or text, or a 400 saying where and what is wrong."""
     # Most bodies: orjson reads the bytes as they came (it checks the UTF-8 itself), no text made
-    # first, when they are shallow and have no long number (see _LONG_NUMBER). Whatever it
-    # refuses goes the long way below, which says what is wrong.
-    if (
-        isinstance(raw, bytes)
-        and raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH
-        and _ZEROS not in raw.translate(_DIGITS_AS_ZEROS)
-    ):
+    # first, when they are shallow and have no long number (see _LONG_NUMBER). Text is read as
+    # its UTF-8 (a lone surrogate kept as such, which orjson refuses). Whatever it refuses goes
+    # the long way below, which says what is wrong.
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    shallow = data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH
+    if shallow and _ZEROS not in data.translate(_DIGITS_AS_ZEROS):
         try:
-            return orjson.loads(raw)
+            return orjson.loads(data)
         except orjson.JSONDecodeError:
             pass
     text = utf8_text(raw) if isinstance(raw, bytes) else raw
