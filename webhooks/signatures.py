@@ -70,29 +70,16 @@ class Verifier:
 
     def __init__(self, scheme: Scheme, keys: list[bytes]) -> None:
         self.scheme = scheme
-        self.keys = keys
         self._states = [_keyed(key) for key in keys]
 
     def verify(self, headers: Mapping[str, str], body: bytes, now: float, tolerance: float) -> str | None:
         """Check the delivery's signature; returns its delivery id when the scheme sends one."""
         if self.scheme is Scheme.STANDARD:
-            return self._verify_standard(headers, body, now, tolerance)
+            return _verify_standard(self._states, headers, body, now, tolerance)
         if self.scheme is Scheme.GITHUB:
-            return _verify_github(self.keys, headers, body)
-        _verify_stripe(self.keys, headers, body, now, tolerance)
+            return _verify_github(self._states, headers, body)
+        _verify_stripe(self._states, headers, body, now, tolerance)
         return None  # Stripe names the event inside the body ("id"); the caller reads it there
-
-    def _verify_standard(self, headers: Mapping[str, str], body: bytes, now: float, tolerance: float) -> str:
-        msg_id = headers.get("webhook-id")
-        stamp = headers.get("webhook-timestamp")
-        signature = headers.get("webhook-signature")
-        if not (msg_id and stamp and signature):
-            raise _missing(headers, "webhook-id", "webhook-timestamp", "webhook-signature")
-        message = _standard_message(msg_id, _timestamp(stamp, now, tolerance), body)
-        # Space-separated "<version>,<base64>", compared as sent: other versions than v1 match nothing.
-        expected = [b"v1," + _standard_mac(states, message) for states in self._states]
-        _match_any(expected, signature.encode().split(b" "), "webhook-signature")
-        return msg_id
 
 
 def sign_standard(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> str:
@@ -100,16 +87,25 @@ def sign_standard(key: bytes, msg_id: str, timestamp: int | str, body: bytes) ->
 
 
 def sign_github(key: bytes, body: bytes) -> str:
-    return "sha256=" + _hmac_sha256(_keyed(key), body).hex()
+    return _github_signature(_keyed(key), body)
 
 
 def sign_stripe(key: bytes, timestamp: int | str, body: bytes) -> str:
-    mac = _hmac_sha256(_keyed(key), f"{timestamp}.".encode() + body).hex()
-    return f"t={timestamp},v1={mac}"
+    return f"t={timestamp},v1={_stripe_mac(_keyed(key), timestamp, body)}"
 
 
 def _standard_message(msg_id: str, timestamp: int | str, body: bytes) -> bytes:
     return f"{msg_id}.{timestamp}.".encode() + body
+
+
+def _github_signature(states: KeyStates, body: bytes) -> str:
+    """The whole X-Hub-Signature-256 value."""
+    return "sha256=" + _hmac_sha256(states, body).hex()
+
+
+def _stripe_mac(states: KeyStates, timestamp: int | str, body: bytes) -> str:
+    """The hex HMAC that follows ``v1=`` in a Stripe-Signature."""
+    return _hmac_sha256(states, f"{timestamp}.".encode() + body).hex()
 
 
 def _standard_mac(states: KeyStates, message: bytes) -> bytes:
@@ -141,17 +137,32 @@ def _keyed(key: bytes) -> KeyStates:
     return hashlib.sha256(block.translate(_INNER_PAD)), hashlib.sha256(block.translate(_OUTER_PAD))
 
 
-def _verify_github(keys: list[bytes], headers: Mapping[str, str], body: bytes) -> str | None:
+def _verify_standard(
+    keyed: list[KeyStates], headers: Mapping[str, str], body: bytes, now: float, tolerance: float
+) -> str:
+    msg_id = headers.get("webhook-id")
+    stamp = headers.get("webhook-timestamp")
+    signature = headers.get("webhook-signature")
+    if not (msg_id and stamp and signature):
+        raise _missing(headers, "webhook-id", "webhook-timestamp", "webhook-signature")
+    message = _standard_message(msg_id, _timestamp(stamp, now, tolerance), body)
+    # Space-separated "<version>,<base64>", compared as sent: other versions than v1 match nothing.
+    expected = [b"v1," + _standard_mac(states, message) for states in keyed]
+    _match_any(expected, signature.encode().split(b" "), "webhook-signature")
+    return msg_id
+
+
+def _verify_github(keyed: list[KeyStates], headers: Mapping[str, str], body: bytes) -> str | None:
     header = _required(headers, "X-Hub-Signature-256")
     if not header.startswith("sha256="):
         raise SignatureError("X-Hub-Signature-256 must look like 'sha256=<hex digest>'.")
-    expected = [sign_github(key, body).encode() for key in keys]
+    expected = [_github_signature(states, body).encode() for states in keyed]
     _match_any(expected, [header.strip().lower().encode()], "X-Hub-Signature-256")
     return headers.get("X-GitHub-Delivery") or None
 
 
 def _verify_stripe(
-    keys: list[bytes], headers: Mapping[str, str], body: bytes, now: float, tolerance: float
+    keyed: list[KeyStates], headers: Mapping[str, str], body: bytes, now: float, tolerance: float
 ) -> None:
     pairs = [item.split("=", 1) for item in _required(headers, "Stripe-Signature").split(",")]
     fields = [(pair[0].strip(), pair[1].strip()) for pair in pairs if len(pair) == 2]
@@ -160,7 +171,7 @@ def _verify_stripe(
         raise SignatureError("Stripe-Signature must carry exactly one 't=<unix time>'.")
     timestamp = _timestamp(stamps[0], now, tolerance)
     given = [value.lower().encode() for name, value in fields if name == "v1"]
-    expected = [sign_stripe(key, timestamp, body).rsplit("v1=", 1)[1].encode() for key in keys]
+    expected = [_stripe_mac(states, timestamp, body).encode() for states in keyed]
     _match_any(expected, given, "Stripe-Signature")
 
 
